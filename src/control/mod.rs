@@ -1,0 +1,1 @@
+//! The control socket, `slotman status` and metrics.

@@ -1,0 +1,159 @@
+//! The user's handler program, in the three kinds of DESIGN.md. A handler runs
+//! one job at a time; the slot runner owns it and never shares it.
+//!
+//! This module knows nothing of Gearman connections: it takes a [`Job`], sends
+//! progress as [`JobEvent`]s and returns an [`Outcome`].
+
+pub mod exec;
+pub mod framing;
+pub mod stdio;
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+
+use crate::config::{HandlerKind, WorkerConfig};
+
+/// Who is running the handler; goes into the handler's environment and logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SlotIdentity {
+    pub service: String,
+    pub worker: String,
+    pub slot: u32,
+}
+
+/// One job as the handler sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Job {
+    /// Function name without the worker's prefix.
+    pub function: String,
+    /// Function name as registered with the job server (with prefix).
+    pub gearman_function: String,
+    pub handle: String,
+    /// `None` when the client gave no unique id.
+    pub unique: Option<String>,
+    pub payload: Bytes,
+}
+
+/// Progress a handler reports while it works; forwarded to the client as it comes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobEvent {
+    /// WORK_STATUS numerator / denominator.
+    Status(u64, u64),
+    /// WORK_DATA.
+    Data(Bytes),
+    /// WORK_WARNING.
+    Warning(Bytes),
+}
+
+/// How a job ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// WORK_COMPLETE with this result.
+    Complete(Bytes),
+    /// WORK_EXCEPTION with this data (stdio handlers only).
+    Exception(Bytes),
+    /// WORK_FAIL, and why (for the log).
+    Fail(FailReason),
+}
+
+/// Why a job failed. Every variant except `Declined` means the handler
+/// process is gone or untrustworthy and has been (or must be) replaced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FailReason {
+    /// The handler said so: `FAIL` (stdio) or a non-zero exit (exec).
+    Declined(String),
+    /// The handler died under the job (crash, signal, OOM kill).
+    Died(String),
+    /// The handler wrote something outside the framing.
+    Framing(String),
+    /// The job ran past `timeout`; the handler was killed.
+    Timeout(Duration),
+    /// The handler could not be started at all.
+    Spawn(String),
+}
+
+impl std::fmt::Display for FailReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FailReason::Declined(why) => write!(f, "handler declined: {why}"),
+            FailReason::Died(why) => write!(f, "handler died: {why}"),
+            FailReason::Framing(why) => write!(f, "handler broke the framing: {why}"),
+            FailReason::Timeout(d) => write!(f, "timed out after {}", humantime::format_duration(*d)),
+            FailReason::Spawn(why) => write!(f, "handler could not start: {why}"),
+        }
+    }
+}
+
+/// Errors starting a handler (before any job).
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    #[error("cannot start handler {program:?}: {source}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("handler {program:?} exited before it said READY ({status})")]
+    ExitedBeforeReady { program: String, status: String },
+    #[error("handler {program:?} wrote {line:?} instead of READY")]
+    NotReady { program: String, line: String },
+    #[error("the native kind has no job-by-job handler")]
+    Native,
+}
+
+/// A started handler of either job-by-job kind.
+pub enum Handler {
+    Exec(exec::ExecHandler),
+    Stdio(stdio::StdioHandler),
+}
+
+impl Handler {
+    /// Prepares the handler; for `stdio` this spawns it and waits for `READY`.
+    pub async fn start(worker: &WorkerConfig, id: &SlotIdentity) -> Result<Handler, HandlerError> {
+        match worker.kind {
+            HandlerKind::Exec => Ok(Handler::Exec(exec::ExecHandler::new(worker, id))),
+            HandlerKind::Stdio => Ok(Handler::Stdio(stdio::StdioHandler::start(worker, id).await?)),
+            HandlerKind::Native => Err(HandlerError::Native),
+        }
+    }
+
+    /// Runs one job to its end. Progress goes to `events` as it comes. A job
+    /// that runs past `timeout` is failed and its handler process killed.
+    /// Never panics on anything the handler writes.
+    pub async fn run(&mut self, job: &Job, events: &mpsc::Sender<JobEvent>, timeout: Option<Duration>) -> Outcome {
+        match self {
+            Handler::Exec(h) => h.run(job, events, timeout).await,
+            Handler::Stdio(h) => h.run(job, events, timeout).await,
+        }
+    }
+
+    /// PID of the long-running handler process, if there is one.
+    pub fn pid(&self) -> Option<u32> {
+        match self {
+            Handler::Exec(_) => None,
+            Handler::Stdio(h) => h.pid(),
+        }
+    }
+
+    /// Stops the handler process(es): close stdin, short grace, then SIGKILL.
+    pub async fn shutdown(self) {
+        match self {
+            Handler::Exec(_) => {}
+            Handler::Stdio(h) => h.shutdown().await,
+        }
+    }
+}
+
+/// Environment variables that belong to the manager/slot and must not reach
+/// a handler: systemd's notify/watchdog and our internal control channel.
+pub const SCRUBBED_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+    crate::slot::report::CONTROL_FD_ENV,
+];
