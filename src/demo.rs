@@ -1,1 +1,237 @@
-//! `slotman demo`.
+//! `slotman demo`: the whole product in one command, with no set-up.
+//!
+//! Starts a job server (the system's gearmand when one is installed, else an
+//! embedded rustygeard on a loopback port, unless `--job-server` is given),
+//! runs a manager in this process with a pool of demo handlers (slotman's
+//! own `demo-handler`, a stdio handler, so nothing else needs installing),
+//! submits a burst of background jobs, shows the pool growing to `max` and
+//! shrinking back, prints a summary and leaves nothing behind.
+
+use std::io::{IsTerminal, Read, Write};
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::control::proto::{ServiceStatus, WorkerStatus};
+use crate::gearman::client::Client;
+use crate::manager::{Event, Manager};
+use crate::placement::Placement;
+
+pub struct Options {
+    pub job_server: Option<String>,
+    pub jobs: u32,
+}
+
+const WORKER: &str = "demo";
+const MIN: u32 = 1;
+const MAX: u32 = 8;
+const IDLE_TIMEOUT: &str = "2s";
+/// Milliseconds each demo job works.
+const JOB_MS: u32 = 150;
+
+/// A job server the demo started, stopped on drop.
+enum JobServer {
+    External,
+    Gearmand(std::process::Child),
+    /// rustygeard runs on its own thread until the process exits.
+    Embedded,
+}
+
+impl Drop for JobServer {
+    fn drop(&mut self) {
+        if let JobServer::Gearmand(child) = self {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+fn free_port() -> anyhow::Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn find_gearmand() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|d| d.join("gearmand")).find(|p| p.is_file())
+}
+
+async fn start_job_server(opts: &Options) -> anyhow::Result<(String, JobServer, &'static str)> {
+    if let Some(addr) = &opts.job_server {
+        return Ok((addr.clone(), JobServer::External, "given with --job-server"));
+    }
+    let port = free_port()?;
+    let addr = format!("127.0.0.1:{port}");
+    let (server, what) = match find_gearmand() {
+        Some(gearmand) => {
+            let child = std::process::Command::new(gearmand)
+                .args(["--listen=127.0.0.1", &format!("--port={port}"), "--log-file=none", "--threads=1"])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .context("starting gearmand")?;
+            (JobServer::Gearmand(child), "gearmand from PATH")
+        }
+        None => {
+            let sock: std::net::SocketAddr = addr.parse()?;
+            std::thread::Builder::new()
+                .name("rustygeard".into())
+                .spawn(move || {
+                    if let Err(e) = rustygeard::server::GearmanServer::run(sock, None) {
+                        eprintln!("embedded job server failed: {e}");
+                    }
+                })?;
+            (JobServer::Embedded, "embedded rustygeard (no gearmand on PATH)")
+        }
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while tokio::net::TcpStream::connect(&addr).await.is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the job server did not come up on {addr}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok((addr, server, what))
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let (addr, _server, what) = start_job_server(&opts).await?;
+    println!("slotman demo: job server {addr} ({what})");
+
+    let dir = tempfile_dir()?;
+    let path = dir.join("demo.toml");
+    let exe = std::env::current_exe()?;
+    let toml = format!(
+        "[workers.{WORKER}]\nkind = \"stdio\"\ncommand = [{exe:?}, \"demo-handler\"]\nfunctions = [\"work\"]\njob_servers = [{addr:?}]\nmin = {MIN}\nmax = {MAX}\nidle_timeout = \"{IDLE_TIMEOUT}\"\nworkleft = 25\n"
+    );
+    std::fs::write(&path, toml)?;
+    let config = crate::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
+    println!("pool `{WORKER}`: min {MIN}, max {MAX}, idle_timeout {IDLE_TIMEOUT}, workleft 25 (slots recycle)");
+
+    let (tx, rx) = mpsc::unbounded_channel();
+    let manager = tokio::spawn(Manager::new(config, Placement::Child, tx.clone()).run(rx));
+    let result = drive(&opts, &addr, &tx).await;
+    let _ = tx.send(Event::Stop);
+    manager.await??;
+    let _ = std::fs::remove_dir_all(&dir);
+    let summary = result?;
+    println!("{summary}");
+    println!("stopped: every slot drained and exited.");
+    Ok(())
+}
+
+async fn snapshot(tx: &mpsc::UnboundedSender<Event>) -> anyhow::Result<ServiceStatus> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(Event::Status(reply)).map_err(|_| anyhow::anyhow!("manager stopped"))?;
+    Ok(rx.await?)
+}
+
+fn worker(s: &ServiceStatus) -> Option<&WorkerStatus> {
+    s.workers.iter().find(|w| w.name == WORKER)
+}
+
+async fn drive(opts: &Options, addr: &str, tx: &mpsc::UnboundedSender<Event>) -> anyhow::Result<String> {
+    let tty = std::io::stdout().is_terminal();
+    let t0 = Instant::now();
+    // Wait for the pool's min slots before the burst.
+    loop {
+        let s = snapshot(tx).await?;
+        if worker(&s).is_some_and(|w| w.idle + w.busy >= MIN) {
+            break;
+        }
+        anyhow::ensure!(t0.elapsed() < Duration::from_secs(20), "the pool did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Background jobs: every job server drains them reliably, and the
+    // manager's own counters tell when each has run.
+    let mut client = Client::connect(addr).await?;
+    for i in 0..opts.jobs {
+        client.submit_background("demo::work", &format!("demo-{i}-{}", std::process::id()), JOB_MS.to_string()).await?;
+    }
+    println!("submitted {} jobs of {JOB_MS}ms\n", opts.jobs);
+    let burst = Instant::now();
+    let mut peak = 0;
+    let mut peak_at = Duration::ZERO;
+    let mut done_at = None;
+    let mut last_line = String::new();
+    loop {
+        let s = snapshot(tx).await?;
+        let Some(w) = worker(&s) else { anyhow::bail!("pool vanished") };
+        let slots = w.idle + w.busy + w.starting;
+        if slots > peak {
+            peak = slots;
+            peak_at = burst.elapsed();
+        }
+        let done = w.jobs_complete + w.jobs_failed + w.jobs_exception;
+        let bar: String = (0..MAX)
+            .map(|i| if i < w.busy { '█' } else if i < slots { '▒' } else { '·' })
+            .collect();
+        let line = format!(
+            "[{:5.1}s] slots {slots}/{MAX} {bar}  busy {:2} idle {:2} starting {} draining {} | done {done}/{} | restarts {}",
+            burst.elapsed().as_secs_f64(), w.busy, w.idle, w.starting, w.draining, opts.jobs, w.restarts
+        );
+        if tty {
+            print!("\r{line}");
+            let _ = std::io::stdout().flush();
+        } else if line[9..] != last_line.get(9..).unwrap_or_default().to_string() {
+            println!("{line}");
+        }
+        last_line = line;
+        if done >= opts.jobs as u64 && done_at.is_none() {
+            done_at = Some(burst.elapsed());
+        }
+        if done_at.is_some() && slots <= MIN && w.busy == 0 {
+            if tty {
+                println!();
+            }
+            let total = done_at.unwrap_or_default();
+            return Ok(format!(
+                "\nsummary: {} jobs in {:.1}s ({} complete, {} failed); pool grew {MIN}→{peak} in {:.2}s and shrank back to {MIN} after {IDLE_TIMEOUT} idle; {} slots recycled after workleft.",
+                done,
+                total.as_secs_f64(),
+                w.jobs_complete,
+                w.jobs_failed,
+                peak_at.as_secs_f64(),
+                w.jobs_complete / 25,
+            ));
+        }
+        anyhow::ensure!(burst.elapsed() < Duration::from_secs(120), "the demo did not finish in 2 minutes");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn tempfile_dir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("slotman-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// `slotman demo-handler`: a stdio handler that works payload-milliseconds,
+/// reporting progress halfway. Blocking I/O: it is its own process.
+pub fn handler_main() -> anyhow::Result<()> {
+    let stdin = std::io::stdin();
+    let mut input = std::io::BufReader::new(stdin.lock());
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    out.write_all(b"READY\n")?;
+    out.flush()?;
+    loop {
+        let mut header = String::new();
+        if std::io::BufRead::read_line(&mut input, &mut header)? == 0 {
+            return Ok(());
+        }
+        // JOB FUNCTION HANDLE UNIQUE SIZE
+        let size: usize = header.split_whitespace().nth(4).and_then(|s| s.parse().ok()).context("bad JOB header")?;
+        let mut payload = vec![0; size];
+        input.read_exact(&mut payload)?;
+        let ms: u64 = String::from_utf8_lossy(&payload).trim().parse().unwrap_or(100);
+        std::thread::sleep(Duration::from_millis(ms / 2));
+        out.write_all(b"STATUS 1 2\n")?;
+        out.flush()?;
+        std::thread::sleep(Duration::from_millis(ms - ms / 2));
+        let result = format!("worked {ms}ms in pid {}", std::process::id());
+        write!(out, "COMPLETE {}\n{result}", result.len())?;
+        out.flush()?;
+    }
+}

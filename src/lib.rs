@@ -20,5 +20,6 @@ pub mod demo;
 pub mod gearman;
 pub mod manager;
 pub mod placement;
+pub mod run;
 pub mod slot;
 pub mod systemd;

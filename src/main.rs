@@ -1,1 +1,125 @@
-fn main() {}
+//! The `slotman` command: parses argv, sets up logging, calls the library,
+//! and maps errors to exit codes. No logic of its own.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "slotman", version, about = "Keeps pools of Gearman workers alive, sized to the load, on systemd")]
+struct Cli {
+    /// More log output (debug level).
+    #[arg(short, long, global = true)]
+    verbose: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the manager for one service.
+    Run {
+        /// Service name: reads /etc/slotman/SERVICE.toml.
+        service: Option<String>,
+        /// Config file instead (service name = file stem).
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Where slots live: auto (systemd when run by systemd as root), child, systemd.
+        #[arg(long, default_value = "auto")]
+        placement: String,
+        /// Directory for the control socket (default $RUNTIME_DIRECTORY or /run/slotman).
+        #[arg(long)]
+        runtime_dir: Option<PathBuf>,
+    },
+    /// Validate a config file without starting anything (exit 1 if invalid).
+    Check { file: PathBuf },
+    /// Show a running service's pools and slots.
+    Status {
+        service: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[arg(long)]
+        runtime_dir: Option<PathBuf>,
+    },
+    /// Run a self-contained demonstration: job server, pool, burst of jobs.
+    Demo {
+        /// Use this job server instead of starting one.
+        #[arg(long)]
+        job_server: Option<String>,
+        /// Jobs in the burst.
+        #[arg(long, default_value_t = 60)]
+        jobs: u32,
+    },
+    /// Internal: a slot runner, started by `slotman run`.
+    #[command(hide = true)]
+    Slot,
+    /// Internal: the demo's stdio handler.
+    #[command(hide = true)]
+    DemoHandler,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Check { file } => match slotman::config::check(&file) {
+            Ok(summary) => {
+                println!("{summary}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                ExitCode::from(1)
+            }
+        },
+        Command::DemoHandler => match slotman::demo::handler_main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => fail(e),
+        },
+        Command::Slot => {
+            slotman::systemd::journal::init_logging(cli.verbose);
+            // One thread: a slot runs one job at a time, and a single thread
+            // keeps its footprint small.
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(e.into()),
+            };
+            match rt.block_on(slotman::slot::process_main()) {
+                Ok(code) => ExitCode::from(code as u8),
+                Err(e) => fail(e),
+            }
+        }
+        Command::Run { service, config, placement, runtime_dir } => {
+            slotman::systemd::journal::init_logging(cli.verbose);
+            let path = match (service, config) {
+                (_, Some(path)) => path,
+                (Some(s), None) => PathBuf::from(format!("/etc/slotman/{s}.toml")),
+                (None, None) => return fail(anyhow::anyhow!("give a SERVICE or --config FILE")),
+            };
+            let opts = slotman::run::Options { config: path, placement, runtime_dir };
+            run_async(slotman::run::run(opts))
+        }
+        Command::Status { service, json, runtime_dir } => {
+            run_async(slotman::control::client::status(service, json, runtime_dir))
+        }
+        Command::Demo { job_server, jobs } => {
+            run_async(slotman::demo::run(slotman::demo::Options { job_server, jobs }))
+        }
+    }
+}
+
+fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.into()),
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
+}
+
+fn fail(e: anyhow::Error) -> ExitCode {
+    eprintln!("slotman: {e:#}");
+    ExitCode::from(1)
+}

@@ -1,1 +1,4 @@
 //! The control socket, `slotman status` and metrics.
+
+pub mod client;
+pub mod proto;

@@ -1,1 +1,506 @@
-//! The manager event loop.
+//! The manager: one per service. Owns every pool and is the only code that
+//! changes them. Everything else (slot tasks, signals, timers) sends it an
+//! [`Event`]; after each event [`policy::decide`] says what to do and the
+//! manager does it through [`crate::placement`].
+
+pub mod policy;
+pub mod pool;
+mod slot_task;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use tokio::sync::mpsc;
+
+use crate::config::{self, Config};
+use crate::control::proto::{CurrentJob, ServiceStatus, SlotStatus, WorkerStatus};
+use crate::placement::Placement;
+use crate::slot::report::{ExitReason, JobResult, Report, SlotSpec};
+use crate::systemd::notify::Notifier;
+use policy::{Action, Reason};
+use pool::{Pool, Slot, SlotCmd, SlotState};
+
+/// Everything that can wake the manager. Closed: the loop matches every one.
+#[derive(Debug)]
+pub enum Event {
+    /// From a slot's task.
+    Slot { worker: String, id: u32, ev: SlotEvent },
+    /// SIGHUP / `systemctl reload`.
+    Reload,
+    /// SIGTERM / SIGINT / `systemctl stop`.
+    Stop,
+    /// A snapshot for `slotman status`, the demo or metrics.
+    Status(tokio::sync::oneshot::Sender<ServiceStatus>),
+}
+
+/// What a slot task reports, in the order it happened.
+#[derive(Debug)]
+pub enum SlotEvent {
+    Placed { pid: u32, unit: Option<String> },
+    PlaceFailed(String),
+    Report(Report),
+    Exited { status: String },
+}
+
+/// How long a stopping manager waits for killed slots to be reaped.
+const KILL_GRACE: Duration = Duration::from_secs(5);
+
+pub struct Manager {
+    config: Config,
+    pools: BTreeMap<String, Pool>,
+    placement: Arc<Placement>,
+    events_tx: mpsc::UnboundedSender<Event>,
+    notifier: Notifier,
+    stopping: Option<Instant>,
+    killed: bool,
+    ready_sent: bool,
+    last_status: String,
+    reload_error: Option<String>,
+    started: Instant,
+}
+
+impl Manager {
+    pub fn new(config: Config, placement: Placement, events_tx: mpsc::UnboundedSender<Event>) -> Manager {
+        let pools = config
+            .workers
+            .iter()
+            .map(|w| (w.name.clone(), Pool::new(w.clone())))
+            .collect();
+        Manager {
+            config,
+            pools,
+            placement: Arc::new(placement),
+            events_tx,
+            notifier: Notifier::from_env(),
+            stopping: None,
+            killed: false,
+            ready_sent: false,
+            last_status: String::new(),
+            reload_error: None,
+            started: Instant::now(),
+        }
+    }
+
+    /// Runs until stopped and every slot has left.
+    pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> anyhow::Result<()> {
+        tracing::info!(
+            service = %self.config.service,
+            "starting: {} workers from {}",
+            self.pools.len(),
+            self.config.path.display()
+        );
+        let watchdog = self.notifier.watchdog_interval();
+        let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let wake = self.apply_policy();
+            self.report_status();
+            if self.stopping.is_some() && self.pools.values().all(|p| p.slots.is_empty()) {
+                break;
+            }
+            let deadline = self.stop_deadline();
+            let wake = [wake, deadline].into_iter().flatten().min();
+            tokio::select! {
+                ev = events.recv() => match ev {
+                    Some(ev) => self.handle(ev),
+                    None => break,
+                },
+                _ = sleep_until(wake) => {
+                    if let Some(d) = deadline {
+                        if Instant::now() >= d {
+                            self.kill_all();
+                        }
+                    }
+                }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
+            }
+        }
+        tracing::info!(service = %self.config.service, "stopped: every slot has left");
+        Ok(())
+    }
+
+    fn stop_deadline(&self) -> Option<Instant> {
+        let since = self.stopping?;
+        Some(if self.killed {
+            since + self.config.stop_timeout + KILL_GRACE
+        } else {
+            since + self.config.stop_timeout
+        })
+    }
+
+    fn handle(&mut self, ev: Event) {
+        match ev {
+            Event::Slot { worker, id, ev } => self.slot_event(&worker, id, ev),
+            Event::Reload => self.reload(),
+            Event::Stop => self.stop(),
+            Event::Status(reply) => {
+                let _ = reply.send(self.status());
+            }
+        }
+    }
+
+    fn stop(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        self.notifier.stopping();
+        let slots: usize = self.pools.values().map(|p| p.slots.len()).sum();
+        tracing::info!("stopping: draining {slots} slots (jobs in hand finish first, up to {})", humantime::format_duration(self.config.stop_timeout));
+        self.stopping = Some(Instant::now());
+        for pool in self.pools.values_mut() {
+            for slot in pool.slots.values_mut() {
+                slot.exit_expected = true;
+                if !matches!(slot.state, SlotState::Draining { .. }) {
+                    slot.state = SlotState::Draining { reason: "stopping".into() };
+                }
+                let _ = slot.cmd.send(SlotCmd::Drain);
+            }
+        }
+    }
+
+    fn kill_all(&mut self) {
+        if self.killed {
+            // Even SIGKILL did not reap them in time; give up waiting.
+            tracing::error!("slots did not exit after SIGKILL; leaving");
+            for pool in self.pools.values_mut() {
+                pool.slots.clear();
+            }
+            return;
+        }
+        self.killed = true;
+        for (name, pool) in &self.pools {
+            for slot in pool.slots.values() {
+                tracing::warn!(worker = %name, slot = slot.id, "stop_timeout passed: killing slot {name}#{} (its job goes back to the job server)", slot.id);
+                let _ = slot.cmd.send(SlotCmd::Kill);
+            }
+        }
+    }
+
+    fn reload(&mut self) {
+        self.notifier.reloading();
+        match config::load(&self.config.path) {
+            Err(e) => {
+                let msg = e.to_string();
+                let first = msg.lines().next().unwrap_or_default().to_string();
+                tracing::error!("reload failed, keeping the running configuration: {msg}");
+                self.reload_error = Some(first);
+                self.last_status.clear();
+                self.report_status();
+                self.notifier.ready();
+                return;
+            }
+            Ok(new) => {
+                self.reload_error = None;
+                self.apply_config(new);
+            }
+        }
+        self.notifier.ready();
+    }
+
+    fn apply_config(&mut self, new: Config) {
+        let mut changes = Vec::new();
+        for w in &new.workers {
+            match self.pools.get_mut(&w.name) {
+                None => {
+                    changes.push(format!("+{}", w.name));
+                    self.pools.insert(w.name.clone(), Pool::new(w.clone()));
+                }
+                Some(pool) => {
+                    pool.removed = false;
+                    if *pool.worker == *w {
+                        continue;
+                    }
+                    if !pool.worker.same_processes(w) {
+                        pool.generation += 1;
+                        changes.push(format!("~{} (slots replaced)", w.name));
+                    } else {
+                        changes.push(format!("~{} (limits)", w.name));
+                    }
+                    pool.worker = Arc::new(w.clone());
+                    pool.faults = pool::Faults::default();
+                }
+            }
+        }
+        for (name, pool) in self.pools.iter_mut() {
+            if !new.workers.iter().any(|w| &w.name == name) && !pool.removed {
+                pool.removed = true;
+                changes.push(format!("-{name}"));
+            }
+        }
+        tracing::info!("reloaded {}: {}", new.path.display(), if changes.is_empty() { "no changes".to_string() } else { changes.join(", ") });
+        self.config = new;
+    }
+
+    fn slot_event(&mut self, worker: &str, id: u32, ev: SlotEvent) {
+        let now = Instant::now();
+        let Some(pool) = self.pools.get_mut(worker) else { return };
+        match ev {
+            SlotEvent::Placed { pid, unit } => {
+                if let Some(s) = pool.slots.get_mut(&id) {
+                    s.pid = Some(pid);
+                    s.unit = unit;
+                }
+            }
+            SlotEvent::PlaceFailed(why) => {
+                pool.slots.remove(&id);
+                tracing::error!(worker, slot = id, "cannot start slot {worker}#{id}: {why}");
+                Self::failure(worker, pool, now);
+            }
+            SlotEvent::Report(r) => Self::report(worker, pool, id, r, now),
+            SlotEvent::Exited { status } => {
+                let Some(slot) = pool.slots.remove(&id) else { return };
+                if slot.exit_expected && slot.was_ready {
+                    tracing::debug!(worker, slot = id, "slot {worker}#{id} left ({status})");
+                } else {
+                    let what = if slot.was_ready { "exited unexpectedly" } else { "failed to start" };
+                    tracing::warn!(worker, slot = id, "slot {worker}#{id} {what} ({status}) after {} jobs", slot.jobs_done);
+                    pool.counters.restarts += 1;
+                    Self::failure(worker, pool, now);
+                }
+                if pool.removed && pool.slots.is_empty() {
+                    tracing::info!(worker, "worker {worker} removed: all its slots have left");
+                    self.pools.remove(worker);
+                }
+            }
+        }
+    }
+
+    fn failure(worker: &str, pool: &mut Pool, now: Instant) {
+        if pool.faults.failure(now) {
+            tracing::error!(worker, "worker {worker} marked failed: {} slot failures within {}s; retrying in {}s (other workers are not affected)", pool::BURST_LIMIT, pool::BURST_WINDOW.as_secs(), pool::FAILED_RETRY.as_secs());
+        } else if let Some(t) = pool.faults.hold_until {
+            tracing::info!(worker, "next start of {worker} in {}ms (back-off after {} failures)", t.saturating_duration_since(now).as_millis(), pool.faults.consecutive);
+        }
+    }
+
+    fn report(worker: &str, pool: &mut Pool, id: u32, r: Report, now: Instant) {
+        let workleft = pool.worker.workleft;
+        let Some(slot) = pool.slots.get_mut(&id) else { return };
+        match r {
+            Report::Ready { pid } => {
+                slot.pid.get_or_insert(pid);
+                slot.was_ready = true;
+                if slot.state == SlotState::Starting {
+                    slot.state = SlotState::Idle { since: now };
+                }
+                tracing::debug!(worker, slot = id, pid, "slot {worker}#{id} ready");
+            }
+            Report::Busy { function, handle } => {
+                if !matches!(slot.state, SlotState::Draining { .. }) {
+                    slot.state = SlotState::Busy { function, handle, since: now };
+                }
+            }
+            Report::Done { result, .. } => {
+                slot.jobs_done += 1;
+                pool.rate.add(now);
+                match result {
+                    JobResult::Complete => pool.counters.jobs_complete += 1,
+                    JobResult::Fail => pool.counters.jobs_failed += 1,
+                    JobResult::Exception => pool.counters.jobs_exception += 1,
+                }
+                pool.faults.success();
+                if workleft > 0 && slot.jobs_done >= workleft {
+                    tracing::info!(worker, slot = id, reason = "workleft", "recycle {worker}#{id}: workleft reached ({} jobs)", slot.jobs_done);
+                    slot.exit_expected = true;
+                    slot.state = SlotState::Draining { reason: "workleft reached".into() };
+                } else if !matches!(slot.state, SlotState::Draining { .. }) {
+                    slot.state = SlotState::Idle { since: now };
+                }
+            }
+            Report::Exiting { reason } => {
+                match reason {
+                    ExitReason::HandlerFailed => slot.exit_expected = false,
+                    ExitReason::Workleft | ExitReason::Drained => slot.exit_expected = true,
+                }
+                if !matches!(slot.state, SlotState::Draining { .. }) {
+                    slot.state = SlotState::Draining { reason: format!("{reason:?}").to_lowercase() };
+                }
+            }
+        }
+    }
+
+    /// Runs the policy on every pool and carries out its actions. Returns the
+    /// earliest instant it must run again without an event.
+    fn apply_policy(&mut self) -> Option<Instant> {
+        let now = Instant::now();
+        let stopping = self.stopping.is_some();
+        let mut wake: Option<Instant> = None;
+        let names: Vec<String> = self.pools.keys().cloned().collect();
+        for name in names {
+            let Some(pool) = self.pools.get_mut(&name) else { continue };
+            // A failed worker whose hold has passed gets another try.
+            if pool.faults.failed && pool.faults.hold_until.is_some_and(|t| t <= now) {
+                tracing::info!(worker = %name, "retrying failed worker {name}");
+                pool.faults.failed = false;
+                pool.faults.consecutive = 0;
+            }
+            let decision = policy::decide(&pool.view(stopping), now);
+            for action in decision.actions {
+                match action {
+                    Action::Start { count, reason } => {
+                        let before = pool.active();
+                        let after = before + count as usize;
+                        match reason {
+                            Reason::BelowMin | Reason::ConfigChanged => tracing::info!(worker = %name, reason = %reason, "start {name} {before}→{after}: {reason}"),
+                            _ => tracing::info!(worker = %name, reason = %reason, "scale up {name} {before}→{after}: {reason}"),
+                        }
+                        for _ in 0..count {
+                            start_slot(&self.config.service, pool, &self.placement, &self.events_tx);
+                        }
+                    }
+                    Action::Drain { slot, reason } => {
+                        if let Some(s) = pool.slots.get_mut(&slot) {
+                            match reason {
+                                Reason::Idle(_) => tracing::info!(worker = %name, slot, reason = %reason, "retire {name}#{slot}: {reason}"),
+                                _ => tracing::info!(worker = %name, slot, reason = %reason, "recycle {name}#{slot}: {reason}"),
+                            }
+                            s.exit_expected = true;
+                            s.state = SlotState::Draining { reason: reason.to_string() };
+                            let _ = s.cmd.send(SlotCmd::Drain);
+                        }
+                    }
+                }
+            }
+            if let Some(t) = decision.wake_at {
+                wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
+            }
+        }
+        if !self.ready_sent && self.pools.values().all(|p| p.ready() >= p.worker.min as usize || p.faults.failed) {
+            self.ready_sent = true;
+            self.notifier.ready();
+            tracing::info!("ready: every worker has its min slots registered");
+        }
+        wake
+    }
+
+    fn report_status(&mut self) {
+        let slots: usize = self.pools.values().map(|p| p.slots.len()).sum();
+        let busy: usize = self.pools.values().map(|p| p.busy()).sum();
+        let done: u64 = self.pools.values().map(|p| p.counters.jobs_complete + p.counters.jobs_failed + p.counters.jobs_exception).sum();
+        let failed: Vec<&str> = self.pools.iter().filter(|(_, p)| p.faults.failed).map(|(n, _)| n.as_str()).collect();
+        let mut line = format!("{} workers, {slots} slots ({busy} busy), {done} jobs done", self.pools.len());
+        if !failed.is_empty() {
+            line.push_str(&format!("; failed: {}", failed.join(",")));
+        }
+        if self.stopping.is_some() {
+            line = format!("stopping: {slots} slots left ({busy} busy)");
+        }
+        if let Some(e) = &self.reload_error {
+            line = format!("{line}; reload failed, running the previous config: {e}");
+        }
+        if line != self.last_status {
+            self.notifier.status(&line);
+            self.last_status = line;
+        }
+    }
+
+    /// The status view; memory/CPU are filled in by the control server.
+    fn status(&mut self) -> ServiceStatus {
+        let now = Instant::now();
+        let workers = self
+            .pools
+            .iter_mut()
+            .map(|(name, p)| {
+                let count = |f: fn(&SlotState) -> bool| p.count(f) as u32;
+                WorkerStatus {
+                    name: name.clone(),
+                    kind: format!("{:?}", p.worker.kind).to_lowercase(),
+                    min: p.worker.min,
+                    max: p.worker.max,
+                    busy: count(|s| matches!(s, SlotState::Busy { .. })),
+                    idle: count(|s| matches!(s, SlotState::Idle { .. })),
+                    starting: count(|s| matches!(s, SlotState::Starting)),
+                    draining: count(|s| matches!(s, SlotState::Draining { .. })),
+                    failed: p.faults.failed,
+                    jobs_complete: p.counters.jobs_complete,
+                    jobs_failed: p.counters.jobs_failed,
+                    jobs_exception: p.counters.jobs_exception,
+                    jobs_per_sec: p.rate.per_sec(now),
+                    restarts: p.counters.restarts,
+                    queued: None,
+                    slots: p
+                        .slots
+                        .values()
+                        .map(|s| SlotStatus {
+                            id: s.id,
+                            state: s.state.name().to_string(),
+                            pid: s.pid,
+                            unit: s.unit.clone(),
+                            uptime_secs: now.duration_since(s.started).as_secs_f64(),
+                            jobs_done: s.jobs_done,
+                            jobs_left: (p.worker.workleft > 0).then(|| p.worker.workleft.saturating_sub(s.jobs_done)),
+                            job: match &s.state {
+                                SlotState::Busy { function, handle, since } => Some(CurrentJob {
+                                    function: function.clone(),
+                                    handle: handle.clone(),
+                                    running_secs: now.duration_since(*since).as_secs_f64(),
+                                }),
+                                _ => None,
+                            },
+                            memory_bytes: None,
+                            cpu_usage_nsec: None,
+                            tasks: None,
+                            outdated: s.generation != p.generation,
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        ServiceStatus {
+            version: crate::control::proto::PROTOCOL_VERSION,
+            service: self.config.service.clone(),
+            config: self.config.path.display().to_string(),
+            pid: std::process::id(),
+            uptime_secs: now.duration_since(self.started).as_secs_f64(),
+            stopping: self.stopping.is_some(),
+            reload_error: self.reload_error.clone(),
+            workers,
+        }
+    }
+}
+
+fn start_slot(service: &str, pool: &mut Pool, placement: &Arc<Placement>, events: &mpsc::UnboundedSender<Event>) {
+    let id = pool.next_id;
+    pool.next_id += 1;
+    let now = Instant::now();
+    let recycle_at = pool.worker.max_lifetime.map(|life| {
+        // Splay up to 10% so that slots started together do not recycle together.
+        let splay = life.mul_f64(rand::thread_rng().gen_range(0.0..0.1));
+        now + life + splay
+    });
+    let (tx, rx) = mpsc::unbounded_channel();
+    pool.slots.insert(
+        id,
+        Slot {
+            id,
+            pid: None,
+            unit: None,
+            state: SlotState::Starting,
+            started: now,
+            generation: pool.generation,
+            jobs_done: 0,
+            recycle_at,
+            exit_expected: false,
+            was_ready: false,
+            cmd: tx,
+        },
+    );
+    let spec = SlotSpec { service: service.to_string(), slot: id, worker: (*pool.worker).clone() };
+    tokio::spawn(slot_task::run(placement.clone(), spec, events.clone(), rx));
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Options of `slotman run` that are not in the config file.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    pub runtime_dir: Option<PathBuf>,
+}

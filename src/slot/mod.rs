@@ -1,4 +1,110 @@
-//! The slot runner process (`slotman slot`, started by a manager).
+//! The slot runner process (`slotman slot`, started only by a manager).
+//!
+//! One slot = one runner process holding the Gearman connections of one
+//! worker type + the user's handler. [`process_main`] is the process entry:
+//! it takes its [`report::SlotSpec`] from the manager's socket and reports
+//! back over it; [`runner::run`] is the same logic without a process around
+//! it (used by tests).
 
+pub mod connection;
 pub mod handler;
+pub mod native;
 pub mod report;
+pub mod runner;
+
+use std::os::fd::{FromRawFd, OwnedFd};
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use report::{ExitReason, ToSlot, CONTROL_FD_ENV, MAX_LINE};
+
+/// Exit status of a slot whose handler could not start (the manager backs off).
+pub const EXIT_HANDLER_FAILED: i32 = 3;
+
+/// Entry point of `slotman slot`. Returns the process exit status.
+pub async fn process_main() -> anyhow::Result<i32> {
+    let fd: i32 = std::env::var(CONTROL_FD_ENV)
+        .map_err(|_| anyhow::anyhow!("`slotman slot` is started by `slotman run`, not by hand ({CONTROL_FD_ENV} is not set)"))?
+        .parse()?;
+    // The fd number comes from our manager, which passed it open; nothing
+    // else in this process owns it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    std::env::remove_var(CONTROL_FD_ENV);
+    // Keep the socket out of handler processes: their EOF must mean ours.
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&owned),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
+    let std_stream = std::os::unix::net::UnixStream::from(owned);
+    std_stream.set_nonblocking(true)?;
+    let stream = UnixStream::from_std(std_stream)?;
+    let (read_half, mut write_half) = stream.into_split();
+    let mut lines = BufReader::new(read_half);
+
+    let spec = match read_line(&mut lines).await? {
+        Some(line) => match report::decode::<ToSlot>(&line)? {
+            ToSlot::Start(spec) => spec,
+            ToSlot::Drain => return Ok(0),
+        },
+        None => return Ok(0),
+    };
+
+    let drain = CancellationToken::new();
+    // SIGTERM/SIGINT: finish the job in hand, then leave.
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let on_signal = drain.clone();
+    tokio::spawn(async move {
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        on_signal.cancel();
+    });
+    // Messages from the manager; EOF means it is gone: drain as well.
+    let on_msg = drain.clone();
+    tokio::spawn(async move {
+        loop {
+            match read_line(&mut lines).await {
+                Ok(Some(line)) => {
+                    if let Ok(ToSlot::Drain) = report::decode::<ToSlot>(&line) {
+                        on_msg.cancel();
+                    }
+                }
+                _ => {
+                    on_msg.cancel();
+                    return;
+                }
+            }
+        }
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let writer = tokio::spawn(async move {
+        while let Some(r) = rx.recv().await {
+            if write_half.write_all(&report::encode(&r)).await.is_err() {
+                break; // The manager is gone; the reader side drains us.
+            }
+        }
+    });
+    let reason = runner::run(spec, tx, drain).await;
+    let _ = writer.await;
+    Ok(match reason {
+        ExitReason::HandlerFailed => EXIT_HANDLER_FAILED,
+        ExitReason::Workleft | ExitReason::Drained => 0,
+    })
+}
+
+/// One line without its `\n`; `None` at EOF; an over-long line is an error.
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> anyhow::Result<Option<Vec<u8>>> {
+    let mut line = Vec::new();
+    let n = (&mut *r).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if line.last() != Some(&b'\n') {
+        anyhow::bail!("control line too long or truncated");
+    }
+    line.pop();
+    Ok(Some(line))
+}

@@ -1,1 +1,1 @@
-//! TODO
+pub fn init_logging(verbose: bool) { let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(if verbose {"debug"} else {"info"}))).with_writer(std::io::stderr).try_init(); }

@@ -1,0 +1,273 @@
+//! The manager's picture of one worker's pool: plain data, no I/O. Only the
+//! manager loop mutates it; slot tasks report through events.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::policy::{PoolView, SlotPhase, SlotView};
+use crate::config::WorkerConfig;
+
+/// Commands from the manager to one slot's task.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotCmd {
+    /// Finish the job in hand, then exit.
+    Drain,
+    /// SIGKILL (stop timeout passed).
+    Kill,
+}
+
+/// What a slot is doing, as the manager knows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SlotState {
+    Starting,
+    Idle { since: Instant },
+    Busy { function: String, handle: String, since: Instant },
+    Draining { reason: String },
+}
+
+impl SlotState {
+    pub fn name(&self) -> &'static str {
+        match self {
+            SlotState::Starting => "starting",
+            SlotState::Idle { .. } => "idle",
+            SlotState::Busy { .. } => "busy",
+            SlotState::Draining { .. } => "draining",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub struct Slot {
+    pub id: u32,
+    pub pid: Option<u32>,
+    pub unit: Option<String>,
+    pub state: SlotState,
+    pub started: Instant,
+    pub generation: u64,
+    pub jobs_done: u64,
+    pub recycle_at: Option<Instant>,
+    /// It said `exiting`, or we told it to drain: its exit is not a crash.
+    pub exit_expected: bool,
+    /// It registered at least once (an exit before that is a start failure).
+    pub was_ready: bool,
+    pub cmd: mpsc::UnboundedSender<SlotCmd>,
+}
+
+/// Restart accounting, like systemd's StartLimitBurst / RestartSec growth.
+#[derive(Debug, Default)]
+pub struct Faults {
+    /// Consecutive failures since the last success; drives the back-off.
+    pub consecutive: u32,
+    /// Failure instants inside the burst window.
+    pub recent: VecDeque<Instant>,
+    /// No start before this instant.
+    pub hold_until: Option<Instant>,
+    /// Marked failed (start limit hit); retried at `hold_until`.
+    pub failed: bool,
+}
+
+/// Failures within this window …
+pub const BURST_WINDOW: Duration = Duration::from_secs(10);
+/// … this many times mark the worker failed …
+pub const BURST_LIMIT: usize = 5;
+/// … until this much later.
+pub const FAILED_RETRY: Duration = Duration::from_secs(30);
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+impl Faults {
+    /// Records a failure; returns true when it just crossed the start limit.
+    pub fn failure(&mut self, now: Instant) -> bool {
+        self.consecutive += 1;
+        self.recent.push_back(now);
+        while self.recent.front().is_some_and(|t| now.duration_since(*t) > BURST_WINDOW) {
+            self.recent.pop_front();
+        }
+        if self.recent.len() >= BURST_LIMIT {
+            self.failed = true;
+            self.recent.clear();
+            self.hold_until = Some(now + FAILED_RETRY);
+            return true;
+        }
+        let exp = self.consecutive.saturating_sub(1).min(16);
+        let delay = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX);
+        self.hold_until = Some(now + delay);
+        false
+    }
+
+    pub fn success(&mut self) {
+        self.consecutive = 0;
+        self.failed = false;
+    }
+}
+
+/// Counters per worker, for STATUS, `slotman status` and metrics.
+#[derive(Debug, Default, Clone)]
+pub struct Counters {
+    pub jobs_complete: u64,
+    pub jobs_failed: u64,
+    pub jobs_exception: u64,
+    pub restarts: u64,
+}
+
+/// Jobs finished per second over the last minute: 60 one-second buckets,
+/// advanced lazily (no timer).
+#[derive(Debug)]
+pub struct Rate {
+    origin: Instant,
+    buckets: [u64; 60],
+    /// Second (since `origin`) of the newest bucket.
+    head: u64,
+}
+
+impl Default for Rate {
+    fn default() -> Self {
+        Rate { origin: Instant::now(), buckets: [0; 60], head: 0 }
+    }
+}
+
+impl Rate {
+    fn advance(&mut self, now: Instant) {
+        let sec = now.saturating_duration_since(self.origin).as_secs();
+        if sec > self.head {
+            let gap = (sec - self.head).min(60);
+            for i in 1..=gap {
+                self.buckets[((self.head + i) % 60) as usize] = 0;
+            }
+            self.head = sec;
+        }
+    }
+
+    pub fn add(&mut self, now: Instant) {
+        self.advance(now);
+        self.buckets[(self.head % 60) as usize] += 1;
+    }
+
+    /// Average per second over the last minute (or since start, if shorter).
+    pub fn per_sec(&mut self, now: Instant) -> f64 {
+        self.advance(now);
+        let span = now.saturating_duration_since(self.origin).as_secs_f64().clamp(1.0, 60.0);
+        self.buckets.iter().sum::<u64>() as f64 / span
+    }
+}
+
+#[derive(Debug)]
+pub struct Pool {
+    pub worker: Arc<WorkerConfig>,
+    /// Bumped by a reload that changed how slots run; older slots are outdated.
+    pub generation: u64,
+    pub slots: BTreeMap<u32, Slot>,
+    pub next_id: u32,
+    pub removed: bool,
+    pub faults: Faults,
+    pub counters: Counters,
+    pub rate: Rate,
+    pub queued: u64,
+}
+
+impl Pool {
+    pub fn new(worker: WorkerConfig) -> Pool {
+        Pool {
+            worker: Arc::new(worker),
+            generation: 0,
+            slots: BTreeMap::new(),
+            next_id: 1,
+            removed: false,
+            faults: Faults::default(),
+            counters: Counters::default(),
+            rate: Rate::default(),
+            queued: 0,
+        }
+    }
+
+    pub fn view(&self, stopping: bool) -> PoolView {
+        PoolView {
+            min: self.worker.min,
+            max: self.worker.max,
+            idle_timeout: self.worker.idle_timeout,
+            slots: self
+                .slots
+                .values()
+                .map(|s| SlotView {
+                    id: s.id,
+                    state: match &s.state {
+                        SlotState::Starting => SlotPhase::Starting,
+                        SlotState::Idle { since } => SlotPhase::Idle { since: *since },
+                        SlotState::Busy { .. } => SlotPhase::Busy,
+                        SlotState::Draining { .. } => SlotPhase::Draining,
+                    },
+                    outdated: s.generation != self.generation,
+                    recycle_at: s.recycle_at,
+                })
+                .collect(),
+            queued: self.queued,
+            hold_until: self.faults.hold_until,
+            removed: self.removed,
+            stopping,
+        }
+    }
+
+    pub fn count(&self, f: impl Fn(&SlotState) -> bool) -> usize {
+        self.slots.values().filter(|s| f(&s.state)).count()
+    }
+
+    /// Slots that count as capacity (not draining).
+    pub fn active(&self) -> usize {
+        self.count(|s| !matches!(s, SlotState::Draining { .. }))
+    }
+
+    pub fn busy(&self) -> usize {
+        self.count(|s| matches!(s, SlotState::Busy { .. }))
+    }
+
+    pub fn ready(&self) -> usize {
+        self.count(|s| matches!(s, SlotState::Idle { .. } | SlotState::Busy { .. }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_then_start_limit_marks_failed() {
+        let mut f = Faults::default();
+        let t0 = Instant::now();
+        assert!(!f.failure(t0));
+        let first = f.hold_until.unwrap() - t0;
+        assert!(!f.failure(t0));
+        let second = f.hold_until.unwrap() - t0;
+        assert!(second > first, "back-off grows: {first:?} then {second:?}");
+        assert!(!f.failure(t0));
+        assert!(!f.failure(t0));
+        assert!(f.failure(t0), "fifth failure in the window hits the limit");
+        assert!(f.failed);
+        assert_eq!(f.hold_until, Some(t0 + FAILED_RETRY));
+        f.success();
+        assert!(!f.failed);
+    }
+
+    #[test]
+    fn rate_counts_the_last_minute_only() {
+        let mut r = Rate::default();
+        let t0 = r.origin;
+        for i in 0..120 {
+            r.add(t0 + Duration::from_secs(i));
+        }
+        let now = t0 + Duration::from_secs(119);
+        assert!((r.per_sec(now) - 1.0).abs() < 0.05, "{}", r.per_sec(now));
+        assert_eq!(r.per_sec(t0 + Duration::from_secs(400)), 0.0);
+    }
+
+    #[test]
+    fn failures_spread_out_do_not_hit_the_limit() {
+        let mut f = Faults::default();
+        let t0 = Instant::now();
+        for i in 0..10 {
+            assert!(!f.failure(t0 + BURST_WINDOW * i), "failure {i}");
+        }
+    }
+}

@@ -1,0 +1,44 @@
+//! `slotman run`: load the config, pick a placement, wire signals to the
+//! manager, run it.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+
+use crate::manager::{Event, Manager};
+use crate::placement::Placement;
+
+pub struct Options {
+    pub config: PathBuf,
+    /// "auto", "child" or "systemd".
+    pub placement: String,
+    pub runtime_dir: Option<PathBuf>,
+}
+
+pub async fn run(opts: Options) -> anyhow::Result<()> {
+    let config = crate::config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let placement = match opts.placement.as_str() {
+        "child" | "auto" => Placement::Child,
+        other => anyhow::bail!("unknown placement {other:?} (auto, child, systemd)"),
+    };
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let sig_tx = tx.clone();
+    tokio::spawn(async move {
+        loop {
+            let ev = tokio::select! {
+                _ = hup.recv() => Event::Reload,
+                _ = term.recv() => Event::Stop,
+                _ = int.recv() => Event::Stop,
+            };
+            if sig_tx.send(ev).is_err() {
+                return;
+            }
+        }
+    });
+    Manager::new(config, placement, tx).run(rx).await
+}

@@ -1,0 +1,303 @@
+//! One job-server connection of a slot: register, then grab / sleep / wake.
+//!
+//! A slot runs one job at a time however many job servers it talks to. Each
+//! connection task must hold the slot's single [`Gate`] permit to send
+//! GRAB_JOB, and keeps it until the job it got has been answered, so two
+//! servers can never hand the slot two jobs at once. Between jobs a
+//! connection that got NO_JOB sends PRE_SLEEP and waits for NOOP: no polling.
+//!
+//! A server that is down, refuses us or goes away is retried with capped,
+//! jittered exponential back-off; only the first failure of a streak is logged
+//! at WARN, so a dead server does not flood the journal.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures::{SinkExt, StreamExt};
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+
+use crate::gearman::codec::{PacketCodec, ProtocolError};
+use crate::gearman::packet::{Packet, PacketType};
+use crate::slot::handler::{Job, JobEvent, Outcome};
+
+/// The slot's one job permit, shared by its connections. Closing it (drain,
+/// workleft reached) makes every connection that is not mid-job return.
+pub type Gate = Arc<Semaphore>;
+
+/// Runs one job through the handler; given by the runner so that this module
+/// knows nothing of handler processes.
+pub trait JobRunner: Send + Sync {
+    /// Runs `job`, sending progress to `events`; returns how it ended.
+    fn run<'a>(
+        &'a self,
+        job: Job,
+        events: mpsc::Sender<JobEvent>,
+    ) -> futures::future::BoxFuture<'a, Outcome>;
+}
+
+/// What a connection needs to know.
+pub struct ConnectionSpec {
+    pub server: String,
+    pub client_id: String,
+    pub prefix: String,
+    pub functions: Vec<String>,
+    pub max_packet: u32,
+}
+
+/// Back-off bounds for reconnecting to a job server.
+const BACKOFF_MIN: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// A connection that stays up this long resets the back-off.
+const STABLE_AFTER: Duration = Duration::from_secs(10);
+/// How long to wait for the TCP connect itself.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+type Conn = Framed<TcpStream, PacketCodec>;
+
+/// Why a session with the server ended.
+enum SessionEnd {
+    /// The gate closed: the slot is draining.
+    Closed,
+    /// The connection broke; reconnect.
+    Broken(String),
+}
+
+/// Serves one job server until the gate closes. `first_attempt` is signalled
+/// once, after the first connect attempt succeeded or failed, so the runner can
+/// report ready without waiting for a server that is down.
+pub async fn serve(
+    spec: ConnectionSpec,
+    gate: Gate,
+    drain: CancellationToken,
+    runner: Arc<dyn JobRunner>,
+    first_attempt: mpsc::Sender<()>,
+) {
+    let mut first_attempt = Some(first_attempt);
+    let mut backoff = BACKOFF_MIN;
+    let mut failures: u32 = 0;
+    loop {
+        if gate.is_closed() {
+            return;
+        }
+        let attempt = tokio::select! {
+            _ = drain.cancelled() => return,
+            r = connect(&spec) => r,
+        };
+        if let Some(tx) = first_attempt.take() {
+            let _ = tx.send(()).await;
+        }
+        match attempt {
+            Ok(conn) => {
+                if failures > 0 {
+                    tracing::info!(server = %spec.server, "job server reachable again after {failures} failed attempts");
+                } else {
+                    tracing::debug!(server = %spec.server, "connected");
+                }
+                failures = 0;
+                let started = Instant::now();
+                match session(&spec, conn, &gate, &drain, runner.as_ref()).await {
+                    SessionEnd::Closed => return,
+                    SessionEnd::Broken(why) => {
+                        tracing::warn!(server = %spec.server, "job server connection lost: {why}");
+                        if started.elapsed() > STABLE_AFTER {
+                            backoff = BACKOFF_MIN;
+                        }
+                    }
+                }
+            }
+            Err(why) => {
+                failures += 1;
+                if failures == 1 {
+                    tracing::warn!(server = %spec.server, "cannot reach job server: {why}; retrying with back-off");
+                } else {
+                    tracing::debug!(server = %spec.server, failures, "still cannot reach job server: {why}");
+                }
+            }
+        }
+        let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.8..1.2));
+        tokio::select! {
+            _ = drain.cancelled() => return,
+            _ = tokio::time::sleep(jittered) => {}
+        }
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
+    let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&spec.server))
+        .await
+        .map_err(|_| "connect timed out".to_string())?
+        .map_err(|e| e.to_string())?;
+    let _ = stream.set_nodelay(true);
+    let mut conn = Framed::new(stream, PacketCodec::new(spec.max_packet));
+    let mut hello = vec![Packet::req(
+        PacketType::SetClientId,
+        vec![Bytes::from(spec.client_id.clone())],
+    )];
+    for f in &spec.functions {
+        hello.push(Packet::req(
+            PacketType::CanDo,
+            vec![Bytes::from(format!("{}{}", spec.prefix, f))],
+        ));
+    }
+    for p in hello {
+        conn.feed(p).await.map_err(|e| e.to_string())?;
+    }
+    conn.flush().await.map_err(|e| e.to_string())?;
+    Ok(conn)
+}
+
+/// Reads the next packet; EOF and protocol errors end the session.
+async fn next_packet(conn: &mut Conn) -> Result<Packet, String> {
+    match conn.next().await {
+        Some(Ok(p)) => Ok(p),
+        Some(Err(ProtocolError::Io(e))) => Err(e.to_string()),
+        Some(Err(e)) => Err(format!("protocol error: {e}")),
+        None => Err("closed by the job server".into()),
+    }
+}
+
+async fn session(
+    spec: &ConnectionSpec,
+    mut conn: Conn,
+    gate: &Gate,
+    drain: &CancellationToken,
+    runner: &dyn JobRunner,
+) -> SessionEnd {
+    // A fresh connection may have jobs waiting: start awake.
+    let mut awake = true;
+    loop {
+        if !awake {
+            tokio::select! {
+                _ = drain.cancelled() => return SessionEnd::Closed,
+                p = next_packet(&mut conn) => match p {
+                    Ok(p) if p.kind == PacketType::Noop => awake = true,
+                    Ok(p) => tracing::debug!(server = %spec.server, "ignoring {} while asleep", p.kind.name()),
+                    Err(why) => return SessionEnd::Broken(why),
+                },
+            }
+            continue;
+        }
+        // Awake: wait for the slot's permit while still watching the socket.
+        let permit = loop {
+            tokio::select! {
+                permit = gate.clone().acquire_owned() => match permit {
+                    Ok(p) => break p,
+                    Err(_) => return SessionEnd::Closed,
+                },
+                p = next_packet(&mut conn) => match p {
+                    Ok(_) => {} // NOOPs while awake mean nothing new.
+                    Err(why) => return SessionEnd::Broken(why),
+                },
+            }
+        };
+        if let Err(e) = conn.send(Packet::req(PacketType::GrabJobUniq, vec![])).await {
+            return SessionEnd::Broken(e.to_string());
+        }
+        let assigned = loop {
+            match next_packet(&mut conn).await {
+                Ok(p) => match p.kind {
+                    PacketType::Noop => continue,
+                    PacketType::NoJob => break None,
+                    PacketType::JobAssignUniq | PacketType::JobAssign | PacketType::JobAssignAll => {
+                        break Some(p)
+                    }
+                    PacketType::Error => {
+                        return SessionEnd::Broken(format!(
+                            "job server error {}: {}",
+                            String::from_utf8_lossy(p.arg(0)),
+                            String::from_utf8_lossy(p.arg(1))
+                        ))
+                    }
+                    other => tracing::debug!(server = %spec.server, "unexpected {} while grabbing", other.name()),
+                },
+                Err(why) => return SessionEnd::Broken(why),
+            }
+        };
+        let Some(assign) = assigned else {
+            drop(permit);
+            if let Err(e) = conn.send(Packet::req(PacketType::PreSleep, vec![])).await {
+                return SessionEnd::Broken(e.to_string());
+            }
+            awake = false;
+            continue;
+        };
+        let result = run_job(spec, &mut conn, assign, runner).await;
+        // The permit is released only after the answer is sent (or failed), and
+        // after the runner has had the chance to close the gate on workleft.
+        drop(permit);
+        if let Err(why) = result {
+            return SessionEnd::Broken(why);
+        }
+    }
+}
+
+/// Turns a JOB_ASSIGN* into a [`Job`], runs it, forwards progress, answers.
+async fn run_job(
+    spec: &ConnectionSpec,
+    conn: &mut Conn,
+    assign: Packet,
+    runner: &dyn JobRunner,
+) -> Result<(), String> {
+    let handle = Bytes::copy_from_slice(assign.arg(0));
+    let gearman_function = String::from_utf8_lossy(assign.arg(1)).into_owned();
+    let (unique, payload) = match assign.kind {
+        PacketType::JobAssign => (None, Bytes::copy_from_slice(assign.arg(2))),
+        PacketType::JobAssignAll => (Some(assign.arg(2)), Bytes::copy_from_slice(assign.arg(4))),
+        _ => (Some(assign.arg(2)), Bytes::copy_from_slice(assign.arg(3))),
+    };
+    let unique = unique
+        .filter(|u| !u.is_empty())
+        .map(|u| String::from_utf8_lossy(u).into_owned());
+    let function = gearman_function
+        .strip_prefix(spec.prefix.as_str())
+        .unwrap_or(&gearman_function)
+        .to_string();
+    let job = Job {
+        function,
+        gearman_function,
+        handle: String::from_utf8_lossy(&handle).into_owned(),
+        unique,
+        payload,
+    };
+
+    let (tx, mut rx) = mpsc::channel(16);
+    let outcome = {
+        let run = runner.run(job, tx);
+        tokio::pin!(run);
+        loop {
+            tokio::select! {
+                outcome = &mut run => break outcome,
+                Some(ev) = rx.recv() => {
+                    conn.send(event_packet(&handle, ev)).await.map_err(|e| e.to_string())?;
+                }
+            }
+        }
+    };
+    // Progress sent just before the end must still precede the result.
+    while let Ok(ev) = rx.try_recv() {
+        conn.feed(event_packet(&handle, ev)).await.map_err(|e| e.to_string())?;
+    }
+    let end = match outcome {
+        Outcome::Complete(data) => Packet::req(PacketType::WorkComplete, vec![handle, data]),
+        Outcome::Exception(data) => Packet::req(PacketType::WorkException, vec![handle, data]),
+        Outcome::Fail(_) => Packet::req(PacketType::WorkFail, vec![handle]),
+    };
+    conn.send(end).await.map_err(|e| e.to_string())
+}
+
+fn event_packet(handle: &Bytes, ev: JobEvent) -> Packet {
+    match ev {
+        JobEvent::Status(n, d) => Packet::req(
+            PacketType::WorkStatus,
+            vec![handle.clone(), Bytes::from(n.to_string()), Bytes::from(d.to_string())],
+        ),
+        JobEvent::Data(data) => Packet::req(PacketType::WorkData, vec![handle.clone(), data]),
+        JobEvent::Warning(data) => Packet::req(PacketType::WorkWarning, vec![handle.clone(), data]),
+    }
+}
