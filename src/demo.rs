@@ -55,7 +55,9 @@ fn free_port() -> anyhow::Result<u16> {
 
 fn find_gearmand() -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("gearmand")).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join("gearmand"))
+        .find(|p| p.is_file())
 }
 
 async fn start_job_server(opts: &Options) -> anyhow::Result<(String, JobServer, &'static str)> {
@@ -67,7 +69,12 @@ async fn start_job_server(opts: &Options) -> anyhow::Result<(String, JobServer, 
     let (server, what) = match find_gearmand() {
         Some(gearmand) => {
             let child = std::process::Command::new(gearmand)
-                .args(["--listen=127.0.0.1", &format!("--port={port}"), "--log-file=none", "--threads=1"])
+                .args([
+                    "--listen=127.0.0.1",
+                    &format!("--port={port}"),
+                    "--log-file=none",
+                    "--threads=1",
+                ])
                 .stdin(std::process::Stdio::null())
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
@@ -84,12 +91,18 @@ async fn start_job_server(opts: &Options) -> anyhow::Result<(String, JobServer, 
                         eprintln!("embedded job server failed: {e}");
                     }
                 })?;
-            (JobServer::Embedded, "embedded rustygeard (no gearmand on PATH)")
+            (
+                JobServer::Embedded,
+                "embedded rustygeard (no gearmand on PATH)",
+            )
         }
     };
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
-        anyhow::ensure!(Instant::now() < deadline, "the job server did not come up on {addr}");
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "the job server did not come up on {addr}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok((addr, server, what))
@@ -123,7 +136,8 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
 async fn snapshot(tx: &mpsc::UnboundedSender<Event>) -> anyhow::Result<ServiceStatus> {
     let (reply, rx) = oneshot::channel();
-    tx.send(Event::Status(reply)).map_err(|_| anyhow::anyhow!("manager stopped"))?;
+    tx.send(Event::Status(reply))
+        .map_err(|_| anyhow::anyhow!("manager stopped"))?;
     Ok(rx.await?)
 }
 
@@ -131,7 +145,11 @@ fn worker(s: &ServiceStatus) -> Option<&WorkerStatus> {
     s.workers.iter().find(|w| w.name == WORKER)
 }
 
-async fn drive(opts: &Options, addr: &str, tx: &mpsc::UnboundedSender<Event>) -> anyhow::Result<String> {
+async fn drive(
+    opts: &Options,
+    addr: &str,
+    tx: &mpsc::UnboundedSender<Event>,
+) -> anyhow::Result<String> {
     let tty = std::io::stdout().is_terminal();
     let t0 = Instant::now();
     // Wait for the pool's min slots before the burst.
@@ -140,14 +158,23 @@ async fn drive(opts: &Options, addr: &str, tx: &mpsc::UnboundedSender<Event>) ->
         if worker(&s).is_some_and(|w| w.idle + w.busy >= MIN) {
             break;
         }
-        anyhow::ensure!(t0.elapsed() < Duration::from_secs(20), "the pool did not start");
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(20),
+            "the pool did not start"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // Background jobs: every job server drains them reliably, and the
     // manager's own counters tell when each has run.
     let mut client = Client::connect(addr).await?;
     for i in 0..opts.jobs {
-        client.submit_background("demo::work", &format!("demo-{i}-{}", std::process::id()), JOB_MS.to_string()).await?;
+        client
+            .submit_background(
+                "demo::work",
+                &format!("demo-{i}-{}", std::process::id()),
+                JOB_MS.to_string(),
+            )
+            .await?;
     }
     println!("submitted {} jobs of {JOB_MS}ms\n", opts.jobs);
     let burst = Instant::now();
@@ -157,7 +184,9 @@ async fn drive(opts: &Options, addr: &str, tx: &mpsc::UnboundedSender<Event>) ->
     let mut last_line = String::new();
     loop {
         let s = snapshot(tx).await?;
-        let Some(w) = worker(&s) else { anyhow::bail!("pool vanished") };
+        let Some(w) = worker(&s) else {
+            anyhow::bail!("pool vanished")
+        };
         let slots = w.idle + w.busy + w.starting;
         if slots > peak {
             peak = slots;
@@ -165,7 +194,15 @@ async fn drive(opts: &Options, addr: &str, tx: &mpsc::UnboundedSender<Event>) ->
         }
         let done = w.jobs_complete + w.jobs_failed + w.jobs_exception;
         let bar: String = (0..MAX)
-            .map(|i| if i < w.busy { '█' } else if i < slots { '▒' } else { '·' })
+            .map(|i| {
+                if i < w.busy {
+                    '█'
+                } else if i < slots {
+                    '▒'
+                } else {
+                    '·'
+                }
+            })
             .collect();
         let line = format!(
             "[{:5.1}s] slots {slots}/{MAX} {bar}  busy {:2} idle {:2} starting {} draining {} | done {done}/{} | restarts {}",
@@ -196,7 +233,10 @@ async fn drive(opts: &Options, addr: &str, tx: &mpsc::UnboundedSender<Event>) ->
                 w.jobs_complete / 25,
             ));
         }
-        anyhow::ensure!(burst.elapsed() < Duration::from_secs(120), "the demo did not finish in 2 minutes");
+        anyhow::ensure!(
+            burst.elapsed() < Duration::from_secs(120),
+            "the demo did not finish in 2 minutes"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -222,10 +262,17 @@ pub fn handler_main() -> anyhow::Result<()> {
             return Ok(());
         }
         // JOB FUNCTION HANDLE UNIQUE SIZE
-        let size: usize = header.split_whitespace().nth(4).and_then(|s| s.parse().ok()).context("bad JOB header")?;
+        let size: usize = header
+            .split_whitespace()
+            .nth(4)
+            .and_then(|s| s.parse().ok())
+            .context("bad JOB header")?;
         let mut payload = vec![0; size];
         input.read_exact(&mut payload)?;
-        let ms: u64 = String::from_utf8_lossy(&payload).trim().parse().unwrap_or(100);
+        let ms: u64 = String::from_utf8_lossy(&payload)
+            .trim()
+            .parse()
+            .unwrap_or(100);
         std::thread::sleep(Duration::from_millis(ms / 2));
         out.write_all(b"STATUS 1 2\n")?;
         out.flush()?;

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "slotman", version, about = "Keeps pools of Gearman workers alive, sized to the load, on systemd")]
+#[command(
+    name = "slotman",
+    version,
+    about = "Keeps pools of Gearman workers alive, sized to the load, on systemd"
+)]
 struct Cli {
     /// More log output (debug level).
     #[arg(short, long, global = true)]
@@ -80,7 +84,10 @@ fn main() -> ExitCode {
             slotman::systemd::journal::init_logging(cli.verbose);
             // One thread: a slot runs one job at a time, and a single thread
             // keeps its footprint small.
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+            let rt = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
                 Ok(rt) => rt,
                 Err(e) => return fail(e.into()),
             };
@@ -89,27 +96,45 @@ fn main() -> ExitCode {
                 Err(e) => fail(e),
             }
         }
-        Command::Run { service, config, placement, runtime_dir } => {
+        Command::Run {
+            service,
+            config,
+            placement,
+            runtime_dir,
+        } => {
             slotman::systemd::journal::init_logging(cli.verbose);
             let path = match (service, config) {
                 (_, Some(path)) => path,
                 (Some(s), None) => PathBuf::from(format!("/etc/slotman/{s}.toml")),
                 (None, None) => return fail(anyhow::anyhow!("give a SERVICE or --config FILE")),
             };
-            let opts = slotman::run::Options { config: path, placement, runtime_dir };
+            let opts = slotman::run::Options {
+                config: path,
+                placement,
+                runtime_dir,
+            };
             run_async(slotman::run::run(opts))
         }
-        Command::Status { service, json, runtime_dir } => {
-            run_async(slotman::control::client::status(service, json, runtime_dir))
-        }
+        Command::Status {
+            service,
+            json,
+            runtime_dir,
+        } => run_async(slotman::control::client::status(service, json, runtime_dir)),
         Command::Demo { job_server, jobs } => {
-            run_async(slotman::demo::run(slotman::demo::Options { job_server, jobs }))
+            run_async(slotman::demo::run(slotman::demo::Options {
+                job_server,
+                jobs,
+            }))
         }
     }
 }
 
 fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => return fail(e.into()),
     };

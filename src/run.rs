@@ -40,5 +40,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     });
-    Manager::new(config, placement, tx).run(rx).await
+    let dir = crate::control::server::runtime_dir(opts.runtime_dir.as_deref());
+    let sock = crate::control::server::socket_path(&dir, &config.service);
+    let listener = crate::control::server::bind(&sock, config.control_group.as_deref()).await?;
+    tokio::spawn(crate::control::server::serve(listener, tx.clone()));
+    let result = Manager::new(config, placement, tx).run(rx).await;
+    let _ = std::fs::remove_file(&sock);
+    result
 }

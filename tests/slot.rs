@@ -16,43 +16,6 @@ use slotman::slot::report::{self, ExitReason, Report, SlotSpec, ToSlot};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
 
-/// A stdio handler with one function per behaviour under test.
-const PY_HANDLER: &str = r#"
-import os, sys, time
-inp, out = sys.stdin.buffer, sys.stdout.buffer
-def send(b):
-    out.write(b); out.flush()
-send(b"READY\n")
-while True:
-    header = inp.readline()
-    if not header:
-        sys.exit(0)
-    _, function, handle, unique, size = header.decode().split()
-    payload = inp.read(int(size))
-    if function == "echo":
-        send(b"COMPLETE %d\n" % len(payload) + payload)
-    elif function == "progress":
-        send(b"STATUS 1 2\n")
-        send(b"DATA 4\npart")
-        send(b"WARNING 4\nwarn")
-        send(b"STATUS 2 2\n")
-        send(b"COMPLETE 4\ndone")
-    elif function == "fail":
-        send(b"FAIL\n")
-    elif function == "exception":
-        send(b"EXCEPTION 4\noops")
-    elif function == "crash":
-        os._exit(3)
-    elif function == "garbage":
-        send(b"HELLO WORLD\n")
-    elif function == "sleep":
-        time.sleep(float(payload))
-        send(b"COMPLETE 5\nslept")
-    elif function == "pid":
-        p = str(os.getpid()).encode()
-        send(b"COMPLETE %d\n" % len(p) + p)
-"#;
-
 /// An exec handler: one process per job, behaviour by function name.
 const SH_HANDLER: &str = r#"
 case "$SLOTMAN_FUNCTION" in
@@ -63,7 +26,8 @@ case "$SLOTMAN_FUNCTION" in
 esac
 "#;
 
-const FUNCTIONS: &str = r#"["echo", "progress", "fail", "exception", "crash", "garbage", "sleep", "pid", "env"]"#;
+const FUNCTIONS: &str =
+    r#"["echo", "progress", "fail", "exception", "crash", "garbage", "sleep", "pid", "env"]"#;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -72,14 +36,19 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("tempdir");
-    std::fs::write(dir.path().join("handler.py"), PY_HANDLER).expect("write handler");
     std::fs::write(dir.path().join("handler.sh"), SH_HANDLER).expect("write handler");
-    Fixture { dir: dir.path().to_path_buf(), _dir: dir }
+    Fixture {
+        dir: dir.path().to_path_buf(),
+        _dir: dir,
+    }
 }
 
 fn spec(fx: &Fixture, kind: &str, servers: &[&str], extra: &str) -> SlotSpec {
     let command = match kind {
-        "stdio" => format!(r#"["python3", "{}"]"#, fx.dir.join("handler.py").display()),
+        "stdio" => format!(
+            r#"["python3", "{}/tests/fixtures/handler.py"]"#,
+            env!("CARGO_MANIFEST_DIR")
+        ),
         _ => format!(r#"["/bin/sh", "{}"]"#, fx.dir.join("handler.sh").display()),
     };
     let servers: Vec<String> = servers.iter().map(|s| format!("{s:?}")).collect();
@@ -89,7 +58,11 @@ fn spec(fx: &Fixture, kind: &str, servers: &[&str], extra: &str) -> SlotSpec {
     );
     let path = fx.dir.join("svc.toml");
     let config = slotman::config::parse(&toml, &path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    SlotSpec { service: "svc".into(), slot: 1, worker: config.workers[0].clone() }
+    SlotSpec {
+        service: "svc".into(),
+        slot: 1,
+        worker: config.workers[0].clone(),
+    }
 }
 
 /// A running `slotman slot` process and the reports it sends.
@@ -104,7 +77,10 @@ impl Slot {
     async fn start(spec: &SlotSpec) -> Slot {
         let runner = spawn_runner(&slotman_bin()).expect("spawn slot");
         let (read, mut write) = runner.control.into_split();
-        write.write_all(&report::encode(&ToSlot::Start(spec.clone()))).await.expect("send spec");
+        write
+            .write_all(&report::encode(&ToSlot::Start(spec.clone())))
+            .await
+            .expect("send spec");
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
             let mut lines = BufReader::new(read).lines();
@@ -115,7 +91,12 @@ impl Slot {
                 }
             }
         });
-        let mut slot = Slot { pid: runner.pid, child: runner.child, reports: rx, _control: write };
+        let mut slot = Slot {
+            pid: runner.pid,
+            child: runner.child,
+            reports: rx,
+            _control: write,
+        };
         match slot.next().await {
             Report::Ready { pid } => assert_eq!(pid, slot.pid),
             other => panic!("expected ready, got {other:?}"),
@@ -140,28 +121,43 @@ impl Slot {
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(self.pid as i32), nix::sys::signal::Signal::SIGKILL);
+        let _ = nix::sys::signal::killpg(
+            nix::unistd::Pid::from_raw(self.pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
     }
 }
 
-async fn submit(addr: &str, function: &str, payload: impl Into<Bytes>) -> slotman::gearman::client::JobReply {
+async fn submit(
+    addr: &str,
+    function: &str,
+    payload: impl Into<Bytes>,
+) -> slotman::gearman::client::JobReply {
     let mut c = Client::connect(addr).await.expect("connect client");
-    tokio::time::timeout(Duration::from_secs(30), c.submit(&format!("t::{function}"), "", payload))
-        .await
-        .expect("job answered within 30s")
-        .expect("submit")
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        c.submit(&format!("t::{function}"), "", payload),
+    )
+    .await
+    .expect("job answered within 30s")
+    .expect("submit")
 }
 
 fn gearmand() -> Option<Gearmand> {
     if !Path::new("/usr/bin/python3").exists() && which("python3").is_none() {
-        skip("gearmand", "python3 is not installed (the test handler is Python)");
+        skip(
+            "gearmand",
+            "python3 is not installed (the test handler is Python)",
+        );
         return None;
     }
     Gearmand::start()
 }
 
 fn which(p: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(p)).find(|p| p.is_file())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(p))
+        .find(|p| p.is_file())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,9 +167,18 @@ async fn payloads_round_trip_through_both_handler_kinds() {
     let binary: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 256) as u8).collect();
     for kind in ["stdio", "exec"] {
         let _slot = Slot::start(&spec(&fx, kind, &[&g.addr], "")).await;
-        for payload in [Bytes::from_static(b"hello, world"), Bytes::new(), Bytes::from(binary.clone())] {
+        for payload in [
+            Bytes::from_static(b"hello, world"),
+            Bytes::new(),
+            Bytes::from(binary.clone()),
+        ] {
             let reply = submit(&g.addr, "echo", payload.clone()).await;
-            assert_eq!(reply.result, JobResult::Complete(payload.clone()), "{kind}: {} bytes", payload.len());
+            assert_eq!(
+                reply.result,
+                JobResult::Complete(payload.clone()),
+                "{kind}: {} bytes",
+                payload.len()
+            );
         }
     }
 }
@@ -184,12 +189,18 @@ async fn status_data_and_warnings_reach_the_client() {
     let fx = fixture();
     let _slot = Slot::start(&spec(&fx, "stdio", &[&g.addr], "")).await;
     let reply = submit(&g.addr, "progress", "x").await;
-    assert_eq!(reply.result, JobResult::Complete(Bytes::from_static(b"done")));
+    assert_eq!(
+        reply.result,
+        JobResult::Complete(Bytes::from_static(b"done"))
+    );
     assert_eq!(reply.statuses, vec![(1, 2), (2, 2)]);
     assert_eq!(reply.data, vec![Bytes::from_static(b"part")]);
     assert_eq!(reply.warnings, vec![Bytes::from_static(b"warn")]);
     let reply = submit(&g.addr, "exception", "x").await;
-    assert_eq!(reply.result, JobResult::Exception(Bytes::from_static(b"oops")));
+    assert_eq!(
+        reply.result,
+        JobResult::Exception(Bytes::from_static(b"oops"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +210,10 @@ async fn exec_environment_follows_the_contract() {
     let _slot = Slot::start(&spec(&fx, "exec", &[&g.addr], "")).await;
     let mut c = Client::connect(&g.addr).await.expect("connect");
     let reply = c.submit("t::env", "u-42", "").await.expect("submit");
-    assert_eq!(reply.result, JobResult::Complete(Bytes::from_static(b"env|t::env|u-42|unset|handle")));
+    assert_eq!(
+        reply.result,
+        JobResult::Complete(Bytes::from_static(b"env|t::env|u-42|unset|handle"))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,14 +222,25 @@ async fn a_failing_crashing_or_garbling_handler_fails_only_its_job() {
     let fx = fixture();
     for kind in ["stdio", "exec"] {
         let mut slot = Slot::start(&spec(&fx, kind, &[&g.addr], "")).await;
-        let bad: &[&str] = if kind == "stdio" { &["fail", "crash", "garbage"] } else { &["fail", "crash"] };
+        let bad: &[&str] = if kind == "stdio" {
+            &["fail", "crash", "garbage"]
+        } else {
+            &["fail", "crash"]
+        };
         for f in bad {
             let reply = submit(&g.addr, f, "x").await;
             assert_eq!(reply.result, JobResult::Fail, "{kind} {f}");
             let ok = submit(&g.addr, "echo", "still here").await;
-            assert_eq!(ok.result, JobResult::Complete(Bytes::from_static(b"still here")), "{kind} after {f}");
+            assert_eq!(
+                ok.result,
+                JobResult::Complete(Bytes::from_static(b"still here")),
+                "{kind} after {f}"
+            );
         }
-        assert!(slot.child.try_wait().expect("try_wait").is_none(), "the slot survives its handler");
+        assert!(
+            slot.child.try_wait().expect("try_wait").is_none(),
+            "the slot survives its handler"
+        );
     }
 }
 
@@ -226,7 +251,9 @@ async fn workleft_5_exits_after_exactly_5_jobs() {
     let mut slot = Slot::start(&spec(&fx, "stdio", &[&g.addr], "workleft = 5")).await;
     let mut c = Client::connect(&g.addr).await.expect("connect");
     for i in 0..8 {
-        c.submit_background("t::echo", &format!("wl-{i}"), "x").await.expect("submit");
+        c.submit_background("t::echo", &format!("wl-{i}"), "x")
+            .await
+            .expect("submit");
     }
     let mut done = 0;
     loop {
@@ -242,7 +269,9 @@ async fn workleft_5_exits_after_exactly_5_jobs() {
     assert_eq!(done, 5);
     assert!(slot.wait().await.success());
     // The other three are still queued for the next slot.
-    common::wait_until("3 jobs left in the queue", Duration::from_secs(5), || g.function_status("t::echo").0 == 3);
+    common::wait_until("3 jobs left in the queue", Duration::from_secs(5), || {
+        g.function_status("t::echo").0 == 3
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -257,9 +286,16 @@ async fn sigterm_mid_job_lets_the_job_complete() {
             break;
         }
     }
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(slot.pid as i32), nix::sys::signal::Signal::SIGTERM).expect("kill");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(slot.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
     let reply = job.await.expect("join");
-    assert_eq!(reply.result, JobResult::Complete(Bytes::from_static(b"slept")));
+    assert_eq!(
+        reply.result,
+        JobResult::Complete(Bytes::from_static(b"slept"))
+    );
     assert!(slot.wait().await.success());
 }
 
@@ -270,14 +306,35 @@ async fn a_restarted_job_server_is_reconnected_while_another_keeps_serving() {
     let fx = fixture();
     let _slot = Slot::start(&spec(&fx, "stdio", &[&a.addr, &b.addr], "")).await;
     let id_prefix = "slotman:svc:t:1:";
-    assert!(a.workers().iter().any(|w| w.client_id.starts_with(id_prefix)), "client id on gearmand: {:?}", a.workers());
-    assert_eq!(submit(&a.addr, "echo", "a1").await.result, JobResult::Complete(Bytes::from_static(b"a1")));
+    assert!(
+        a.workers()
+            .iter()
+            .any(|w| w.client_id.starts_with(id_prefix)),
+        "client id on gearmand: {:?}",
+        a.workers()
+    );
+    assert_eq!(
+        submit(&a.addr, "echo", "a1").await.result,
+        JobResult::Complete(Bytes::from_static(b"a1"))
+    );
     a.kill();
     // The other server keeps serving while the first is down.
-    assert_eq!(submit(&b.addr, "echo", "b1").await.result, JobResult::Complete(Bytes::from_static(b"b1")));
+    assert_eq!(
+        submit(&b.addr, "echo", "b1").await.result,
+        JobResult::Complete(Bytes::from_static(b"b1"))
+    );
     a.restart();
-    common::wait_until("slot re-registered on the restarted gearmand", Duration::from_secs(15), || {
-        a.workers().iter().any(|w| w.client_id.starts_with(id_prefix))
-    });
-    assert_eq!(submit(&a.addr, "echo", "a2").await.result, JobResult::Complete(Bytes::from_static(b"a2")));
+    common::wait_until(
+        "slot re-registered on the restarted gearmand",
+        Duration::from_secs(15),
+        || {
+            a.workers()
+                .iter()
+                .any(|w| w.client_id.starts_with(id_prefix))
+        },
+    );
+    assert_eq!(
+        submit(&a.addr, "echo", "a2").await.result,
+        JobResult::Complete(Bytes::from_static(b"a2"))
+    );
 }

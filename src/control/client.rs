@@ -1,7 +1,201 @@
-//! `slotman status`.
+//! `slotman status [SERVICE] [--json]`: asks a running manager over its
+//! control socket and prints a table (or the JSON for scripts).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-pub async fn status(_service: Option<String>, _json: bool, _runtime_dir: Option<PathBuf>) -> anyhow::Result<()> {
-    anyhow::bail!("slotman status is not implemented yet")
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
+
+use super::proto::{ServiceStatus, PROTOCOL_VERSION};
+use super::server::{runtime_dir, socket_path, Request, RequestKind, Response};
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
+
+/// Fetches one service's status.
+pub async fn fetch(dir: &Path, service: &str) -> anyhow::Result<ServiceStatus> {
+    let path = socket_path(dir, service);
+    let work = async {
+        let mut s = UnixStream::connect(&path).await.map_err(|e| {
+            anyhow::anyhow!("cannot reach {} ({e}): is slotman@{service} running? (non-root runs need --runtime-dir)", path.display())
+        })?;
+        let mut req = serde_json::to_vec(&Request {
+            version: PROTOCOL_VERSION,
+            request: RequestKind::Status,
+        })?;
+        req.push(b'\n');
+        s.write_all(&req).await?;
+        let mut line = Vec::new();
+        BufReader::new(s)
+            .take(MAX_RESPONSE)
+            .read_until(b'\n', &mut line)
+            .await?;
+        let resp: Response = serde_json::from_slice(&line)?;
+        match (resp.ok, resp.status) {
+            (true, Some(st)) => Ok(st),
+            _ => Err(anyhow::anyhow!(
+                "{}",
+                resp.error.unwrap_or_else(|| "no status in reply".into())
+            )),
+        }
+    };
+    tokio::time::timeout(TIMEOUT, work)
+        .await
+        .map_err(|_| anyhow::anyhow!("{} did not answer in {TIMEOUT:?}", path.display()))?
+}
+
+pub async fn status(
+    service: Option<String>,
+    json: bool,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let dir = runtime_dir(dir.as_deref());
+    match service {
+        Some(service) => {
+            let st = fetch(&dir, &service).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&st)?);
+            } else {
+                print!("{}", render(&st));
+            }
+        }
+        None => {
+            let mut services: Vec<String> = std::fs::read_dir(&dir)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", dir.display()))?
+                .flatten()
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".sock"))
+                        .map(String::from)
+                })
+                .collect();
+            services.sort();
+            let mut all = Vec::new();
+            for s in services {
+                match fetch(&dir, &s).await {
+                    Ok(st) => all.push(st),
+                    Err(e) => eprintln!("{s}: {e}"),
+                }
+            }
+            if json {
+                println!("{}", serde_json::to_string_pretty(&all)?);
+            } else if all.is_empty() {
+                println!("no running slotman service in {}", dir.display());
+            } else {
+                println!(
+                    "{:<20} {:>7} {:>6} {:>5} {:>5} {:>10}",
+                    "SERVICE", "WORKERS", "SLOTS", "BUSY", "IDLE", "JOBS/S"
+                );
+                for st in all {
+                    let slots: usize = st.workers.iter().map(|w| w.slots.len()).sum();
+                    let busy: u32 = st.workers.iter().map(|w| w.busy).sum();
+                    let idle: u32 = st.workers.iter().map(|w| w.idle).sum();
+                    let rate: f64 = st.workers.iter().map(|w| w.jobs_per_sec).sum();
+                    println!(
+                        "{:<20} {:>7} {:>6} {:>5} {:>5} {:>10.1}",
+                        st.service,
+                        st.workers.len(),
+                        slots,
+                        busy,
+                        idle,
+                        rate
+                    );
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or("-".into(), |v| v.to_string())
+}
+
+fn bytes(v: Option<u64>) -> String {
+    match v {
+        None => "-".into(),
+        Some(b) if b >= 1 << 30 => format!("{:.1}G", b as f64 / (1u64 << 30) as f64),
+        Some(b) if b >= 1 << 20 => format!("{:.1}M", b as f64 / (1u64 << 20) as f64),
+        Some(b) => format!("{}K", b / 1024),
+    }
+}
+
+fn secs(s: f64) -> String {
+    let s = s as u64;
+    match s {
+        0..=59 => format!("{s}s"),
+        60..=3599 => format!("{}m{:02}s", s / 60, s % 60),
+        _ => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+    }
+}
+
+/// The human table: a header per worker, then one line per slot.
+pub fn render(st: &ServiceStatus) -> String {
+    let mut out = format!(
+        "{} (pid {}, up {}, {})\n",
+        st.service,
+        st.pid,
+        secs(st.uptime_secs),
+        st.config
+    );
+    if st.stopping {
+        out.push_str("  STOPPING: draining slots\n");
+    }
+    if let Some(e) = &st.reload_error {
+        out.push_str(&format!(
+            "  RELOAD FAILED (running the previous config): {e}\n"
+        ));
+    }
+    for w in &st.workers {
+        out.push_str(&format!(
+            "\n{} [{}] {}{} slots {}..{}: {} busy, {} idle, {} starting, {} draining | {:.1} jobs/s | done {} failed {} exceptions {} | restarts {} | queued {}\n",
+            w.name,
+            w.kind,
+            if w.failed { "FAILED " } else { "" },
+            w.slots.len(),
+            w.min,
+            w.max,
+            w.busy,
+            w.idle,
+            w.starting,
+            w.draining,
+            w.jobs_per_sec,
+            w.jobs_complete,
+            w.jobs_failed,
+            w.jobs_exception,
+            w.restarts,
+            opt(w.queued),
+        ));
+        out.push_str(&format!(
+            "  {:>4} {:<9} {:>8} {:>7} {:>6} {:>5} {:>8} {:>8} {:<40} UNIT\n",
+            "SLOT", "STATE", "PID", "UPTIME", "JOBS", "LEFT", "MEMORY", "CPU", "JOB"
+        ));
+        for s in &w.slots {
+            let job = s.job.as_ref().map_or("-".into(), |j| {
+                format!("{} {} ({})", j.function, j.handle, secs(j.running_secs))
+            });
+            let state = if s.outdated {
+                format!("{}*", s.state)
+            } else {
+                s.state.clone()
+            };
+            out.push_str(&format!(
+                "  {:>4} {:<9} {:>8} {:>7} {:>6} {:>5} {:>8} {:>8} {:<40} {}\n",
+                s.id,
+                state,
+                opt(s.pid),
+                secs(s.uptime_secs),
+                s.jobs_done,
+                opt(s.jobs_left),
+                bytes(s.memory_bytes),
+                s.cpu_usage_nsec
+                    .map_or("-".into(), |n| format!("{:.2}s", n as f64 / 1e9)),
+                job,
+                opt(s.unit.as_deref()),
+            ));
+        }
+    }
+    out
 }

@@ -1,4 +1,8 @@
-//! The control socket, `slotman status` and metrics.
+//! Seeing inside a running service: the control socket (`server`), the
+//! `slotman status` client (`client`), the serialised view (`proto`) and
+//! per-slot resource usage (`stats`).
 
 pub mod client;
 pub mod proto;
+pub mod server;
+pub mod stats;

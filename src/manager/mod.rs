@@ -27,7 +27,11 @@ use pool::{Pool, Slot, SlotCmd, SlotState};
 #[derive(Debug)]
 pub enum Event {
     /// From a slot's task.
-    Slot { worker: String, id: u32, ev: SlotEvent },
+    Slot {
+        worker: String,
+        id: u32,
+        ev: SlotEvent,
+    },
     /// SIGHUP / `systemctl reload`.
     Reload,
     /// SIGTERM / SIGINT / `systemctl stop`.
@@ -63,7 +67,11 @@ pub struct Manager {
 }
 
 impl Manager {
-    pub fn new(config: Config, placement: Placement, events_tx: mpsc::UnboundedSender<Event>) -> Manager {
+    pub fn new(
+        config: Config,
+        placement: Placement,
+        events_tx: mpsc::UnboundedSender<Event>,
+    ) -> Manager {
         let pools = config
             .workers
             .iter()
@@ -93,7 +101,8 @@ impl Manager {
             self.config.path.display()
         );
         let watchdog = self.notifier.watchdog_interval();
-        let mut watchdog_tick = tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let wake = self.apply_policy();
@@ -148,13 +157,18 @@ impl Manager {
         }
         self.notifier.stopping();
         let slots: usize = self.pools.values().map(|p| p.slots.len()).sum();
-        tracing::info!("stopping: draining {slots} slots (jobs in hand finish first, up to {})", humantime::format_duration(self.config.stop_timeout));
+        tracing::info!(
+            "stopping: draining {slots} slots (jobs in hand finish first, up to {})",
+            humantime::format_duration(self.config.stop_timeout)
+        );
         self.stopping = Some(Instant::now());
         for pool in self.pools.values_mut() {
             for slot in pool.slots.values_mut() {
                 slot.exit_expected = true;
                 if !matches!(slot.state, SlotState::Draining { .. }) {
-                    slot.state = SlotState::Draining { reason: "stopping".into() };
+                    slot.state = SlotState::Draining {
+                        reason: "stopping".into(),
+                    };
                 }
                 let _ = slot.cmd.send(SlotCmd::Drain);
             }
@@ -230,13 +244,23 @@ impl Manager {
                 changes.push(format!("-{name}"));
             }
         }
-        tracing::info!("reloaded {}: {}", new.path.display(), if changes.is_empty() { "no changes".to_string() } else { changes.join(", ") });
+        tracing::info!(
+            "reloaded {}: {}",
+            new.path.display(),
+            if changes.is_empty() {
+                "no changes".to_string()
+            } else {
+                changes.join(", ")
+            }
+        );
         self.config = new;
     }
 
     fn slot_event(&mut self, worker: &str, id: u32, ev: SlotEvent) {
         let now = Instant::now();
-        let Some(pool) = self.pools.get_mut(worker) else { return };
+        let Some(pool) = self.pools.get_mut(worker) else {
+            return;
+        };
         match ev {
             SlotEvent::Placed { pid, unit } => {
                 if let Some(s) = pool.slots.get_mut(&id) {
@@ -251,12 +275,23 @@ impl Manager {
             }
             SlotEvent::Report(r) => Self::report(worker, pool, id, r, now),
             SlotEvent::Exited { status } => {
-                let Some(slot) = pool.slots.remove(&id) else { return };
+                let Some(slot) = pool.slots.remove(&id) else {
+                    return;
+                };
                 if slot.exit_expected && slot.was_ready {
                     tracing::debug!(worker, slot = id, "slot {worker}#{id} left ({status})");
                 } else {
-                    let what = if slot.was_ready { "exited unexpectedly" } else { "failed to start" };
-                    tracing::warn!(worker, slot = id, "slot {worker}#{id} {what} ({status}) after {} jobs", slot.jobs_done);
+                    let what = if slot.was_ready {
+                        "exited unexpectedly"
+                    } else {
+                        "failed to start"
+                    };
+                    tracing::warn!(
+                        worker,
+                        slot = id,
+                        "slot {worker}#{id} {what} ({status}) after {} jobs",
+                        slot.jobs_done
+                    );
                     pool.counters.restarts += 1;
                     Self::failure(worker, pool, now);
                 }
@@ -272,13 +307,20 @@ impl Manager {
         if pool.faults.failure(now) {
             tracing::error!(worker, "worker {worker} marked failed: {} slot failures within {}s; retrying in {}s (other workers are not affected)", pool::BURST_LIMIT, pool::BURST_WINDOW.as_secs(), pool::FAILED_RETRY.as_secs());
         } else if let Some(t) = pool.faults.hold_until {
-            tracing::info!(worker, "next start of {worker} in {}ms (back-off after {} failures)", t.saturating_duration_since(now).as_millis(), pool.faults.consecutive);
+            tracing::info!(
+                worker,
+                "next start of {worker} in {}ms (back-off after {} failures)",
+                t.saturating_duration_since(now).as_millis(),
+                pool.faults.consecutive
+            );
         }
     }
 
     fn report(worker: &str, pool: &mut Pool, id: u32, r: Report, now: Instant) {
         let workleft = pool.worker.workleft;
-        let Some(slot) = pool.slots.get_mut(&id) else { return };
+        let Some(slot) = pool.slots.get_mut(&id) else {
+            return;
+        };
         match r {
             Report::Ready { pid } => {
                 slot.pid.get_or_insert(pid);
@@ -290,7 +332,11 @@ impl Manager {
             }
             Report::Busy { function, handle } => {
                 if !matches!(slot.state, SlotState::Draining { .. }) {
-                    slot.state = SlotState::Busy { function, handle, since: now };
+                    slot.state = SlotState::Busy {
+                        function,
+                        handle,
+                        since: now,
+                    };
                 }
             }
             Report::Done { result, .. } => {
@@ -303,9 +349,17 @@ impl Manager {
                 }
                 pool.faults.success();
                 if workleft > 0 && slot.jobs_done >= workleft {
-                    tracing::info!(worker, slot = id, reason = "workleft", "recycle {worker}#{id}: workleft reached ({} jobs)", slot.jobs_done);
+                    tracing::info!(
+                        worker,
+                        slot = id,
+                        reason = "workleft",
+                        "recycle {worker}#{id}: workleft reached ({} jobs)",
+                        slot.jobs_done
+                    );
                     slot.exit_expected = true;
-                    slot.state = SlotState::Draining { reason: "workleft reached".into() };
+                    slot.state = SlotState::Draining {
+                        reason: "workleft reached".into(),
+                    };
                 } else if !matches!(slot.state, SlotState::Draining { .. }) {
                     slot.state = SlotState::Idle { since: now };
                 }
@@ -316,7 +370,9 @@ impl Manager {
                     ExitReason::Workleft | ExitReason::Drained => slot.exit_expected = true,
                 }
                 if !matches!(slot.state, SlotState::Draining { .. }) {
-                    slot.state = SlotState::Draining { reason: format!("{reason:?}").to_lowercase() };
+                    slot.state = SlotState::Draining {
+                        reason: format!("{reason:?}").to_lowercase(),
+                    };
                 }
             }
         }
@@ -330,7 +386,9 @@ impl Manager {
         let mut wake: Option<Instant> = None;
         let names: Vec<String> = self.pools.keys().cloned().collect();
         for name in names {
-            let Some(pool) = self.pools.get_mut(&name) else { continue };
+            let Some(pool) = self.pools.get_mut(&name) else {
+                continue;
+            };
             // A failed worker whose hold has passed gets another try.
             if pool.faults.failed && pool.faults.hold_until.is_some_and(|t| t <= now) {
                 tracing::info!(worker = %name, "retrying failed worker {name}");
@@ -344,21 +402,36 @@ impl Manager {
                         let before = pool.active();
                         let after = before + count as usize;
                         match reason {
-                            Reason::BelowMin | Reason::ConfigChanged => tracing::info!(worker = %name, reason = %reason, "start {name} {before}→{after}: {reason}"),
-                            _ => tracing::info!(worker = %name, reason = %reason, "scale up {name} {before}→{after}: {reason}"),
+                            Reason::BelowMin | Reason::ConfigChanged => {
+                                tracing::info!(worker = %name, reason = %reason, "start {name} {before}→{after}: {reason}")
+                            }
+                            _ => {
+                                tracing::info!(worker = %name, reason = %reason, "scale up {name} {before}→{after}: {reason}")
+                            }
                         }
                         for _ in 0..count {
-                            start_slot(&self.config.service, pool, &self.placement, &self.events_tx);
+                            start_slot(
+                                &self.config.service,
+                                pool,
+                                &self.placement,
+                                &self.events_tx,
+                            );
                         }
                     }
                     Action::Drain { slot, reason } => {
                         if let Some(s) = pool.slots.get_mut(&slot) {
                             match reason {
-                                Reason::Idle(_) => tracing::info!(worker = %name, slot, reason = %reason, "retire {name}#{slot}: {reason}"),
-                                _ => tracing::info!(worker = %name, slot, reason = %reason, "recycle {name}#{slot}: {reason}"),
+                                Reason::Idle(_) => {
+                                    tracing::info!(worker = %name, slot, reason = %reason, "retire {name}#{slot}: {reason}")
+                                }
+                                _ => {
+                                    tracing::info!(worker = %name, slot, reason = %reason, "recycle {name}#{slot}: {reason}")
+                                }
                             }
                             s.exit_expected = true;
-                            s.state = SlotState::Draining { reason: reason.to_string() };
+                            s.state = SlotState::Draining {
+                                reason: reason.to_string(),
+                            };
                             let _ = s.cmd.send(SlotCmd::Drain);
                         }
                     }
@@ -368,7 +441,12 @@ impl Manager {
                 wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
             }
         }
-        if !self.ready_sent && self.pools.values().all(|p| p.ready() >= p.worker.min as usize || p.faults.failed) {
+        if !self.ready_sent
+            && self
+                .pools
+                .values()
+                .all(|p| p.ready() >= p.worker.min as usize || p.faults.failed)
+        {
             self.ready_sent = true;
             self.notifier.ready();
             tracing::info!("ready: every worker has its min slots registered");
@@ -379,9 +457,21 @@ impl Manager {
     fn report_status(&mut self) {
         let slots: usize = self.pools.values().map(|p| p.slots.len()).sum();
         let busy: usize = self.pools.values().map(|p| p.busy()).sum();
-        let done: u64 = self.pools.values().map(|p| p.counters.jobs_complete + p.counters.jobs_failed + p.counters.jobs_exception).sum();
-        let failed: Vec<&str> = self.pools.iter().filter(|(_, p)| p.faults.failed).map(|(n, _)| n.as_str()).collect();
-        let mut line = format!("{} workers, {slots} slots ({busy} busy), {done} jobs done", self.pools.len());
+        let done: u64 = self
+            .pools
+            .values()
+            .map(|p| p.counters.jobs_complete + p.counters.jobs_failed + p.counters.jobs_exception)
+            .sum();
+        let failed: Vec<&str> = self
+            .pools
+            .iter()
+            .filter(|(_, p)| p.faults.failed)
+            .map(|(n, _)| n.as_str())
+            .collect();
+        let mut line = format!(
+            "{} workers, {slots} slots ({busy} busy), {done} jobs done",
+            self.pools.len()
+        );
         if !failed.is_empty() {
             line.push_str(&format!("; failed: {}", failed.join(",")));
         }
@@ -431,9 +521,14 @@ impl Manager {
                             unit: s.unit.clone(),
                             uptime_secs: now.duration_since(s.started).as_secs_f64(),
                             jobs_done: s.jobs_done,
-                            jobs_left: (p.worker.workleft > 0).then(|| p.worker.workleft.saturating_sub(s.jobs_done)),
+                            jobs_left: (p.worker.workleft > 0)
+                                .then(|| p.worker.workleft.saturating_sub(s.jobs_done)),
                             job: match &s.state {
-                                SlotState::Busy { function, handle, since } => Some(CurrentJob {
+                                SlotState::Busy {
+                                    function,
+                                    handle,
+                                    since,
+                                } => Some(CurrentJob {
                                     function: function.clone(),
                                     handle: handle.clone(),
                                     running_secs: now.duration_since(*since).as_secs_f64(),
@@ -462,7 +557,12 @@ impl Manager {
     }
 }
 
-fn start_slot(service: &str, pool: &mut Pool, placement: &Arc<Placement>, events: &mpsc::UnboundedSender<Event>) {
+fn start_slot(
+    service: &str,
+    pool: &mut Pool,
+    placement: &Arc<Placement>,
+    events: &mpsc::UnboundedSender<Event>,
+) {
     let id = pool.next_id;
     pool.next_id += 1;
     let now = Instant::now();
@@ -488,7 +588,11 @@ fn start_slot(service: &str, pool: &mut Pool, placement: &Arc<Placement>, events
             cmd: tx,
         },
     );
-    let spec = SlotSpec { service: service.to_string(), slot: id, worker: (*pool.worker).clone() };
+    let spec = SlotSpec {
+        service: service.to_string(),
+        slot: id,
+        worker: (*pool.worker).clone(),
+    };
     tokio::spawn(slot_task::run(placement.clone(), spec, events.clone(), rx));
 }
 

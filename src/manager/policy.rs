@@ -31,7 +31,9 @@ pub struct SlotView {
 pub enum SlotPhase {
     /// Process placed, not yet registered with the job servers.
     Starting,
-    Idle { since: Instant },
+    Idle {
+        since: Instant,
+    },
     Busy,
     /// Told to leave; finishing its job. Not counted as capacity.
     Draining,
@@ -116,7 +118,10 @@ pub fn decide(pool: &PoolView, now: Instant) -> Decision {
 
     if pool.removed {
         for s in pool.slots.iter().filter(|s| s.state != SlotPhase::Draining) {
-            d.actions.push(Action::Drain { slot: s.id, reason: Reason::Removed });
+            d.actions.push(Action::Drain {
+                slot: s.id,
+                reason: Reason::Removed,
+            });
         }
         return d;
     }
@@ -131,7 +136,10 @@ pub fn decide(pool: &PoolView, now: Instant) -> Decision {
         if let Some(at) = s.recycle_at {
             if at <= now {
                 recycled.push(s.id);
-                d.actions.push(Action::Drain { slot: s.id, reason: Reason::Lifetime });
+                d.actions.push(Action::Drain {
+                    slot: s.id,
+                    reason: Reason::Lifetime,
+                });
             } else {
                 wake(at, &mut d);
             }
@@ -143,7 +151,10 @@ pub fn decide(pool: &PoolView, now: Instant) -> Decision {
         .filter(|s| s.state != SlotPhase::Draining && !recycled.contains(&s.id))
         .collect();
     let busy = active.iter().filter(|s| s.state == SlotPhase::Busy).count() as u32;
-    let starting = active.iter().filter(|s| s.state == SlotPhase::Starting).count() as u32;
+    let starting = active
+        .iter()
+        .filter(|s| s.state == SlotPhase::Starting)
+        .count() as u32;
     let total = active.len() as u32;
     let ready = total - starting;
     let target = target(pool.min, pool.max, busy, pool.queued);
@@ -159,14 +170,22 @@ pub fn decide(pool: &PoolView, now: Instant) -> Decision {
             let reason = if total < pool.min {
                 Reason::BelowMin
             } else if pool.queued > 0 {
-                Reason::Queued { queued: pool.queued }
+                Reason::Queued {
+                    queued: pool.queued,
+                }
             } else {
                 Reason::AllBusy { busy }
             };
-            d.actions.push(Action::Start { count: target - total, reason });
+            d.actions.push(Action::Start {
+                count: target - total,
+                reason,
+            });
         } else if outdated > 0 && starting == 0 && total - outdated < target {
             // Replace outdated slots one at a time, the new one first.
-            d.actions.push(Action::Start { count: 1, reason: Reason::ConfigChanged });
+            d.actions.push(Action::Start {
+                count: 1,
+                reason: Reason::ConfigChanged,
+            });
         }
     }
 
@@ -191,8 +210,15 @@ pub fn decide(pool: &PoolView, now: Instant) -> Decision {
         }
     }
     // Above a (lowered) max: leave at once, idle first, then busy ones drain.
-    let drained_so_far = |d: &Decision| d.actions.iter().filter(|a| matches!(a, Action::Drain { .. })).count() as u32;
-    let mut over_max = ready.saturating_sub(drained_so_far(&d)).saturating_sub(pool.max);
+    let drained_so_far = |d: &Decision| {
+        d.actions
+            .iter()
+            .filter(|a| matches!(a, Action::Drain { .. }))
+            .count() as u32
+    };
+    let mut over_max = ready
+        .saturating_sub(drained_so_far(&d))
+        .saturating_sub(pool.max);
     for want_busy in [false, true] {
         for s in active.iter().filter(|s| !s.outdated) {
             if over_max == 0 || excess == 0 {
@@ -219,12 +245,20 @@ pub fn decide(pool: &PoolView, now: Instant) -> Decision {
         if excess == 0 {
             break;
         }
-        if d.actions.iter().any(|a| matches!(a, Action::Drain { slot, .. } if *slot == s.id)) {
+        if d.actions
+            .iter()
+            .any(|a| matches!(a, Action::Drain { slot, .. } if *slot == s.id))
+        {
             continue;
         }
         let eligible = since + pool.idle_timeout;
         if eligible <= now {
-            drain(s, Reason::Idle(now.saturating_duration_since(since)), &mut d, &mut excess);
+            drain(
+                s,
+                Reason::Idle(now.saturating_duration_since(since)),
+                &mut d,
+                &mut excess,
+            );
         } else {
             wake(eligible, &mut d);
             break; // Sorted: the others became idle later.
@@ -240,7 +274,12 @@ mod tests {
     const T: Duration = Duration::from_secs(10);
 
     fn slot(id: u32, state: SlotPhase) -> SlotView {
-        SlotView { id, state, outdated: false, recycle_at: None }
+        SlotView {
+            id,
+            state,
+            outdated: false,
+            recycle_at: None,
+        }
     }
 
     fn pool(min: u32, max: u32, slots: Vec<SlotView>) -> PoolView {
@@ -298,22 +337,65 @@ mod tests {
         // All busy, below max: grow by one.
         check(pool(1, 4, vec![slot(1, Busy)]), now, 1, &[]);
         // All busy but one already starting: wait for it.
-        check(pool(1, 4, vec![slot(1, Busy), slot(2, Starting)]), now, 0, &[]);
+        check(
+            pool(1, 4, vec![slot(1, Busy), slot(2, Starting)]),
+            now,
+            0,
+            &[],
+        );
         // Max reached: never more.
         check(pool(1, 2, vec![slot(1, Busy), slot(2, Busy)]), now, 0, &[]);
         // min = max, all busy: nothing to do.
-        check(pool(3, 3, vec![slot(1, Busy), slot(2, Busy), slot(3, Busy)]), now, 0, &[]);
+        check(
+            pool(3, 3, vec![slot(1, Busy), slot(2, Busy), slot(3, Busy)]),
+            now,
+            0,
+            &[],
+        );
         // Steady load: N busy + 1 spare idle for ages is kept (no flapping).
-        check(pool(1, 8, vec![slot(1, Busy), slot(2, Busy), slot(3, idle_old)]), now, 0, &[]);
+        check(
+            pool(1, 8, vec![slot(1, Busy), slot(2, Busy), slot(3, idle_old)]),
+            now,
+            0,
+            &[],
+        );
         // Load gone: idle slots above min retire once idle long enough.
         // (the newest go first: equal idle time, higher id).
-        check(pool(1, 4, vec![slot(1, idle_old), slot(2, idle_old), slot(3, idle_old)]), now, 0, &[3, 2]);
+        check(
+            pool(
+                1,
+                4,
+                vec![slot(1, idle_old), slot(2, idle_old), slot(3, idle_old)],
+            ),
+            now,
+            0,
+            &[3, 2],
+        );
         // ... but not before idle_timeout.
-        check(pool(1, 4, vec![slot(1, idle_new), slot(2, idle_new)]), now, 0, &[]);
+        check(
+            pool(1, 4, vec![slot(1, idle_new), slot(2, idle_new)]),
+            now,
+            0,
+            &[],
+        );
         // Busy slots are never retired, however many.
-        check(pool(0, 4, vec![slot(1, Busy), slot(2, Busy), slot(3, Busy), slot(4, Busy)]), now, 0, &[]);
+        check(
+            pool(
+                0,
+                4,
+                vec![slot(1, Busy), slot(2, Busy), slot(3, Busy), slot(4, Busy)],
+            ),
+            now,
+            0,
+            &[],
+        );
         // Never below min, even all idle for ages.
-        check(pool(2, 4, vec![slot(1, idle_old), slot(2, idle_old)]), now, 0, &[]);
+        check(
+            pool(2, 4, vec![slot(1, idle_old), slot(2, idle_old)]),
+            now,
+            0,
+            &[],
+        );
         // Queued jobs: grow to busy + queued in one step, capped at max.
         let mut q = pool(1, 16, vec![slot(1, Busy)]);
         q.queued = 100;
@@ -328,7 +410,16 @@ mod tests {
         s.stopping = true;
         check(s, now, 0, &[]);
         // max lowered by a reload: the surplus leaves at once, idle first.
-        check(pool(1, 1, vec![slot(1, Busy), slot(2, idle_new), slot(3, idle_new)]), now, 0, &[2, 3]);
+        check(
+            pool(
+                1,
+                1,
+                vec![slot(1, Busy), slot(2, idle_new), slot(3, idle_new)],
+            ),
+            now,
+            0,
+            &[2, 3],
+        );
         // Removed: everything drains, busy included (it finishes its job).
         let mut r = pool(1, 4, vec![slot(1, Busy), slot(2, idle_new)]);
         r.removed = true;
@@ -339,15 +430,41 @@ mod tests {
     fn outdated_slots_are_replaced_one_at_a_time_new_first() {
         let now = Instant::now();
         let idle = SlotPhase::Idle { since: now };
-        let old = |id, st| SlotView { outdated: true, ..slot(id, st) };
+        let old = |id, st| SlotView {
+            outdated: true,
+            ..slot(id, st)
+        };
         // Two outdated idle slots at min 2: start one replacement, drain none.
         check(pool(2, 2, vec![old(1, idle), old(2, idle)]), now, 1, &[]);
         // Replacement still starting: nothing leaves yet.
-        check(pool(2, 2, vec![old(1, idle), old(2, idle), slot(3, SlotPhase::Starting)]), now, 0, &[]);
+        check(
+            pool(
+                2,
+                2,
+                vec![old(1, idle), old(2, idle), slot(3, SlotPhase::Starting)],
+            ),
+            now,
+            0,
+            &[],
+        );
         // Replacement ready: one outdated leaves, the next replacement starts.
-        check(pool(2, 2, vec![old(1, idle), old(2, idle), slot(3, idle)]), now, 1, &[1]);
+        check(
+            pool(2, 2, vec![old(1, idle), old(2, idle), slot(3, idle)]),
+            now,
+            1,
+            &[1],
+        );
         // Busy outdated slots are drained (finish their job) only when idle ones are gone.
-        check(pool(1, 2, vec![old(1, SlotPhase::Busy), slot(2, idle), slot(3, idle)]), now, 0, &[1]);
+        check(
+            pool(
+                1,
+                2,
+                vec![old(1, SlotPhase::Busy), slot(2, idle), slot(3, idle)],
+            ),
+            now,
+            0,
+            &[1],
+        );
     }
 
     #[test]
@@ -365,7 +482,17 @@ mod tests {
     fn idle_retirement_wakes_at_the_right_time() {
         let now = Instant::now();
         let since = now - Duration::from_secs(3);
-        let d = decide(&pool(1, 4, vec![slot(1, SlotPhase::Idle { since }), slot(2, SlotPhase::Idle { since })]), now);
+        let d = decide(
+            &pool(
+                1,
+                4,
+                vec![
+                    slot(1, SlotPhase::Idle { since }),
+                    slot(2, SlotPhase::Idle { since }),
+                ],
+            ),
+            now,
+        );
         assert!(d.actions.is_empty());
         assert_eq!(d.wake_at, Some(since + T));
     }

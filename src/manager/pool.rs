@@ -23,9 +23,17 @@ pub enum SlotCmd {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SlotState {
     Starting,
-    Idle { since: Instant },
-    Busy { function: String, handle: String, since: Instant },
-    Draining { reason: String },
+    Idle {
+        since: Instant,
+    },
+    Busy {
+        function: String,
+        handle: String,
+        since: Instant,
+    },
+    Draining {
+        reason: String,
+    },
 }
 
 impl SlotState {
@@ -83,7 +91,11 @@ impl Faults {
     pub fn failure(&mut self, now: Instant) -> bool {
         self.consecutive += 1;
         self.recent.push_back(now);
-        while self.recent.front().is_some_and(|t| now.duration_since(*t) > BURST_WINDOW) {
+        while self
+            .recent
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > BURST_WINDOW)
+        {
             self.recent.pop_front();
         }
         if self.recent.len() >= BURST_LIMIT {
@@ -125,7 +137,11 @@ pub struct Rate {
 
 impl Default for Rate {
     fn default() -> Self {
-        Rate { origin: Instant::now(), buckets: [0; 60], head: 0 }
+        Rate {
+            origin: Instant::now(),
+            buckets: [0; 60],
+            head: 0,
+        }
     }
 }
 
@@ -149,7 +165,10 @@ impl Rate {
     /// Average per second over the last minute (or since start, if shorter).
     pub fn per_sec(&mut self, now: Instant) -> f64 {
         self.advance(now);
-        let span = now.saturating_duration_since(self.origin).as_secs_f64().clamp(1.0, 60.0);
+        let span = now
+            .saturating_duration_since(self.origin)
+            .as_secs_f64()
+            .clamp(1.0, 60.0);
         self.buckets.iter().sum::<u64>() as f64 / span
     }
 }

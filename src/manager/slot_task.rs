@@ -21,7 +21,11 @@ pub async fn run(
     let worker = spec.worker.name.clone();
     let id = spec.slot;
     let send = |ev: SlotEvent| {
-        let _ = events.send(Event::Slot { worker: worker.clone(), id, ev });
+        let _ = events.send(Event::Slot {
+            worker: worker.clone(),
+            id,
+            ev,
+        });
     };
     let mut placed = match placement.place(&spec).await {
         Ok(p) => p,
@@ -30,10 +34,15 @@ pub async fn run(
             return;
         }
     };
-    send(SlotEvent::Placed { pid: placed.pid, unit: placed.unit.clone() });
+    send(SlotEvent::Placed {
+        pid: placed.pid,
+        unit: placed.unit.clone(),
+    });
     let (read_half, mut write_half) = placed.control.into_split();
     let mut lines = BufReader::new(read_half).lines();
-    let _ = write_half.write_all(&report::encode(&ToSlot::Start(spec.clone()))).await;
+    let _ = write_half
+        .write_all(&report::encode(&ToSlot::Start(spec.clone())))
+        .await;
     let mut reading = true;
     let mut cmds_open = true;
     let status = loop {

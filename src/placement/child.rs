@@ -12,7 +12,14 @@ use crate::slot::report::CONTROL_FD_ENV;
 const SLOT_FD: i32 = 3;
 
 /// Variables for the manager only: systemd's notify/watchdog channel.
-const MANAGER_ONLY_ENV: &[&str] = &["NOTIFY_SOCKET", "WATCHDOG_PID", "WATCHDOG_USEC", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"];
+const MANAGER_ONLY_ENV: &[&str] = &[
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
 
 /// A started runner and the manager's end of its socket.
 pub struct Runner {
@@ -54,14 +61,23 @@ pub fn spawn_runner(exe: &std::path::Path) -> std::io::Result<Runner> {
     cmd.kill_on_drop(false);
     let child = cmd.spawn()?;
     drop(theirs);
-    let pid = child.id().ok_or_else(|| std::io::Error::other("runner exited at once"))?;
+    let pid = child
+        .id()
+        .ok_or_else(|| std::io::Error::other("runner exited at once"))?;
     mine.set_nonblocking(true)?;
     let control = tokio::net::UnixStream::from_std(mine)?;
-    Ok(Runner { child, pid, control })
+    Ok(Runner {
+        child,
+        pid,
+        control,
+    })
 }
 
 /// SIGKILLs what is left of a runner's process group (after the runner itself
 /// has exited, or when a stop times out).
 pub fn kill_group(pid: u32) {
-    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL);
+    let _ = nix::sys::signal::killpg(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    );
 }

@@ -31,7 +31,12 @@ impl Placement {
         match self {
             Placement::Child => {
                 let r = child::spawn_runner(&std::env::current_exe()?)?;
-                Ok(Placed { child: r.child, pid: r.pid, control: r.control, unit: None })
+                Ok(Placed {
+                    child: r.child,
+                    pid: r.pid,
+                    control: r.control,
+                    unit: None,
+                })
             }
         }
     }

@@ -196,7 +196,10 @@ async fn session(
                 },
             }
         };
-        if let Err(e) = conn.send(Packet::req(PacketType::GrabJobUniq, vec![])).await {
+        if let Err(e) = conn
+            .send(Packet::req(PacketType::GrabJobUniq, vec![]))
+            .await
+        {
             return SessionEnd::Broken(e.to_string());
         }
         let assigned = loop {
@@ -204,9 +207,9 @@ async fn session(
                 Ok(p) => match p.kind {
                     PacketType::Noop => continue,
                     PacketType::NoJob => break None,
-                    PacketType::JobAssignUniq | PacketType::JobAssign | PacketType::JobAssignAll => {
-                        break Some(p)
-                    }
+                    PacketType::JobAssignUniq
+                    | PacketType::JobAssign
+                    | PacketType::JobAssignAll => break Some(p),
                     PacketType::Error => {
                         return SessionEnd::Broken(format!(
                             "job server error {}: {}",
@@ -214,7 +217,9 @@ async fn session(
                             String::from_utf8_lossy(p.arg(1))
                         ))
                     }
-                    other => tracing::debug!(server = %spec.server, "unexpected {} while grabbing", other.name()),
+                    other => {
+                        tracing::debug!(server = %spec.server, "unexpected {} while grabbing", other.name())
+                    }
                 },
                 Err(why) => return SessionEnd::Broken(why),
             }
@@ -281,7 +286,9 @@ async fn run_job(
     };
     // Progress sent just before the end must still precede the result.
     while let Ok(ev) = rx.try_recv() {
-        conn.feed(event_packet(&handle, ev)).await.map_err(|e| e.to_string())?;
+        conn.feed(event_packet(&handle, ev))
+            .await
+            .map_err(|e| e.to_string())?;
     }
     let end = match outcome {
         Outcome::Complete(data) => Packet::req(PacketType::WorkComplete, vec![handle, data]),
@@ -295,7 +302,11 @@ fn event_packet(handle: &Bytes, ev: JobEvent) -> Packet {
     match ev {
         JobEvent::Status(n, d) => Packet::req(
             PacketType::WorkStatus,
-            vec![handle.clone(), Bytes::from(n.to_string()), Bytes::from(d.to_string())],
+            vec![
+                handle.clone(),
+                Bytes::from(n.to_string()),
+                Bytes::from(d.to_string()),
+            ],
         ),
         JobEvent::Data(data) => Packet::req(PacketType::WorkData, vec![handle.clone(), data]),
         JobEvent::Warning(data) => Packet::req(PacketType::WorkWarning, vec![handle.clone(), data]),

@@ -96,9 +96,14 @@ pub async fn process_main() -> anyhow::Result<i32> {
 }
 
 /// One line without its `\n`; `None` at EOF; an over-long line is an error.
-async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(r: &mut R) -> anyhow::Result<Option<Vec<u8>>> {
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+) -> anyhow::Result<Option<Vec<u8>>> {
     let mut line = Vec::new();
-    let n = (&mut *r).take(MAX_LINE as u64 + 1).read_until(b'\n', &mut line).await?;
+    let n = (&mut *r)
+        .take(MAX_LINE as u64 + 1)
+        .read_until(b'\n', &mut line)
+        .await?;
     if n == 0 {
         return Ok(None);
     }

@@ -40,11 +40,15 @@ pub async fn run(
         Ok(c) => c,
         Err(e) => {
             tracing::error!(worker = %id.worker, "cannot start native worker {program:?}: {e}");
-            let _ = reports.send(Report::Exiting { reason: ExitReason::HandlerFailed });
+            let _ = reports.send(Report::Exiting {
+                reason: ExitReason::HandlerFailed,
+            });
             return ExitReason::HandlerFailed;
         }
     };
-    let _ = reports.send(Report::Ready { pid: std::process::id() });
+    let _ = reports.send(Report::Ready {
+        pid: std::process::id(),
+    });
     let status = tokio::select! {
         s = child.wait() => s,
         _ = drain.cancelled() => {

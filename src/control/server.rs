@@ -1,0 +1,168 @@
+//! The control socket: `$RUNTIME_DIR/SERVICE.sock`, mode 0600 (0660 with
+//! `control_group`).
+//!
+//! Protocol (version [`PROTOCOL_VERSION`]): the client sends one JSON line,
+//! `{"version":1,"request":"status"}`; the server answers one JSON line,
+//! `{"ok":true,"status":{…ServiceStatus…}}` or `{"ok":false,"error":"…"}`,
+//! and closes. A request line is at most [`MAX_REQUEST`] bytes and must
+//! arrive within [`REQUEST_TIMEOUT`]; a peer that sends garbage gets an error
+//! reply, a peer that stalls is dropped. Each connection is its own task, so
+//! neither can hold up the manager, which only ever answers a channel message.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::proto::{ServiceStatus, PROTOCOL_VERSION};
+use super::stats;
+use crate::manager::Event;
+
+pub const MAX_REQUEST: u64 = 64 * 1024;
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Request {
+    pub version: u32,
+    pub request: RequestKind,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestKind {
+    Status,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Response {
+    pub ok: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<ServiceStatus>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// The socket path of `service` under `dir`.
+pub fn socket_path(dir: &Path, service: &str) -> PathBuf {
+    dir.join(format!("{service}.sock"))
+}
+
+/// The runtime directory: `--runtime-dir`, else systemd's
+/// `$RUNTIME_DIRECTORY`, else `/run/slotman`.
+pub fn runtime_dir(given: Option<&Path>) -> PathBuf {
+    if let Some(d) = given {
+        return d.to_path_buf();
+    }
+    if let Some(d) = std::env::var_os("RUNTIME_DIRECTORY") {
+        // systemd may list several, separated by ':'; ours is the first.
+        if let Some(first) = d.to_string_lossy().split(':').next() {
+            return PathBuf::from(first);
+        }
+    }
+    PathBuf::from("/run/slotman")
+}
+
+/// Binds the socket. A stale socket file (no one answering) is replaced; a
+/// live one is an error that says so.
+pub async fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)
+            .map_err(|e| anyhow::anyhow!("creating {}: {e}", dir.display()))?;
+    }
+    if path.exists() {
+        if UnixStream::connect(path).await.is_ok() {
+            anyhow::bail!(
+                "{} is in use: is this service already running?",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)?;
+    }
+    let listener =
+        UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
+    let mode = if let Some(g) = group {
+        let gid = nix::unistd::Group::from_name(g)?
+            .ok_or_else(|| anyhow::anyhow!("control_group {g:?} does not exist"))?
+            .gid;
+        nix::unistd::chown(path, None, Some(gid))?;
+        0o660
+    } else {
+        0o600
+    };
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    Ok(listener)
+}
+
+/// Accepts connections until the manager's channel closes.
+pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>) {
+    loop {
+        let stream = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::warn!("control socket accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        if events.is_closed() {
+            return;
+        }
+        tokio::spawn(connection(stream, events.clone()));
+    }
+}
+
+async fn connection(stream: UnixStream, events: mpsc::UnboundedSender<Event>) {
+    let (read, mut write) = stream.into_split();
+    let mut line = Vec::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST);
+    let read = tokio::time::timeout(REQUEST_TIMEOUT, reader.read_until(b'\n', &mut line)).await;
+    let response = match read {
+        Err(_) => return, // Stalled: drop it.
+        Ok(Err(_)) | Ok(Ok(0)) => return,
+        Ok(Ok(_)) => answer(&line, &events).await,
+    };
+    let mut out = serde_json::to_vec(&response).unwrap_or_default();
+    out.push(b'\n');
+    let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&out)).await;
+}
+
+async fn answer(line: &[u8], events: &mpsc::UnboundedSender<Event>) -> Response {
+    let err = |e: String| Response {
+        ok: false,
+        status: None,
+        error: Some(e),
+    };
+    let req: Request = match serde_json::from_slice(line) {
+        Ok(r) => r,
+        Err(e) => return err(format!("bad request: {e}")),
+    };
+    if req.version != PROTOCOL_VERSION {
+        return err(format!(
+            "protocol version {} not supported (this slotman speaks {PROTOCOL_VERSION})",
+            req.version
+        ));
+    }
+    match req.request {
+        RequestKind::Status => {
+            let (tx, rx) = oneshot::channel();
+            if events.send(Event::Status(tx)).is_err() {
+                return err("the manager is stopping".into());
+            }
+            match rx.await {
+                Ok(mut status) => {
+                    stats::fill(&mut status).await;
+                    Response {
+                        ok: true,
+                        status: Some(status),
+                        error: None,
+                    }
+                }
+                Err(_) => err("the manager is stopping".into()),
+            }
+        }
+    }
+}
