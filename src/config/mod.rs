@@ -1,13 +1,91 @@
 //! The TOML contract of DESIGN.md: one file per service, `[defaults]` merged
 //! under each `[workers.NAME]`. `load` is the only place a config file is read;
 //! everything after it works on the validated, typed [`Config`].
+//!
+//! - [`load`]: read, validate, and check commands against the host: what
+//!   `slotman run` and a reload use.
+//! - [`parse`]: validate text without touching the host (no command lookups).
+//! - [`check`]: `slotman check FILE`: [`load`] plus a one-line summary.
+//!
+//! Every problem found is reported, each as `FILE:LINE: KEY: message`
+//! ([`ConfigError`]); a TOML syntax error stops at that one.
+//!
+//! # Defaults
+//!
+//! Every key may be left out. Top level: `stop_timeout` 60s, no
+//! `metrics_listen` (no endpoint), no `control_group` (root only). Per worker,
+//! after `[defaults]`: `job_servers` ["127.0.0.1:4730"], `kind` "stdio" (the
+//! kind DESIGN.md presents as the successor of the seed's workers), `prefix`
+//! "NAME::", `min` 1, `max` 4, `workleft` 0 (never), `idle_timeout` 10s, no
+//! `timeout`, no `max_lifetime`, `max_packet_size` 64M, no limits. `command`
+//! has no default, nor has `functions` for exec and stdio workers.
+//!
+//! # Value syntax
+//!
+//! - durations: "10s", "500ms", "1m 30s" (humantime), or whole seconds as a
+//!   number or digits; for `timeout` and `max_lifetime`, 0 means none, so a
+//!   worker can lift a limit its `[defaults]` set.
+//! - sizes: bytes as a number, or "512K", "256M", "1.5G" with systemd's binary
+//!   units (K = 1024); "infinity" for no limit on `memory_*`.
+//! - `cpu_quota`: "50%" (of one CPU; "200%" is two); `cpu_weight` 1..=10000;
+//!   `tasks_max` a number or "infinity".
+//! - `env`: `[defaults]` and worker tables merge per variable, the worker's
+//!   value winning.
+//! - `command`: the program is an absolute path to an executable file, or a
+//!   bare name found on `PATH` (the worker's `env.PATH`, else the checker's
+//!   own). Paths like `bin/x` are refused: relative to what would depend on
+//!   where the handler starts.
+
+mod error;
+mod probe;
+mod raw;
+mod validate;
+pub mod values;
+
+#[cfg(test)]
+mod tests;
 
 use std::collections::BTreeMap;
+use std::fmt::Write as _;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+pub use error::{ConfigError, ConfigIssue};
+
+/// Port of a job server given as plain "host".
+pub const DEFAULT_PORT: u16 = 4730;
+
+/// Default `max_packet_size`: 64 MiB.
+pub const DEFAULT_MAX_PACKET_SIZE: u32 = 64 << 20;
+
+/// Reads and validates the config at `path`, including that each command's
+/// program exists and is executable. The service is named by the file stem.
+/// This is the only function here that reads a file.
+pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|error| ConfigError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    validate::validate(&text, path, Some(&probe::Host))
+}
+
+/// Validates config `text` as if read from `path` (used for the service name
+/// and in messages). Pure: it does not look whether commands or working
+/// directories exist; [`load`] does.
+pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+    validate::validate(text, path, None)
+}
+
+/// What `slotman check FILE` does: [`load`], and on success a one-line
+/// summary (`FILE: ok: 2 workers (resize: stdio, 1..4 slots; ...)`) for
+/// stdout. The error's `Display` is the lines for stderr.
+pub fn check(path: &Path) -> Result<String, ConfigError> {
+    let config = load(path)?;
+    Ok(format!("{}: ok: {}", path.display(), config.summary()))
+}
 
 /// A validated service configuration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -74,9 +152,91 @@ pub struct WorkerConfig {
     pub max_packet_size: u32,
 }
 
+impl Config {
+    /// The worker called `name`.
+    pub fn worker(&self, name: &str) -> Option<&WorkerConfig> {
+        self.workers.iter().find(|w| w.name == name)
+    }
+
+    /// One line: `2 workers (resize: stdio, 1..4 slots; thumbs: exec, 0..8 slots)`.
+    pub fn summary(&self) -> String {
+        let mut out = match self.workers.len() {
+            1 => "1 worker (".to_owned(),
+            n => format!("{n} workers ("),
+        };
+        for (i, w) in self.workers.iter().enumerate() {
+            let sep = if i == 0 { "" } else { "; " };
+            let kind = match w.kind {
+                HandlerKind::Exec => "exec",
+                HandlerKind::Stdio => "stdio",
+                HandlerKind::Native => "native",
+            };
+            // Writing to a String cannot fail.
+            let _ = write!(out, "{sep}{}: {kind}, {}..{} slots", w.name, w.min, w.max);
+        }
+        out.push(')');
+        out
+    }
+}
+
 impl WorkerConfig {
     /// The name registered with the job server for `function`.
     pub fn registered_name(&self, function: &str) -> String {
         format!("{}{}", self.prefix, function)
+    }
+
+    /// Whether running slots may stay on a reload from `self` to `other`:
+    /// true when at most the pool-sizing keys differ (`min`, `max`,
+    /// `idle_timeout`, `max_lifetime`), which the manager applies to the
+    /// slots it has. Anything else a slot was started with (command, kind,
+    /// env, functions, prefix, job servers, user, group, directory,
+    /// `workleft`, `timeout`, packet size, and the resource limits) means
+    /// replacing the slots. Limits could later be applied live to the scopes
+    /// (systemd's SetUnitProperties); until then they count as a change.
+    pub fn same_processes(&self, other: &WorkerConfig) -> bool {
+        // Destructured without `..` so that a new field has to be sorted into
+        // one group or the other here before this compiles.
+        let WorkerConfig {
+            name,
+            job_servers,
+            kind,
+            command,
+            functions,
+            prefix,
+            min: _,
+            max: _,
+            workleft,
+            idle_timeout: _,
+            timeout,
+            max_lifetime: _,
+            env,
+            working_directory,
+            user,
+            group,
+            memory_max,
+            memory_high,
+            cpu_quota,
+            cpu_weight,
+            tasks_max,
+            max_packet_size,
+        } = self;
+        *name == other.name
+            && *job_servers == other.job_servers
+            && *kind == other.kind
+            && *command == other.command
+            && *functions == other.functions
+            && *prefix == other.prefix
+            && *workleft == other.workleft
+            && *timeout == other.timeout
+            && *env == other.env
+            && *working_directory == other.working_directory
+            && *user == other.user
+            && *group == other.group
+            && *memory_max == other.memory_max
+            && *memory_high == other.memory_high
+            && *cpu_quota == other.cpu_quota
+            && *cpu_weight == other.cpu_weight
+            && *tasks_max == other.tasks_max
+            && *max_packet_size == other.max_packet_size
     }
 }

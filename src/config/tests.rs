@@ -1,0 +1,731 @@
+//! Config tests are data: a file's text in, the `slotman check` outcome out,
+//! through one [`check`] helper. Commands are looked up on a fake host, so
+//! the tests do not depend on what this machine has installed.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use super::probe::Probe;
+use super::validate::{validate, WORKER_KEYS};
+use super::{parse, Config, HandlerKind, WorkerConfig};
+
+/// A machine with a few executables and directories.
+struct FakeHost;
+
+impl Probe for FakeHost {
+    fn executable(&self, program: &Path) -> Result<(), String> {
+        match program.to_str().unwrap_or("") {
+            "/usr/bin/python3" | "/usr/bin/true" | "/bin/sh" | "/opt/w/run" | "/opt/bin/tool" => {
+                Ok(())
+            }
+            "/opt/w/data.txt" => Err("is not executable".into()),
+            "/opt/w" | "/srv" => Err("is not a file".into()),
+            _ => Err("does not exist".into()),
+        }
+    }
+
+    fn directory(&self, dir: &Path) -> Result<(), String> {
+        match dir.to_str().unwrap_or("") {
+            "/srv" | "/opt/w" => Ok(()),
+            "/opt/w/run" => Err("is not a directory".into()),
+            _ => Err("does not exist".into()),
+        }
+    }
+
+    fn search_path(&self) -> Option<String> {
+        Some("/usr/bin:/bin".into())
+    }
+}
+
+fn outcome(text: &str) -> Result<Config, super::ConfigError> {
+    validate(text, Path::new("t.toml"), Some(&FakeHost))
+}
+
+/// Runs `text` as `t.toml` and compares what `slotman check` would print:
+/// `ok: SUMMARY`, or the error lines.
+#[track_caller]
+fn check(text: &str, expect: &str) {
+    let got = match outcome(text) {
+        Ok(config) => format!("ok: {}", config.summary()),
+        Err(e) => e.to_string(),
+    };
+    assert_eq!(got, expect.trim(), "\n--- input ---\n{text}");
+}
+
+#[track_caller]
+fn parse_ok(text: &str) -> Config {
+    match outcome(text) {
+        Ok(config) => config,
+        Err(e) => panic!("{e}\n--- input ---\n{text}"),
+    }
+}
+
+#[track_caller]
+fn worker<'a>(config: &'a Config, name: &str) -> &'a WorkerConfig {
+    config
+        .worker(name)
+        .unwrap_or_else(|| panic!("no worker {name}"))
+}
+
+const DESIGN_EXAMPLE: &str = r#"
+[defaults]                      # the seed's "global": merged under each worker
+job_servers = ["127.0.0.1:4730"]
+min = 2
+max = 5
+workleft = 10                   # jobs per slot before it is replaced; 0 = never
+
+[workers.TestWorker]            # registers TestWorker::reverse, TestWorker::wait
+kind = "stdio"
+command = ["/usr/bin/python3", "/opt/workers/test_worker.py"]
+functions = ["reverse", "wait"]
+max = 50
+memory_max = "256M"
+"#;
+
+#[test]
+fn design_example_parses() {
+    check(
+        DESIGN_EXAMPLE,
+        "ok: 1 worker (TestWorker: stdio, 2..50 slots)",
+    );
+    let config = parse_ok(DESIGN_EXAMPLE);
+    assert_eq!(config.service, "t");
+    let w = worker(&config, "TestWorker");
+    assert_eq!(w.job_servers, ["127.0.0.1:4730"]);
+    assert_eq!((w.min, w.max, w.workleft), (2, 50, 10));
+    assert_eq!(w.memory_max, Some(256 << 20));
+    assert_eq!(w.registered_name("reverse"), "TestWorker::reverse");
+    assert_eq!(w.functions, ["reverse", "wait"]);
+}
+
+#[test]
+fn builtin_defaults_fill_every_key() {
+    let config = parse_ok("[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\n");
+    assert_eq!(config.stop_timeout, Duration::from_secs(60));
+    assert_eq!(config.metrics_listen, None);
+    assert_eq!(config.control_group, None);
+    let w = worker(&config, "w");
+    let want = WorkerConfig {
+        name: "w".into(),
+        job_servers: vec!["127.0.0.1:4730".into()],
+        kind: HandlerKind::Stdio,
+        command: vec!["/usr/bin/true".into()],
+        functions: vec!["f".into()],
+        prefix: "w::".into(),
+        min: 1,
+        max: 4,
+        workleft: 0,
+        idle_timeout: Duration::from_secs(10),
+        timeout: None,
+        max_lifetime: None,
+        env: BTreeMap::new(),
+        working_directory: None,
+        user: None,
+        group: None,
+        memory_max: None,
+        memory_high: None,
+        cpu_quota: None,
+        cpu_weight: None,
+        tasks_max: None,
+        max_packet_size: 64 << 20,
+    };
+    assert_eq!(*w, want);
+}
+
+#[test]
+fn every_key_is_read() {
+    let config = parse_ok(
+        r#"
+stop_timeout = "2m"
+metrics_listen = "127.0.0.1:9477"
+control_group = "slotman"
+
+[workers.all]
+job_servers = ["gm1", "gm2:7003", "[::1]"]
+kind = "exec"
+command = ["tool", "--flag"]
+functions = ["a", "b"]
+prefix = "img."
+min = 0
+max = 8
+workleft = 100
+idle_timeout = 30
+timeout = "1m 30s"
+max_lifetime = "1h"
+env = { LANG = "C.UTF-8", PATH = "/opt/bin" }
+working_directory = "/srv"
+user = "www-data"
+group = "www-data"
+memory_max = "1G"
+memory_high = 805306368
+cpu_quota = "150%"
+cpu_weight = 200
+tasks_max = 64
+max_packet_size = "1M"
+"#,
+    );
+    assert_eq!(config.stop_timeout, Duration::from_secs(120));
+    assert_eq!(
+        config.metrics_listen,
+        Some("127.0.0.1:9477".parse().unwrap())
+    );
+    assert_eq!(config.control_group.as_deref(), Some("slotman"));
+    let w = worker(&config, "all");
+    assert_eq!(w.job_servers, ["gm1:4730", "gm2:7003", "[::1]:4730"]);
+    assert_eq!(w.kind, HandlerKind::Exec);
+    assert_eq!(w.command, ["tool", "--flag"]);
+    assert_eq!(w.registered_name("a"), "img.a");
+    assert_eq!((w.min, w.max, w.workleft), (0, 8, 100));
+    assert_eq!(w.idle_timeout, Duration::from_secs(30));
+    assert_eq!(w.timeout, Some(Duration::from_secs(90)));
+    assert_eq!(w.max_lifetime, Some(Duration::from_secs(3600)));
+    assert_eq!(w.env["LANG"], "C.UTF-8");
+    assert_eq!(w.working_directory.as_deref(), Some(Path::new("/srv")));
+    assert_eq!(w.user.as_deref(), Some("www-data"));
+    assert_eq!(w.group.as_deref(), Some("www-data"));
+    assert_eq!(w.memory_max, Some(1 << 30));
+    assert_eq!(w.memory_high, Some(768 << 20));
+    assert_eq!(w.cpu_quota, Some(150));
+    assert_eq!(w.cpu_weight, Some(200));
+    assert_eq!(w.tasks_max, Some(64));
+    assert_eq!(w.max_packet_size, 1 << 20);
+}
+
+#[test]
+fn every_worker_key_is_accepted_in_defaults() {
+    // Guards the key list against the match in `read_keys`: a key listed
+    // but not handled would come back as "unknown key".
+    let values: BTreeMap<&str, &str> = [
+        ("job_servers", "[\"gm\"]"),
+        ("kind", "\"stdio\""),
+        ("command", "[\"/usr/bin/true\"]"),
+        ("functions", "[\"f\"]"),
+        ("prefix", "\"\""),
+        ("min", "1"),
+        ("max", "2"),
+        ("workleft", "3"),
+        ("idle_timeout", "\"1s\""),
+        ("timeout", "\"1s\""),
+        ("max_lifetime", "\"1s\""),
+        ("env", "{}"),
+        ("working_directory", "\"/srv\""),
+        ("user", "\"u\""),
+        ("group", "\"g\""),
+        ("memory_max", "\"1M\""),
+        ("memory_high", "\"1M\""),
+        ("cpu_quota", "\"10%\""),
+        ("cpu_weight", "10"),
+        ("tasks_max", "\"infinity\""),
+        ("max_packet_size", "\"1M\""),
+    ]
+    .into_iter()
+    .collect();
+    let mut text = String::from("[defaults]\n");
+    for key in WORKER_KEYS {
+        text.push_str(&format!("{key} = {}\n", values[key]));
+    }
+    text.push_str("[workers.w]\n");
+    check(&text, "ok: 1 worker (w: stdio, 1..2 slots)");
+}
+
+#[test]
+fn defaults_merge_under_workers() {
+    let config = parse_ok(
+        r#"
+[defaults]
+command = ["/bin/sh", "-c", "exec worker"]
+functions = ["f"]
+min = 2
+timeout = "30s"
+memory_max = "256M"
+prefix = ""
+env = { LANG = "C", MODE = "prod", PATH = "/usr/bin" }
+
+[workers.a]
+kind = "exec"
+env = { MODE = "test", EXTRA = "1" }
+
+[workers.b]
+prefix = "b."
+timeout = 0
+memory_max = "infinity"
+functions = ["g"]
+"#,
+    );
+    let a = worker(&config, "a");
+    assert_eq!(a.command, ["/bin/sh", "-c", "exec worker"]);
+    assert_eq!(a.kind, HandlerKind::Exec);
+    assert_eq!((a.min, a.max), (2, 4));
+    assert_eq!(a.timeout, Some(Duration::from_secs(30)));
+    assert_eq!(a.memory_max, Some(256 << 20));
+    assert_eq!(a.registered_name("f"), "f", "prefix \"\" from [defaults]");
+    let env: Vec<(&str, &str)> = a
+        .env
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        env,
+        [
+            ("EXTRA", "1"),
+            ("LANG", "C"),
+            ("MODE", "test"),
+            ("PATH", "/usr/bin")
+        ]
+    );
+
+    let b = worker(&config, "b");
+    assert_eq!(b.kind, HandlerKind::Stdio);
+    assert_eq!(b.timeout, None, "0 lifts the inherited timeout");
+    assert_eq!(b.memory_max, None, "infinity lifts the inherited limit");
+    assert_eq!(b.functions, ["g"], "lists replace, they do not merge");
+    assert_eq!(b.registered_name("g"), "b.g");
+    assert_eq!(b.env["MODE"], "prod");
+}
+
+#[test]
+fn workers_keep_file_order_and_native_needs_no_functions() {
+    check(
+        r#"
+[workers.zeta]
+command = ["/usr/bin/true"]
+functions = ["f"]
+[workers.alpha]
+kind = "native"
+command = ["/opt/w/run"]
+min = 0
+max = 1
+"#,
+        "ok: 2 workers (zeta: stdio, 1..4 slots; alpha: native, 0..1 slots)",
+    );
+}
+
+#[test]
+fn unknown_keys_name_line_and_path() {
+    check(
+        r#"
+stop_timout = "1s"
+min = 3
+[defaults]
+mx = 3
+stop_timeout = "1s"
+[workers.w]
+command = ["/usr/bin/true"]
+functions = ["f"]
+colour = "blue"
+env.LANG = "C"
+[workers.w.limits]
+x = 1
+[worker.v]
+"#,
+        r#"
+t.toml:2: stop_timout: unknown key; did you mean `stop_timeout`?
+t.toml:3: min: unknown key; `min` belongs in [defaults] or [workers.NAME]
+t.toml:5: defaults.mx: unknown key; did you mean `max`?
+t.toml:6: defaults.stop_timeout: unknown key; `stop_timeout` is a top-level key: put it above the first table
+t.toml:10: workers.w.colour: unknown key
+t.toml:12: workers.w.limits: unknown key
+t.toml:14: worker: unknown key; did you mean `workers`?
+"#,
+    );
+}
+
+#[test]
+fn wrong_types_and_bad_values() {
+    check(
+        r#"
+stop_timeout = 1.5
+metrics_listen = "localhost:9477"
+control_group = ""
+[workers.w]
+command = "/usr/bin/true"
+functions = ["f", 3]
+kind = "cgi"
+min = "2"
+max = 0
+workleft = -1
+idle_timeout = "soon"
+timeout = true
+env = { A = 1, B = "x" }
+working_directory = "srv"
+user = "a b"
+memory_max = "256MB"
+memory_high = 0
+cpu_quota = 50
+cpu_weight = 0
+tasks_max = "lots"
+max_packet_size = "8G"
+job_servers = "gm:4730"
+prefix = "a b"
+"#,
+        r#"
+t.toml:2: stop_timeout: expected a duration such as "10s" or "500ms", or whole seconds, found a float
+t.toml:3: metrics_listen: `localhost:9477` is not an IP address and port; write it like "127.0.0.1:9477"
+t.toml:4: control_group: must not be empty
+t.toml:6: workers.w.command: expected a list of strings, found a string; put it in brackets: ["..."]
+t.toml:7: workers.w.functions[1]: expected a string, found an integer
+t.toml:8: workers.w.kind: expected "exec", "stdio" or "native", not "cgi"
+t.toml:9: workers.w.min: expected a number; write it without quotes: 2
+t.toml:10: workers.w.max: must be from 1 to 4294967295, not 0
+t.toml:11: workers.w.workleft: must be at least 0, not -1
+t.toml:12: workers.w.idle_timeout: `soon` is not a duration; write it like "10s", "500ms" or "1m 30s"
+t.toml:13: workers.w.timeout: expected a duration such as "10s" or "500ms", or whole seconds, found a boolean
+t.toml:14: workers.w.env.A: expected a string, found an integer; put the value in quotes
+t.toml:15: workers.w.working_directory: `srv` must be an absolute path
+t.toml:16: workers.w.user: `a b` is not a user or group name
+t.toml:17: workers.w.memory_max: `256MB` is not a size; write it like "512K", "256M" or "1G"
+t.toml:18: workers.w.memory_high: must be more than 0; write "infinity" for no limit
+t.toml:19: workers.w.cpu_quota: write the quota as a string, "50%"
+t.toml:20: workers.w.cpu_weight: must be from 1 to 10000, not 0
+t.toml:21: workers.w.tasks_max: expected a whole number or "infinity"
+t.toml:22: workers.w.max_packet_size: must be more than 0 and less than 4G
+t.toml:23: workers.w.job_servers: expected a list of strings, found a string; put it in brackets: ["..."]
+t.toml:24: workers.w.prefix: prefix `a b` must not contain whitespace or control characters
+"#,
+    );
+}
+
+#[test]
+fn list_elements_are_checked_one_by_one() {
+    check(
+        r#"
+[workers.w]
+command = [
+  "/usr/bin/true",
+  "ok\u0000",
+]
+functions = [
+  "resize",
+  "",
+  "resize",
+  "has space",
+]
+job_servers = ["gm", "gm:4730", "gm:0"]
+"#,
+        r#"
+t.toml:5: workers.w.command[1]: must not contain a NUL character
+t.toml:9: workers.w.functions[1]: a function name must not be empty
+t.toml:10: workers.w.functions[2]: `resize` is listed twice
+t.toml:11: workers.w.functions[3]: function name `has space` must not contain whitespace or control characters
+t.toml:13: workers.w.job_servers[1]: `gm:4730` is listed twice
+t.toml:13: workers.w.job_servers[2]: `gm:0`: port `0` is not a number from 1 to 65535
+"#,
+    );
+}
+
+#[test]
+fn missing_and_empty_required_keys() {
+    check(
+        r#"
+[workers.nocommand]
+functions = ["f"]
+
+[workers.nofunctions]
+command = ["/usr/bin/true"]
+
+[workers.empty]
+kind = "exec"
+command = []
+functions = []
+"#,
+        r#"
+t.toml:2: workers.nocommand.command: missing; every worker needs command = ["/path/to/program", "arg", ...]
+t.toml:5: workers.nofunctions.functions: missing; a stdio worker registers at least one function, e.g. functions = ["resize"]
+t.toml:10: workers.empty.command: must not be empty; write ["/path/to/program", "arg", ...]
+t.toml:11: workers.empty.functions: must not be empty for a exec worker
+"#,
+    );
+}
+
+#[test]
+fn min_and_max() {
+    // The message sits on the key the worker itself set.
+    check(
+        r#"
+[defaults]
+max = 3
+[workers.a]
+command = ["/usr/bin/true"]
+functions = ["f"]
+min = 5
+max = 2
+[workers.b]
+command = ["/usr/bin/true"]
+functions = ["f"]
+min = 5
+[workers.c]
+command = ["/usr/bin/true"]
+functions = ["f"]
+max = 1
+[workers.d]
+command = ["/usr/bin/true"]
+functions = ["f"]
+"#,
+        r#"
+t.toml:7: workers.a.min: must not exceed max (2)
+t.toml:12: workers.b.min: must not exceed max (3, from [defaults])
+"#,
+    );
+    check(
+        r#"
+[defaults]
+min = 6
+[workers.a]
+command = ["/usr/bin/true"]
+functions = ["f"]
+max = 5
+[workers.b]
+command = ["/usr/bin/true"]
+functions = ["f"]
+[workers.c]
+command = ["/usr/bin/true"]
+functions = ["f"]
+max = 10
+"#,
+        r#"
+t.toml:3: defaults.min: must not exceed max (4, the default) for workers.b
+t.toml:7: workers.a.max: must not be less than min (6, from [defaults])
+"#,
+    );
+    // A bad max is reported once, not again as "min exceeds max".
+    check(
+        "[workers.a]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\nmin = 9\nmax = \"x\"\n",
+        "t.toml:5: workers.a.max: expected a whole number, found a string",
+    );
+}
+
+#[test]
+fn commands_are_looked_up() {
+    check(
+        r#"
+[workers.missing]
+command = ["/opt/w/nope"]
+functions = ["f"]
+[workers.notexec]
+command = [
+  "/opt/w/data.txt",
+]
+functions = ["f"]
+[workers.dir]
+command = ["/opt/w"]
+functions = ["f"]
+[workers.relative]
+command = ["bin/worker"]
+functions = ["f"]
+[workers.onpath]
+command = ["true"]
+functions = ["f"]
+[workers.notonpath]
+command = ["frobnicate"]
+functions = ["f"]
+[workers.ownpath]
+command = ["tool"]
+functions = ["f"]
+env = { PATH = "/opt/bin" }
+[workers.ownpath_miss]
+command = ["true"]
+functions = ["f"]
+env = { PATH = "/opt/bin:relative" }
+[workers.emptyprog]
+command = ["", "x"]
+functions = ["f"]
+[workers.wd]
+command = ["true"]
+functions = ["f"]
+working_directory = "/nowhere"
+"#,
+        r#"
+t.toml:3: workers.missing.command: `/opt/w/nope` does not exist
+t.toml:7: workers.notexec.command: `/opt/w/data.txt` is not executable
+t.toml:11: workers.dir.command: `/opt/w` is not a file
+t.toml:14: workers.relative.command: `bin/worker` is a relative path; give an absolute path, or a bare name to look up on PATH
+t.toml:20: workers.notonpath.command: `frobnicate` is not an executable on PATH (/usr/bin:/bin); give its absolute path
+t.toml:27: workers.ownpath_miss.command: `true` is not an executable on PATH (/opt/bin:relative); give its absolute path
+t.toml:31: workers.emptyprog.command: the program (first element) must not be empty
+t.toml:36: workers.wd.working_directory: `/nowhere` does not exist
+"#,
+    );
+}
+
+#[test]
+fn parse_does_not_look_at_the_host() {
+    let text = "[workers.w]\ncommand = [\"/definitely/not/here\"]\nfunctions = [\"f\"]\n";
+    let config = parse(text, Path::new("/etc/slotman/billing.toml")).unwrap();
+    assert_eq!(config.service, "billing");
+    assert_eq!(config.path, Path::new("/etc/slotman/billing.toml"));
+}
+
+#[test]
+fn a_bad_command_in_defaults_is_reported_once() {
+    check(
+        r#"
+[defaults]
+command = ["/opt/w/nope"]
+functions = ["f"]
+[workers.a]
+[workers.b]
+"#,
+        "t.toml:3: defaults.command: `/opt/w/nope` does not exist",
+    );
+}
+
+#[test]
+fn registered_names_must_be_unique() {
+    check(
+        r#"
+[defaults]
+command = ["/usr/bin/true"]
+prefix = ""
+[workers.a]
+functions = ["resize", "crop"]
+[workers.b]
+functions = ["rotate", "resize"]
+[workers.c]
+prefix = "c::"
+functions = ["resize"]
+"#,
+        "t.toml:8: workers.b.functions[1]: `resize` registers `resize`, which workers.a registers too; give one of them another prefix",
+    );
+}
+
+#[test]
+fn worker_names_and_shapes() {
+    check(
+        r#"
+workers = 3
+"#,
+        "t.toml:2: workers: expected tables [workers.NAME], found an integer",
+    );
+    check(
+        r#"
+[workers."has space"]
+command = ["/usr/bin/true"]
+functions = ["f"]
+[workers]
+min = 2
+"#,
+        r#"
+t.toml:2: workers."has space": worker name `has space` may only use letters, digits, `_`, `.` and `-`
+t.toml:6: workers.min: expected a table ([workers.min]), found an integer
+"#,
+    );
+    check(
+        "[workers.\"a.b\"]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\nmin = 9\n",
+        "t.toml:4: workers.\"a.b\".min: must not exceed max (4, the default)",
+    );
+}
+
+#[test]
+fn no_workers() {
+    check(
+        "",
+        "t.toml:1: workers: no workers; add at least one [workers.NAME] table",
+    );
+    check(
+        "stop_timeout = \"1s\"\n[defaults]\nmin = 1\n",
+        "t.toml:1: workers: no workers; add at least one [workers.NAME] table",
+    );
+}
+
+#[test]
+fn syntax_errors_name_their_line() {
+    check(
+        "[workers.a]\ncommand = [\"/usr/bin/true\"]\nmin = \n",
+        "t.toml:3: invalid TOML: invalid string; expected `\"`, `'`",
+    );
+    check(
+        "[workers.a]\nmin = 1\nmin = 2\n",
+        "t.toml:3: invalid TOML: duplicate key `min` in table `workers.a`",
+    );
+}
+
+#[test]
+fn every_error_is_reported_not_just_the_first() {
+    let err = outcome(
+        r#"
+[defaults]
+min = -1
+[workers.a]
+kind = "stdio"
+max = 0
+[workers.b]
+command = ["/usr/bin/true"]
+functions = ["f"]
+memory_max = "lots"
+"#,
+    )
+    .unwrap_err();
+    let lines: Vec<(usize, &str)> = err
+        .issues()
+        .iter()
+        .map(|i| (i.line, i.key.as_deref().unwrap_or("")))
+        .collect();
+    assert_eq!(
+        lines,
+        [
+            (3, "defaults.min"),
+            (4, "workers.a.command"),
+            (4, "workers.a.functions"),
+            (6, "workers.a.max"),
+            (10, "workers.b.memory_max"),
+        ]
+    );
+}
+
+#[test]
+fn service_name_comes_from_the_file_stem() {
+    let text = "[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\n";
+    assert_eq!(
+        parse(text, Path::new("billing.toml")).unwrap().service,
+        "billing"
+    );
+    let err = parse(text, Path::new("")).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        ":1: cannot name the service after the file name ``; name the file SERVICE.toml"
+    );
+}
+
+#[test]
+fn same_processes_only_ignores_pool_sizing() {
+    let base = parse_ok(DESIGN_EXAMPLE).workers[0].clone();
+    let same: &[fn(&mut WorkerConfig)] = &[
+        |w| w.min = 0,
+        |w| w.max = 99,
+        |w| w.idle_timeout = Duration::from_secs(1),
+        |w| w.max_lifetime = Some(Duration::from_secs(60)),
+    ];
+    for change in same {
+        let mut other = base.clone();
+        change(&mut other);
+        assert!(base.same_processes(&other), "{other:?}");
+    }
+    let different: &[fn(&mut WorkerConfig)] = &[
+        |w| w.name = "x".into(),
+        |w| w.job_servers.push("b:1".into()),
+        |w| w.kind = HandlerKind::Exec,
+        |w| w.command.push("-v".into()),
+        |w| w.functions.pop().map(drop).unwrap_or(()),
+        |w| w.prefix.clear(),
+        |w| w.workleft = 0,
+        |w| w.timeout = Some(Duration::from_secs(1)),
+        |w| {
+            w.env.insert("A".into(), "b".into());
+        },
+        |w| w.working_directory = Some("/srv".into()),
+        |w| w.user = Some("u".into()),
+        |w| w.group = Some("g".into()),
+        |w| w.memory_max = None,
+        |w| w.memory_high = Some(1),
+        |w| w.cpu_quota = Some(1),
+        |w| w.cpu_weight = Some(1),
+        |w| w.tasks_max = Some(1),
+        |w| w.max_packet_size = 1,
+    ];
+    for change in different {
+        let mut other = base.clone();
+        change(&mut other);
+        assert!(!base.same_processes(&other), "{other:?}");
+    }
+}
