@@ -78,7 +78,7 @@ impl Slot {
         let runner = spawn_runner(&slotman_bin()).expect("spawn slot");
         let (read, mut write) = runner.control.into_split();
         write
-            .write_all(&report::encode(&ToSlot::Start(spec.clone())))
+            .write_all(&report::encode(&ToSlot::Start(Box::new(spec.clone()))))
             .await
             .expect("send spec");
         let (tx, rx) = mpsc::unbounded_channel();

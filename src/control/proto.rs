@@ -40,7 +40,62 @@ pub struct WorkerStatus {
     pub restarts: u64,
     /// Jobs waiting at the job servers for this worker's functions, if known.
     pub queued: Option<u64>,
+    /// Jobs by registered function name and result.
+    pub functions: Vec<FunctionStats>,
+    /// Job durations as the slots measured them.
+    pub durations: Histogram,
     pub slots: Vec<SlotStatus>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionStats {
+    /// As registered with the job server (with prefix).
+    pub name: String,
+    pub complete: u64,
+    pub fail: u64,
+    pub exception: u64,
+}
+
+/// A fixed-bucket histogram. `counts[i]` counts observations `<= bounds_secs[i]`
+/// and above the previous bound; the last entry of `counts` (one longer than
+/// `bounds_secs`) counts those above every bound. Not cumulative.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub bounds_secs: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum_secs: f64,
+    pub count: u64,
+}
+
+/// Bucket bounds for job durations, in seconds.
+pub const DURATION_BOUNDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            bounds_secs: DURATION_BOUNDS.to_vec(),
+            counts: vec![0; DURATION_BOUNDS.len() + 1],
+            sum_secs: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&mut self, secs: f64) {
+        let i = self
+            .bounds_secs
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds_secs.len());
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum_secs += secs;
+        self.count += 1;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -339,13 +339,33 @@ impl Manager {
                     };
                 }
             }
-            Report::Done { result, .. } => {
+            Report::Done { result, millis } => {
                 slot.jobs_done += 1;
                 pool.rate.add(now);
+                pool.durations.observe(millis as f64 / 1000.0);
+                let function = match &slot.state {
+                    SlotState::Busy { function, .. } => function.clone(),
+                    _ => String::from("?"),
+                };
+                let f = pool.functions.entry(function.clone()).or_insert_with(|| {
+                    crate::control::proto::FunctionStats {
+                        name: function,
+                        ..Default::default()
+                    }
+                });
                 match result {
-                    JobResult::Complete => pool.counters.jobs_complete += 1,
-                    JobResult::Fail => pool.counters.jobs_failed += 1,
-                    JobResult::Exception => pool.counters.jobs_exception += 1,
+                    JobResult::Complete => {
+                        pool.counters.jobs_complete += 1;
+                        f.complete += 1;
+                    }
+                    JobResult::Fail => {
+                        pool.counters.jobs_failed += 1;
+                        f.fail += 1;
+                    }
+                    JobResult::Exception => {
+                        pool.counters.jobs_exception += 1;
+                        f.exception += 1;
+                    }
                 }
                 pool.faults.success();
                 if workleft > 0 && slot.jobs_done >= workleft {
@@ -511,6 +531,8 @@ impl Manager {
                     jobs_per_sec: p.rate.per_sec(now),
                     restarts: p.counters.restarts,
                     queued: None,
+                    functions: p.functions.values().cloned().collect(),
+                    durations: p.durations.clone(),
                     slots: p
                         .slots
                         .values()

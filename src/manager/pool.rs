@@ -183,6 +183,8 @@ pub struct Pool {
     pub removed: bool,
     pub faults: Faults,
     pub counters: Counters,
+    pub functions: BTreeMap<String, crate::control::proto::FunctionStats>,
+    pub durations: crate::control::proto::Histogram,
     pub rate: Rate,
     pub queued: u64,
 }
@@ -197,6 +199,8 @@ impl Pool {
             removed: false,
             faults: Faults::default(),
             counters: Counters::default(),
+            functions: BTreeMap::new(),
+            durations: Default::default(),
             rate: Rate::default(),
             queued: 0,
         }

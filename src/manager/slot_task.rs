@@ -41,7 +41,7 @@ pub async fn run(
     let (read_half, mut write_half) = placed.control.into_split();
     let mut lines = BufReader::new(read_half).lines();
     let _ = write_half
-        .write_all(&report::encode(&ToSlot::Start(spec.clone())))
+        .write_all(&report::encode(&ToSlot::Start(Box::new(spec.clone()))))
         .await;
     let mut reading = true;
     let mut cmds_open = true;

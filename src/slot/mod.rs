@@ -47,7 +47,7 @@ pub async fn process_main() -> anyhow::Result<i32> {
 
     let spec = match read_line(&mut lines).await? {
         Some(line) => match report::decode::<ToSlot>(&line)? {
-            ToSlot::Start(spec) => spec,
+            ToSlot::Start(spec) => *spec,
             ToSlot::Drain => return Ok(0),
         },
         None => return Ok(0),

@@ -38,7 +38,7 @@ pub struct SlotSpec {
 #[serde(tag = "msg", rename_all = "snake_case")]
 pub enum ToSlot {
     /// Begin: connect, register, take jobs.
-    Start(SlotSpec),
+    Start(Box<SlotSpec>),
     /// Stop taking jobs; finish the job in hand; exit.
     Drain,
 }
