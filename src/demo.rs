@@ -31,6 +31,8 @@ const MAX: u32 = 8;
 const IDLE_TIMEOUT: &str = "2s";
 /// Milliseconds each demo job works.
 const JOB_MS: u32 = 150;
+/// Jobs per slot before it is recycled, low so the demo shows recycling.
+const WORKLEFT: u32 = 5;
 
 /// A job server the demo started, stopped on drop.
 enum JobServer {
@@ -116,11 +118,11 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let path = dir.join("demo.toml");
     let exe = std::env::current_exe()?;
     let toml = format!(
-        "[workers.{WORKER}]\nkind = \"stdio\"\ncommand = [{exe:?}, \"demo-handler\"]\nfunctions = [\"work\"]\njob_servers = [{addr:?}]\nmin = {MIN}\nmax = {MAX}\nidle_timeout = \"{IDLE_TIMEOUT}\"\nworkleft = 25\n"
+        "[workers.{WORKER}]\nkind = \"stdio\"\ncommand = [{exe:?}, \"demo-handler\"]\nfunctions = [\"work\"]\njob_servers = [{addr:?}]\nmin = {MIN}\nmax = {MAX}\nidle_timeout = \"{IDLE_TIMEOUT}\"\nworkleft = {WORKLEFT}\n"
     );
     std::fs::write(&path, toml)?;
     let config = crate::config::load(&path).map_err(|e| anyhow::anyhow!("{e}"))?;
-    println!("pool `{WORKER}`: min {MIN}, max {MAX}, idle_timeout {IDLE_TIMEOUT}, workleft 25 (slots recycle)");
+    println!("pool `{WORKER}`: min {MIN}, max {MAX}, idle_timeout {IDLE_TIMEOUT}, workleft {WORKLEFT} (slots recycle)");
 
     let (tx, rx) = mpsc::unbounded_channel();
     let manager = tokio::spawn(Manager::new(config, Placement::Child, tx.clone()).run(rx));
@@ -224,13 +226,13 @@ async fn drive(
             }
             let total = done_at.unwrap_or_default();
             return Ok(format!(
-                "\nsummary: {} jobs in {:.1}s ({} complete, {} failed); pool grew {MIN}→{peak} in {:.2}s and shrank back to {MIN} after {IDLE_TIMEOUT} idle; {} slots recycled after workleft.",
+                "\nsummary: {} jobs in {:.1}s ({} complete, {} failed); pool grew {MIN}→{peak} in {:.2}s and shrank back to {MIN} after {IDLE_TIMEOUT} idle; {} slots recycled after workleft {WORKLEFT}.",
                 done,
                 total.as_secs_f64(),
                 w.jobs_complete,
                 w.jobs_failed,
                 peak_at.as_secs_f64(),
-                w.jobs_complete / 25,
+                w.recycles,
             ));
         }
         anyhow::ensure!(

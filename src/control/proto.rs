@@ -38,6 +38,8 @@ pub struct WorkerStatus {
     /// Jobs per second over the last minute.
     pub jobs_per_sec: f64,
     pub restarts: u64,
+    /// Slots recycled (workleft, max_lifetime).
+    pub recycles: u64,
     /// Jobs waiting at the job servers for this worker's functions, if known.
     pub queued: Option<u64>,
     /// Jobs by registered function name and result.

@@ -377,6 +377,7 @@ impl Manager {
                         slot.jobs_done
                     );
                     slot.exit_expected = true;
+                    pool.counters.recycles += 1;
                     slot.state = SlotState::Draining {
                         reason: "workleft reached".into(),
                     };
@@ -441,8 +442,12 @@ impl Manager {
                     Action::Drain { slot, reason } => {
                         if let Some(s) = pool.slots.get_mut(&slot) {
                             match reason {
-                                Reason::Idle(_) => {
+                                Reason::Idle(_) | Reason::AboveMax { .. } | Reason::Removed => {
                                     tracing::info!(worker = %name, slot, reason = %reason, "retire {name}#{slot}: {reason}")
+                                }
+                                Reason::Lifetime => {
+                                    pool.counters.recycles += 1;
+                                    tracing::info!(worker = %name, slot, reason = %reason, "recycle {name}#{slot}: {reason}")
                                 }
                                 _ => {
                                     tracing::info!(worker = %name, slot, reason = %reason, "recycle {name}#{slot}: {reason}")
@@ -530,6 +535,7 @@ impl Manager {
                     jobs_exception: p.counters.jobs_exception,
                     jobs_per_sec: p.rate.per_sec(now),
                     restarts: p.counters.restarts,
+                    recycles: p.counters.recycles,
                     queued: None,
                     functions: p.functions.values().cloned().collect(),
                     durations: p.durations.clone(),

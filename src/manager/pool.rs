@@ -123,6 +123,8 @@ pub struct Counters {
     pub jobs_failed: u64,
     pub jobs_exception: u64,
     pub restarts: u64,
+    /// Slots replaced after workleft or max_lifetime.
+    pub recycles: u64,
 }
 
 /// Jobs finished per second over the last minute: 60 one-second buckets,
