@@ -40,8 +40,12 @@ pub struct WorkerStatus {
     pub restarts: u64,
     /// Slots recycled (workleft, max_lifetime).
     pub recycles: u64,
-    /// Jobs waiting at the job servers for this worker's functions, if known.
+    /// Jobs waiting at the job servers for this worker's functions (not yet
+    /// running), from their admin `status`; `None` when no server answered.
     pub queued: Option<u64>,
+    pub job_servers: Vec<String>,
+    /// Function names as registered (with prefix).
+    pub registered: Vec<String>,
     /// Jobs by registered function name and result.
     pub functions: Vec<FunctionStats>,
     /// Job durations as the slots measured them.

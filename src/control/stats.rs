@@ -6,8 +6,42 @@ use std::collections::HashMap;
 
 use super::proto::ServiceStatus;
 
-/// Fills `memory_bytes`, `cpu_usage_nsec` and `tasks` of every slot.
+/// Fills each worker's `queued` from its job servers' admin `status`.
+pub async fn fill_queues(status: &mut ServiceStatus) {
+    let mut servers: Vec<String> = status
+        .workers
+        .iter()
+        .flat_map(|w| w.job_servers.clone())
+        .collect();
+    servers.sort();
+    servers.dedup();
+    let mut waiting: HashMap<String, u64> = HashMap::new();
+    let mut answered = false;
+    for s in servers {
+        if let Ok(rows) = crate::gearman::admin::status(&s, std::time::Duration::from_secs(1)).await
+        {
+            answered = true;
+            for r in rows {
+                *waiting.entry(r.name).or_default() += r.queued.saturating_sub(r.running);
+            }
+        }
+    }
+    if answered {
+        for w in &mut status.workers {
+            w.queued = Some(
+                w.registered
+                    .iter()
+                    .map(|f| waiting.get(f).copied().unwrap_or(0))
+                    .sum(),
+            );
+        }
+    }
+}
+
+/// Fills `memory_bytes`, `cpu_usage_nsec` and `tasks` of every slot, and
+/// each worker's queue depth.
 pub async fn fill(status: &mut ServiceStatus) {
+    fill_queues(status).await;
     let tree = tokio::task::spawn_blocking(proc_tree)
         .await
         .unwrap_or_default();

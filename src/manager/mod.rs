@@ -38,6 +38,8 @@ pub enum Event {
     Stop,
     /// A snapshot for `slotman status`, the demo or metrics.
     Status(tokio::sync::oneshot::Sender<ServiceStatus>),
+    /// Jobs waiting at the job servers, per worker (from admin `status`).
+    QueueDepth(Vec<(String, u64)>),
 }
 
 /// What a slot task reports, in the order it happened.
@@ -51,6 +53,9 @@ pub enum SlotEvent {
 
 /// How long a stopping manager waits for killed slots to be reaped.
 const KILL_GRACE: Duration = Duration::from_secs(5);
+/// How often the job servers' queues are read while a pool is saturated.
+const QUEUE_POLL: Duration = Duration::from_millis(100);
+const QUEUE_POLL_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct Manager {
     config: Config,
@@ -64,6 +69,9 @@ pub struct Manager {
     last_status: String,
     reload_error: Option<String>,
     started: Instant,
+    /// Next admin `status` poll, while some pool is saturated.
+    queue_poll: Option<Instant>,
+    queue_inflight: bool,
 }
 
 impl Manager {
@@ -89,6 +97,8 @@ impl Manager {
             last_status: String::new(),
             reload_error: None,
             started: Instant::now(),
+            queue_poll: None,
+            queue_inflight: false,
         }
     }
 
@@ -110,18 +120,24 @@ impl Manager {
             if self.stopping.is_some() && self.pools.values().all(|p| p.slots.is_empty()) {
                 break;
             }
+            self.schedule_queue_poll();
             let deadline = self.stop_deadline();
-            let wake = [wake, deadline].into_iter().flatten().min();
+            let wake = [wake, deadline, self.queue_poll]
+                .into_iter()
+                .flatten()
+                .min();
             tokio::select! {
                 ev = events.recv() => match ev {
                     Some(ev) => self.handle(ev),
                     None => break,
                 },
                 _ = sleep_until(wake) => {
-                    if let Some(d) = deadline {
-                        if Instant::now() >= d {
-                            self.kill_all();
-                        }
+                    let now = Instant::now();
+                    if deadline.is_some_and(|d| now >= d) {
+                        self.kill_all();
+                    }
+                    if self.queue_poll.is_some_and(|t| now >= t) {
+                        self.poll_queues();
                     }
                 }
                 _ = watchdog_tick.tick(), if watchdog.is_some() => self.notifier.watchdog(),
@@ -129,6 +145,85 @@ impl Manager {
         }
         tracing::info!(service = %self.config.service, "stopped: every slot has left");
         Ok(())
+    }
+
+    /// Queue depth matters only while a pool is saturated (no idle slot,
+    /// below max): an idle slot would take a waiting job itself. So the job
+    /// servers are asked only then, and an idle service polls nothing.
+    fn saturated(&self) -> Vec<(String, Vec<String>, Vec<String>)> {
+        if self.stopping.is_some() {
+            return Vec::new();
+        }
+        self.pools
+            .iter()
+            .filter(|(_, p)| {
+                !p.removed
+                    && !p.faults.failed
+                    && (p.worker.kind == crate::config::HandlerKind::Native
+                        || (p.count(|s| matches!(s, SlotState::Idle { .. })) == 0
+                            && p.active() < p.worker.max as usize))
+            })
+            .map(|(n, p)| {
+                let functions = p
+                    .worker
+                    .functions
+                    .iter()
+                    .map(|f| p.worker.registered_name(f))
+                    .collect();
+                (n.clone(), p.worker.job_servers.clone(), functions)
+            })
+            .collect()
+    }
+
+    fn schedule_queue_poll(&mut self) {
+        let saturated = self.saturated();
+        if saturated.is_empty() {
+            self.queue_poll = None;
+            for p in self.pools.values_mut() {
+                p.queued = 0;
+            }
+        } else if self.queue_poll.is_none() && !self.queue_inflight {
+            self.queue_poll = Some(Instant::now() + QUEUE_POLL);
+        }
+    }
+
+    fn poll_queues(&mut self) {
+        self.queue_poll = None;
+        let saturated = self.saturated();
+        if saturated.is_empty() {
+            return;
+        }
+        self.queue_inflight = true;
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            let mut servers: Vec<&String> = saturated.iter().flat_map(|(_, s, _)| s).collect();
+            servers.sort();
+            servers.dedup();
+            let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
+            for server in servers {
+                match crate::gearman::admin::status(server, QUEUE_POLL_TIMEOUT).await {
+                    Ok(rows) => {
+                        for r in rows {
+                            *waiting.entry(r.name).or_default() +=
+                                r.queued.saturating_sub(r.running);
+                        }
+                    }
+                    Err(e) => tracing::debug!(server, "admin status failed: {e}"),
+                }
+            }
+            let depths = saturated
+                .iter()
+                .map(|(w, _, fs)| {
+                    (
+                        w.clone(),
+                        fs.iter()
+                            .map(|f| waiting.get(f).copied().unwrap_or(0))
+                            .sum(),
+                    )
+                })
+                .collect();
+            let _ = tx.send(Event::QueueDepth(depths));
+        });
     }
 
     fn stop_deadline(&self) -> Option<Instant> {
@@ -147,6 +242,14 @@ impl Manager {
             Event::Stop => self.stop(),
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
+            }
+            Event::QueueDepth(depths) => {
+                self.queue_inflight = false;
+                for (worker, queued) in depths {
+                    if let Some(p) = self.pools.get_mut(&worker) {
+                        p.queued = queued;
+                    }
+                }
             }
         }
     }
@@ -420,6 +523,21 @@ impl Manager {
             for action in decision.actions {
                 match action {
                     Action::Start { count, reason } => {
+                        // Growth for load is rate-limited; restoring min and
+                        // replacing slots is not (capacity is owed).
+                        let count = match reason {
+                            Reason::AllBusy { .. } | Reason::Queued { .. } => {
+                                let (got, next) = pool.spawn.take(count, pool::MAX_SPAWN_RATE, now);
+                                if let Some(t) = next {
+                                    wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
+                                }
+                                got
+                            }
+                            _ => count,
+                        };
+                        if count == 0 {
+                            continue;
+                        }
                         let before = pool.active();
                         let after = before + count as usize;
                         match reason {
@@ -537,6 +655,13 @@ impl Manager {
                     restarts: p.counters.restarts,
                     recycles: p.counters.recycles,
                     queued: None,
+                    job_servers: p.worker.job_servers.clone(),
+                    registered: p
+                        .worker
+                        .functions
+                        .iter()
+                        .map(|f| p.worker.registered_name(f))
+                        .collect(),
                     functions: p.functions.values().cloned().collect(),
                     durations: p.durations.clone(),
                     slots: p

@@ -175,6 +175,42 @@ impl Rate {
     }
 }
 
+/// PHP-FPM's `pm.max_spawn_rate`: slots started per second to absorb load,
+/// as a token bucket that holds at most one second's worth.
+#[derive(Debug)]
+pub struct SpawnBucket {
+    tokens: f64,
+    last: Instant,
+}
+
+/// Default for the spawn rate (PHP-FPM's default too).
+pub const MAX_SPAWN_RATE: u32 = 32;
+
+impl Default for SpawnBucket {
+    fn default() -> Self {
+        SpawnBucket {
+            tokens: MAX_SPAWN_RATE as f64,
+            last: Instant::now(),
+        }
+    }
+}
+
+impl SpawnBucket {
+    /// Takes up to `want` tokens; returns how many it got, and when the next
+    /// one is due if it gave fewer.
+    pub fn take(&mut self, want: u32, rate: u32, now: Instant) -> (u32, Option<Instant>) {
+        let rate = rate.max(1) as f64;
+        self.tokens =
+            (self.tokens + now.saturating_duration_since(self.last).as_secs_f64() * rate).min(rate);
+        self.last = now;
+        let got = (self.tokens.floor() as u32).min(want);
+        self.tokens -= got as f64;
+        let next =
+            (got < want).then(|| now + Duration::from_secs_f64((1.0 - self.tokens.fract()) / rate));
+        (got, next)
+    }
+}
+
 #[derive(Debug)]
 pub struct Pool {
     pub worker: Arc<WorkerConfig>,
@@ -189,6 +225,7 @@ pub struct Pool {
     pub durations: crate::control::proto::Histogram,
     pub rate: Rate,
     pub queued: u64,
+    pub spawn: SpawnBucket,
 }
 
 impl Pool {
@@ -205,6 +242,7 @@ impl Pool {
             durations: Default::default(),
             rate: Rate::default(),
             queued: 0,
+            spawn: SpawnBucket::default(),
         }
     }
 
@@ -285,6 +323,19 @@ mod tests {
         let now = t0 + Duration::from_secs(119);
         assert!((r.per_sec(now) - 1.0).abs() < 0.05, "{}", r.per_sec(now));
         assert_eq!(r.per_sec(t0 + Duration::from_secs(400)), 0.0);
+    }
+
+    #[test]
+    fn spawn_bucket_limits_the_rate() {
+        let mut b = SpawnBucket::default();
+        let t0 = b.last;
+        let (got, next) = b.take(100, 32, t0);
+        assert_eq!(got, 32);
+        let next = next.expect("more are due later");
+        assert!(next > t0 && next <= t0 + Duration::from_millis(40));
+        assert_eq!(b.take(100, 32, t0).0, 0);
+        assert_eq!(b.take(100, 32, t0 + Duration::from_millis(500)).0, 16);
+        assert_eq!(b.take(5, 32, t0 + Duration::from_secs(10)), (5, None));
     }
 
     #[test]
