@@ -1,9 +1,400 @@
-//! TODO (stub)
+//! The `stdio` handler: one long-running process per slot that takes jobs on
+//! stdin and answers on stdout in the framing of `framing.rs` (DESIGN.md).
+//!
+//! The process is started by [`StdioHandler::start`] and must say `READY`
+//! within [`READY_TIMEOUT`]. It serves job after job until it breaks: exits,
+//! writes outside the framing, or runs past a job's timeout. The job in hand
+//! then fails, the process is killed (its whole process group), and the next
+//! job starts a fresh one. Nothing the handler does makes [`StdioHandler`]
+//! panic or return anything but an [`Outcome`].
+
+use std::io;
+use std::pin::pin;
+use std::process::Stdio;
+
+use futures::{FutureExt, StreamExt};
+use tokio::io::AsyncWriteExt;
+use tokio::process::{ChildStdin, ChildStdout};
+use tokio::time::timeout as within;
+use tokio_util::codec::FramedRead;
+
+use super::exec::{describe, GroupChild, Launcher};
+use super::framing::{job_header, FramingError, FromHandler, SlotmanCodec};
 use super::*;
-pub struct StdioHandler;
+
+/// How long a freshly started handler has to say `READY`.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long a handler gets to exit after its stdin is closed (shutdown) or
+/// after it closed its stdout, before its process group is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long a handler that ended a job before reading all of its payload
+/// gets to read the rest; after that it is out of step and replaced.
+const PAYLOAD_GRACE: Duration = Duration::from_secs(2);
+
+/// A long-running handler process, replaced whenever it breaks.
+pub struct StdioHandler {
+    launcher: Launcher,
+    /// Largest frame body accepted, and largest payload sent.
+    max_size: usize,
+    /// The running process; `None` once it broke and was killed, until the
+    /// next job starts another. Boxed: it is big, and lives as long as the slot.
+    process: Option<Box<Process>>,
+}
+
 impl StdioHandler {
-    pub async fn start(_w: &WorkerConfig, _id: &SlotIdentity) -> Result<Self, HandlerError> { Ok(StdioHandler) }
-    pub async fn run(&mut self, _job: &Job, _e: &mpsc::Sender<JobEvent>, _t: Option<Duration>) -> Outcome { Outcome::Fail(FailReason::Spawn("stub".into())) }
-    pub fn pid(&self) -> Option<u32> { None }
-    pub async fn shutdown(self) {}
+    /// Spawns the handler and waits (at most [`READY_TIMEOUT`]) for `READY`.
+    pub async fn start(worker: &WorkerConfig, id: &SlotIdentity) -> Result<Self, HandlerError> {
+        let launcher = Launcher::new(worker, id);
+        let max_size = usize::try_from(worker.max_packet_size).unwrap_or(usize::MAX);
+        let process = Process::start(&launcher, max_size).await?;
+        Ok(StdioHandler {
+            launcher,
+            max_size,
+            process: Some(process),
+        })
+    }
+
+    /// Runs one job. A handler that exited or misbehaved since the last job is
+    /// replaced first (a failure to replace it is [`FailReason::Spawn`]).
+    /// `timeout` counts from when the job is handed to a ready handler.
+    pub async fn run(
+        &mut self,
+        job: &Job,
+        events: &mpsc::Sender<JobEvent>,
+        timeout: Option<Duration>,
+    ) -> Outcome {
+        let header = match job_header(
+            &job.function,
+            &job.handle,
+            job.unique.as_deref(),
+            job.payload.len(),
+            self.max_size,
+        ) {
+            Ok(header) => header,
+            Err(e) => {
+                let why = format!("the job cannot be sent to the handler: {e}");
+                return Outcome::Fail(FailReason::Framing(why));
+            }
+        };
+        let process = match self.ready_process().await {
+            Ok(process) => process,
+            Err(e) => return Outcome::Fail(FailReason::Spawn(e.to_string())),
+        };
+        let pid = process.child.child.id();
+        let (outcome, health) = process.run(&header, &job.payload, events, timeout).await;
+        if let Health::Broken(why) = health {
+            tracing::warn!(
+                pid,
+                handle = job.handle,
+                "stdio handler {:?} will be replaced: {why}",
+                self.launcher.program()
+            );
+            if let Some(mut process) = self.process.take() {
+                // The failure paths of `Process::run` have killed and reaped it already.
+                if process.child.child.id().is_some() {
+                    process.child.kill_and_reap().await;
+                }
+            }
+        }
+        outcome
+    }
+
+    /// PID of the handler process, while there is one.
+    pub fn pid(&self) -> Option<u32> {
+        self.process.as_ref().and_then(|p| p.child.child.id())
+    }
+
+    /// Closes the handler's stdin, gives it [`EXIT_GRACE`] to exit, then
+    /// kills its process group; always reaps it.
+    pub async fn shutdown(mut self) {
+        let Some(mut process) = self.process.take() else {
+            return;
+        };
+        process.stdin = None;
+        match within(EXIT_GRACE, process.child.child.wait()).await {
+            // Leftovers of a handler that exited die with it.
+            Ok(_) => process.child.kill_group(),
+            Err(_) => {
+                tracing::warn!(
+                    pid = process.child.child.id(),
+                    "stdio handler did not exit within {EXIT_GRACE:?} of its stdin closing; killing it"
+                );
+                process.child.kill_and_reap().await;
+            }
+        }
+    }
+
+    /// The current process if it can take a job, else a fresh one.
+    async fn ready_process(&mut self) -> Result<&mut Process, HandlerError> {
+        let process = match self.process.take() {
+            Some(mut process) => match process.unusable() {
+                None => process,
+                Some(why) => {
+                    tracing::warn!(
+                        pid = process.child.child.id(),
+                        "replacing stdio handler {:?}: {why}",
+                        self.launcher.program()
+                    );
+                    process.child.kill_and_reap().await;
+                    Process::start(&self.launcher, self.max_size).await?
+                }
+            },
+            None => Process::start(&self.launcher, self.max_size).await?,
+        };
+        Ok(self.process.insert(process))
+    }
+}
+
+/// Whether a process can take another job after this one.
+enum Health {
+    Fine,
+    Broken(String),
+}
+
+/// One running handler process and its pipes.
+struct Process {
+    child: GroupChild,
+    /// `None` only while shutting down.
+    stdin: Option<ChildStdin>,
+    frames: FramedRead<ChildStdout, SlotmanCodec>,
+    /// Set while a job is in hand: still set at the next job means the last
+    /// one was abandoned half way (its future dropped), leaving the pipes out
+    /// of step.
+    in_job: bool,
+}
+
+impl Process {
+    /// Spawns the command and waits for `READY`; on any failure the process
+    /// is killed and reaped before returning.
+    async fn start(launcher: &Launcher, max_size: usize) -> Result<Box<Process>, HandlerError> {
+        let program = launcher.program().to_owned();
+        let spawn_error = |source| HandlerError::Spawn {
+            program: program.clone(),
+            source,
+        };
+        let mut cmd = launcher
+            .command(&[])
+            .map_err(|why| spawn_error(io::Error::other(why)))?;
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut child = GroupChild::spawn(&mut cmd).map_err(spawn_error)?;
+        let (Some(stdin), Some(stdout)) = (child.child.stdin.take(), child.child.stdout.take())
+        else {
+            child.kill_and_reap().await;
+            return Err(spawn_error(io::Error::other("no pipes to the handler")));
+        };
+        let mut process = Box::new(Process {
+            child,
+            stdin: Some(stdin),
+            frames: FramedRead::new(stdout, SlotmanCodec::new(max_size)),
+            in_job: false,
+        });
+        let not_ready = |line: String| HandlerError::NotReady {
+            program: program.clone(),
+            line,
+        };
+        let error = match within(READY_TIMEOUT, process.frames.next()).await {
+            Ok(Some(Ok(FromHandler::Ready))) => {
+                tracing::debug!(
+                    pid = process.child.child.id(),
+                    "stdio handler {program:?} is ready"
+                );
+                return Ok(process);
+            }
+            Ok(None | Some(Err(FramingError::Truncated))) => HandlerError::ExitedBeforeReady {
+                program: program.clone(),
+                status: process.exit_status().await,
+            },
+            Ok(Some(Ok(frame))) => not_ready(frame.to_string()),
+            Ok(Some(Err(e))) => not_ready(e.to_string()),
+            Err(_) => not_ready(format!("nothing within {READY_TIMEOUT:?}")),
+        };
+        process.child.kill_and_reap().await;
+        Err(error)
+    }
+
+    /// Why this process cannot take the next job, if it cannot: it exited,
+    /// or wrote something since its last job (which would otherwise be taken
+    /// for the next job's answer). Looks without waiting, so a handler that
+    /// is exiting right now may still get the job and fail it.
+    fn unusable(&mut self) -> Option<String> {
+        if self.in_job {
+            return Some("its previous job was abandoned half way".into());
+        }
+        match self.child.child.try_wait() {
+            Ok(None) => {}
+            Ok(Some(status)) => return Some(format!("it exited ({})", describe(status))),
+            Err(e) => return Some(format!("cannot check on it: {e}")),
+        }
+        if !self.frames.read_buffer().is_empty() {
+            return Some("it wrote between jobs".into());
+        }
+        match self.frames.next().now_or_never() {
+            None => None,
+            Some(None) => Some("it closed its stdout".into()),
+            Some(Some(Ok(frame))) => Some(format!("it wrote {frame} between jobs")),
+            Some(Some(Err(e))) => Some(format!("it wrote between jobs: {e}")),
+        }
+    }
+
+    /// Hands over one job and reads frames until it ends. Writing the payload
+    /// and reading answers go on at once: a handler may answer (or fill its
+    /// stdout pipe) before it has read all of a large payload.
+    async fn run(
+        &mut self,
+        header: &[u8],
+        payload: &Bytes,
+        events: &mpsc::Sender<JobEvent>,
+        timeout: Option<Duration>,
+    ) -> (Outcome, Health) {
+        self.in_job = true;
+        let ended = self.exchange(header, payload, events, timeout).await;
+        self.in_job = false;
+        match ended {
+            Ended::Answer(outcome, health) => (outcome, health),
+            Ended::TimedOut(limit) => {
+                self.child.kill_and_reap().await;
+                let why = format!("job ran past its timeout of {limit:?}");
+                (
+                    Outcome::Fail(FailReason::Timeout(limit)),
+                    Health::Broken(why),
+                )
+            }
+            Ended::Broken(why) => {
+                self.child.kill_and_reap().await;
+                (
+                    Outcome::Fail(FailReason::Framing(why.clone())),
+                    Health::Broken(why),
+                )
+            }
+            Ended::Eof => {
+                let status = self.exit_status().await;
+                let why = format!("it exited mid-job ({status})");
+                (Outcome::Fail(FailReason::Died(status)), Health::Broken(why))
+            }
+            Ended::ReadFailed(e) => {
+                let why = format!("reading its stdout failed: {e}");
+                self.child.kill_and_reap().await;
+                (
+                    Outcome::Fail(FailReason::Died(why.clone())),
+                    Health::Broken(why),
+                )
+            }
+        }
+    }
+
+    async fn exchange(
+        &mut self,
+        header: &[u8],
+        payload: &Bytes,
+        events: &mpsc::Sender<JobEvent>,
+        timeout: Option<Duration>,
+    ) -> Ended {
+        let Some(stdin) = self.stdin.as_mut() else {
+            return Ended::Broken("its stdin is closed".into());
+        };
+        let mut write = pin!(async move {
+            stdin.write_all(header).await?;
+            stdin.write_all(payload).await?;
+            stdin.flush().await
+        });
+        let mut read = pin!(read_answer(&mut self.frames, events));
+        let mut deadline = pin!(async {
+            match timeout {
+                Some(limit) => tokio::time::sleep(limit).await,
+                None => std::future::pending().await,
+            }
+        });
+        let mut written: Option<io::Result<()>> = None;
+        let answer = loop {
+            tokio::select! {
+                done = &mut write, if written.is_none() => written = Some(done),
+                answer = &mut read => break answer,
+                () = &mut deadline => {
+                    return Ended::TimedOut(timeout.unwrap_or_default());
+                }
+            }
+        };
+        let outcome = match answer {
+            Ok(outcome) => outcome,
+            Err(ended) => return ended,
+        };
+        // The answer stands; but the next job can only follow once the whole
+        // payload is in the pipe.
+        let written = match written {
+            Some(done) => done,
+            None => within(PAYLOAD_GRACE, write)
+                .await
+                .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into())),
+        };
+        let health = match written {
+            Ok(()) => Health::Fine,
+            Err(e) => Health::Broken(format!("it did not take the whole payload: {e}")),
+        };
+        Ended::Answer(outcome, health)
+    }
+
+    /// The leader's exit status in the words of [`FailReason`], once it has
+    /// closed its stdout: waits [`EXIT_GRACE`] for it to exit, then kills the
+    /// group. Leftovers of the group are killed either way.
+    async fn exit_status(&mut self) -> String {
+        match within(EXIT_GRACE, self.child.child.wait()).await {
+            Ok(Ok(status)) => {
+                self.child.kill_group();
+                describe(status)
+            }
+            Ok(Err(e)) => format!("cannot wait for it: {e}"),
+            Err(_) => {
+                self.child.kill_and_reap().await;
+                "closed its stdout but did not exit".into()
+            }
+        }
+    }
+}
+
+/// How a job's exchange ended.
+enum Ended {
+    /// The handler ended the job; it may or may not take another.
+    Answer(Outcome, Health),
+    TimedOut(Duration),
+    /// The handler wrote outside the framing.
+    Broken(String),
+    /// The handler's stdout ended mid-job.
+    Eof,
+    ReadFailed(io::Error),
+}
+
+/// Reads frames until the one that ends the job, passing progress on as it
+/// comes; the job's outcome, or how the exchange broke down. A closed
+/// `events` receiver only means nobody listens any more.
+async fn read_answer(
+    frames: &mut FramedRead<ChildStdout, SlotmanCodec>,
+    events: &mpsc::Sender<JobEvent>,
+) -> Result<Outcome, Ended> {
+    loop {
+        let event = match frames.next().await {
+            Some(Ok(FromHandler::Status {
+                numerator,
+                denominator,
+            })) => JobEvent::Status(numerator, denominator),
+            Some(Ok(FromHandler::Data(data))) => JobEvent::Data(data),
+            Some(Ok(FromHandler::Warning(data))) => JobEvent::Warning(data),
+            Some(Ok(FromHandler::Complete(result))) => return Ok(Outcome::Complete(result)),
+            Some(Ok(FromHandler::Exception(data))) => return Ok(Outcome::Exception(data)),
+            Some(Ok(FromHandler::Fail)) => {
+                let why = "handler sent FAIL".to_owned();
+                return Ok(Outcome::Fail(FailReason::Declined(why)));
+            }
+            Some(Ok(FromHandler::Ready)) => {
+                return Err(Ended::Broken("READY in the middle of a job".into()))
+            }
+            None | Some(Err(FramingError::Truncated)) => return Err(Ended::Eof),
+            Some(Err(FramingError::Io(e))) => return Err(Ended::ReadFailed(e)),
+            Some(Err(e)) => return Err(Ended::Broken(e.to_string())),
+        };
+        if events.send(event).await.is_err() {
+            tracing::debug!("job event dropped: nobody is listening");
+        }
+    }
 }

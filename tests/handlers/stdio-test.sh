@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# A stdio handler for tests/handlers.rs: each function is one behaviour,
+# good or bad, so one process can be driven through a whole story.
+#
+# Usage: stdio-test.sh [MODE]; MODE "notready" says HELLO instead of READY,
+# "exit" exits before READY, "stubborn" ignores the end of its stdin.
+set -u
+export LC_ALL=C
+
+case "${1:-}" in
+notready) echo HELLO; exec sleep 1000 ;;
+exit) exit 7 ;;
+esac
+
+echo READY
+while IFS=' ' read -r word function handle unique size; do
+	[[ $word == JOB ]] || { echo "stdio-test: unexpected frame: $word" >&2; exit 2; }
+	case $function in
+	echo)
+		# Answers before reading the payload, then streams it back.
+		printf 'COMPLETE %s\n' "$size"
+		head -c "$size"
+		;;
+	early)
+		# Answers at once and only then reads (and drops) the payload.
+		printf 'COMPLETE 5\nearly'
+		head -c "$size" >/dev/null
+		;;
+	events)
+		head -c "$size" >/dev/null
+		printf 'STATUS 1 3\n'
+		printf 'DATA 5\npart\n'
+		printf 'WARNING 4\nwarn'
+		printf 'STATUS 3 3\n'
+		printf 'COMPLETE 4\ndone'
+		;;
+	whoami)
+		head -c "$size" >/dev/null
+		answer="$handle $unique ${SLOTMAN_SERVICE-} ${SLOTMAN_WORKER-} ${SLOTMAN_SLOT-} ${SLOTMAN_FUNCTION-unset} ${NOTIFY_SOCKET-unset}"
+		printf 'COMPLETE %s\n%s' "${#answer}" "$answer"
+		;;
+	fail) head -c "$size" >/dev/null; echo FAIL ;;
+	exception) head -c "$size" >/dev/null; printf 'EXCEPTION 4\noops' ;;
+	garbage) head -c "$size" >/dev/null; echo 'this is not a frame' ;;
+	crash) head -c "$size" >/dev/null; printf 'STATUS 1 2\n'; exit 3 ;;
+	kill) head -c "$size" >/dev/null; kill -KILL $$ ;;
+	hang)
+		# Holds $SLOTMAN_TEST_FIFO open in itself and in a child, says so on
+		# the FIFO, and never answers: the FIFO reaches end of file only once
+		# the whole process group is gone.
+		head -c "$size" >/dev/null
+		exec 3>"$SLOTMAN_TEST_FIFO"
+		sleep 1000 &
+		echo started >&3
+		wait
+		;;
+	*) head -c "$size" >/dev/null; echo FAIL ;;
+	esac
+done
+if [[ ${1:-} == stubborn ]]; then
+	exec sleep 1000
+fi
