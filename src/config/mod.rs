@@ -185,6 +185,31 @@ impl WorkerConfig {
         format!("{}{}", self.prefix, function)
     }
 
+    /// The resource limits that are set, as systemd properties with values
+    /// in systemd's syntax (`("MemoryMax", "256M")`, `("CPUQuota", "50%")`),
+    /// in the order MemoryMax, MemoryHigh, CPUQuota, CPUWeight, TasksMax.
+    /// Under systemd they become the slot scopes' properties; plain child
+    /// processes cannot enforce them, and the manager says so.
+    pub fn resource_limits(&self) -> Vec<(&'static str, String)> {
+        let mut out = Vec::new();
+        if let Some(b) = self.memory_max {
+            out.push(("MemoryMax", values::format_size(b)));
+        }
+        if let Some(b) = self.memory_high {
+            out.push(("MemoryHigh", values::format_size(b)));
+        }
+        if let Some(p) = self.cpu_quota {
+            out.push(("CPUQuota", format!("{p}%")));
+        }
+        if let Some(w) = self.cpu_weight {
+            out.push(("CPUWeight", w.to_string()));
+        }
+        if let Some(n) = self.tasks_max {
+            out.push(("TasksMax", n.to_string()));
+        }
+        out
+    }
+
     /// Whether running slots may stay on a reload from `self` to `other`:
     /// true when at most the pool-sizing keys differ (`min`, `max`,
     /// `idle_timeout`, `max_lifetime`), which the manager applies to the

@@ -729,3 +729,73 @@ fn same_processes_only_ignores_pool_sizing() {
         assert!(!base.same_processes(&other), "{other:?}");
     }
 }
+
+#[test]
+fn resource_limits_in_systemd_spelling() {
+    let config = parse_ok(
+        r#"
+[defaults]
+command = ["/usr/bin/true"]
+functions = ["f"]
+[workers.none]
+[workers.all]
+memory_max = "1.5G"
+memory_high = 1000
+cpu_quota = "150%"
+cpu_weight = 50
+tasks_max = 64
+[workers.unlimited]
+memory_max = "infinity"
+tasks_max = "infinity"
+"#,
+    );
+    assert!(worker(&config, "none").resource_limits().is_empty());
+    assert!(worker(&config, "unlimited").resource_limits().is_empty());
+    let all: Vec<(&str, String)> = worker(&config, "all").resource_limits();
+    let want = [
+        ("MemoryMax", "1536M"),
+        ("MemoryHigh", "1000"),
+        ("CPUQuota", "150%"),
+        ("CPUWeight", "50"),
+        ("TasksMax", "64"),
+    ];
+    assert_eq!(
+        all,
+        want.map(|(k, v)| (k, v.to_owned())).to_vec(),
+        "{config:?}"
+    );
+}
+
+/// The whole-file examples of docs/configuration.md (code blocks that start
+/// with `# /etc/slotman/`) are valid, and the value spellings it shows read
+/// as it says.
+#[test]
+fn documented_examples_are_valid() {
+    let doc = include_str!("../../docs/configuration.md");
+    let mut examples = 0;
+    for block in doc.split("```toml\n").skip(1) {
+        let text = block.split("```").next().unwrap_or("");
+        if !text.starts_with("# /etc/slotman/") {
+            continue;
+        }
+        examples += 1;
+        let name = text
+            .lines()
+            .next()
+            .and_then(|l| l.split_whitespace().nth(1))
+            .unwrap_or("x.toml");
+        if let Err(e) = parse(text, Path::new(name)) {
+            panic!("{e}\n--- example ---\n{text}");
+        }
+    }
+    assert!(examples >= 2, "examples not found in the doc");
+
+    use super::values::{parse_duration, parse_size};
+    assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+    assert_eq!(parse_duration("30"), Ok(Duration::from_secs(30)));
+    assert_eq!(parse_duration("1day"), Ok(Duration::from_secs(86_400)));
+    assert_eq!(parse_duration("2h"), Ok(Duration::from_secs(7200)));
+    assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+    assert_eq!(parse_size("256MiB"), Ok(256 << 20));
+    assert!(parse_size("256MB").is_err());
+}

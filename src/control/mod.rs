@@ -3,6 +3,7 @@
 //! per-slot resource usage (`stats`).
 
 pub mod client;
+pub mod metrics;
 pub mod proto;
 pub mod server;
 pub mod stats;
