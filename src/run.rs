@@ -20,9 +20,20 @@ pub struct Options {
 pub async fn run(opts: Options) -> anyhow::Result<()> {
     let config = crate::config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
     let placement = match opts.placement.as_str() {
-        "child" | "auto" => Placement::Child,
+        "child" => Placement::Child,
+        "auto" if !crate::placement::systemd_available() => Placement::Child,
+        "auto" | "systemd" => Placement::systemd(&config.service).await?,
         other => anyhow::bail!("unknown placement {other:?} (auto, child, systemd)"),
     };
+    tracing::info!("slots run as {}", placement.name());
+    if matches!(placement, Placement::Child) {
+        for w in &config.workers {
+            if crate::placement::limits(&w) != Default::default() {
+                tracing::warn!(worker = %w.name, "resource limits of {} apply only under systemd; ignored for child processes", w.name);
+            }
+        }
+    }
+    let bus = placement.systemd_bus();
     let (tx, rx) = mpsc::unbounded_channel();
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -43,7 +54,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let dir = crate::control::server::runtime_dir(opts.runtime_dir.as_deref());
     let sock = crate::control::server::socket_path(&dir, &config.service);
     let listener = crate::control::server::bind(&sock, config.control_group.as_deref()).await?;
-    tokio::spawn(crate::control::server::serve(listener, tx.clone()));
+    tokio::spawn(crate::control::server::serve(listener, tx.clone(), bus));
     let result = Manager::new(config, placement, tx).run(rx).await;
     let _ = std::fs::remove_file(&sock);
     result

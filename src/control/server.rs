@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::proto::{ServiceStatus, PROTOCOL_VERSION};
 use super::stats;
 use crate::manager::Event;
+use crate::placement::scope::Systemd;
 
 pub const MAX_REQUEST: u64 = 64 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -98,7 +99,11 @@ pub async fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListen
 }
 
 /// Accepts connections until the manager's channel closes.
-pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>) {
+pub async fn serve(
+    listener: UnixListener,
+    events: mpsc::UnboundedSender<Event>,
+    bus: Option<Systemd>,
+) {
     loop {
         let stream = match listener.accept().await {
             Ok((s, _)) => s,
@@ -111,11 +116,15 @@ pub async fn serve(listener: UnixListener, events: mpsc::UnboundedSender<Event>)
         if events.is_closed() {
             return;
         }
-        tokio::spawn(connection(stream, events.clone()));
+        tokio::spawn(connection(stream, events.clone(), bus.clone()));
     }
 }
 
-async fn connection(stream: UnixStream, events: mpsc::UnboundedSender<Event>) {
+async fn connection(
+    stream: UnixStream,
+    events: mpsc::UnboundedSender<Event>,
+    bus: Option<Systemd>,
+) {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST);
@@ -123,14 +132,18 @@ async fn connection(stream: UnixStream, events: mpsc::UnboundedSender<Event>) {
     let response = match read {
         Err(_) => return, // Stalled: drop it.
         Ok(Err(_)) | Ok(Ok(0)) => return,
-        Ok(Ok(_)) => answer(&line, &events).await,
+        Ok(Ok(_)) => answer(&line, &events, bus.as_ref()).await,
     };
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&out)).await;
 }
 
-async fn answer(line: &[u8], events: &mpsc::UnboundedSender<Event>) -> Response {
+async fn answer(
+    line: &[u8],
+    events: &mpsc::UnboundedSender<Event>,
+    bus: Option<&Systemd>,
+) -> Response {
     let err = |e: String| Response {
         ok: false,
         status: None,
@@ -154,7 +167,7 @@ async fn answer(line: &[u8], events: &mpsc::UnboundedSender<Event>) -> Response 
             }
             match rx.await {
                 Ok(mut status) => {
-                    stats::fill(&mut status).await;
+                    stats::fill_with(&mut status, bus).await;
                     Response {
                         ok: true,
                         status: Some(status),

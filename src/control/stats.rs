@@ -41,13 +41,35 @@ pub async fn fill_queues(status: &mut ServiceStatus) {
 /// Fills `memory_bytes`, `cpu_usage_nsec` and `tasks` of every slot, and
 /// each worker's queue depth.
 pub async fn fill(status: &mut ServiceStatus) {
+    fill_with(status, None).await
+}
+
+/// [`fill`], reading scopes' cgroup accounting from systemd where `bus` is given.
+pub async fn fill_with(status: &mut ServiceStatus, bus: Option<&crate::placement::scope::Systemd>) {
     fill_queues(status).await;
+    // Under systemd the scope's cgroup is the truth (it counts everything
+    // the slot started); /proc is the fallback.
+    if let Some(bus) = bus {
+        for w in &mut status.workers {
+            for s in &mut w.slots {
+                let Some(unit) = s.unit.clone() else { continue };
+                if let Ok(st) = bus.unit_stats(&unit).await {
+                    s.memory_bytes = st.memory_current;
+                    s.cpu_usage_nsec = st.cpu_usage_nsec;
+                    s.tasks = st.tasks_current;
+                }
+            }
+        }
+    }
     let tree = tokio::task::spawn_blocking(proc_tree)
         .await
         .unwrap_or_default();
     for w in &mut status.workers {
         for s in &mut w.slots {
             let Some(pid) = s.pid else { continue };
+            if s.unit.is_some() && bus.is_some() {
+                continue;
+            }
             if let Some(t) = tree_usage(&tree, pid) {
                 s.memory_bytes = Some(t.rss);
                 s.cpu_usage_nsec = t.cpu_nsec;

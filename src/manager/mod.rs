@@ -492,6 +492,12 @@ impl Manager {
                 match reason {
                     ExitReason::HandlerFailed => slot.exit_expected = false,
                     ExitReason::Workleft | ExitReason::Drained => slot.exit_expected = true,
+                    ExitReason::OomKilled => {
+                        // A job's fault, not the slot's: replace it without back-off.
+                        tracing::warn!(worker, slot = id, reason = "oom", "replace {worker}#{id}: its handler was killed by the OOM killer (memory_max)");
+                        slot.exit_expected = true;
+                        pool.counters.restarts += 1;
+                    }
                 }
                 if !matches!(slot.state, SlotState::Draining { .. }) {
                     slot.state = SlotState::Draining {

@@ -1,9 +1,18 @@
 //! Where a slot process lives: a plain child process group, or a transient
-//! systemd scope. The manager sees only [`Placement`]: place a runner, kill
-//! it, clean up after it.
+//! systemd scope in `slotman-SERVICE.slice`. The manager sees only
+//! [`Placement`]: place a runner, kill it, clean up after it.
+//!
+//! Under systemd the runner is forked first and waits for its `Start`
+//! message; the scope is created with the runner's PID (so the runner and
+//! every handler it starts live in the scope) and only then does the manager
+//! send `Start`.
 
 pub mod child;
 pub mod scope;
+
+use crate::config::WorkerConfig;
+use crate::slot::report::SlotSpec;
+use scope::{Limits, PlacementError, Systemd};
 
 /// A placed runner: the process, and the manager's end of its socket.
 pub struct Placed {
@@ -18,40 +27,144 @@ pub struct Placed {
 pub enum PlaceError {
     #[error("cannot start the slot runner: {0}")]
     Spawn(#[from] std::io::Error),
+    #[error("cannot create the slot's scope: {0}")]
+    Scope(#[from] PlacementError),
 }
 
 /// How slots are placed.
 pub enum Placement {
     /// Plain child processes, each in its own process group.
     Child,
+    /// Transient scopes over D-Bus.
+    Systemd(SystemdPlacement),
+}
+
+pub struct SystemdPlacement {
+    pub bus: Systemd,
+    pub service: String,
+    pub slice: String,
+    /// The manager's own unit: scopes are `PartOf=` it.
+    pub owner: Option<String>,
+}
+
+/// The worker's resource keys as scope properties.
+pub fn limits(w: &WorkerConfig) -> Limits {
+    Limits {
+        memory_max: w.memory_max,
+        memory_high: w.memory_high,
+        cpu_quota_percent: w.cpu_quota,
+        cpu_weight: w.cpu_weight,
+        tasks_max: w.tasks_max,
+    }
+}
+
+/// Whether `auto` means systemd: run by systemd (it sets `INVOCATION_ID`)
+/// as root on a host booted with systemd.
+pub fn systemd_available() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some()
+        && nix::unistd::geteuid().is_root()
+        && std::path::Path::new("/run/systemd/system").is_dir()
 }
 
 impl Placement {
-    pub async fn place(&self, _spec: &crate::slot::report::SlotSpec) -> Result<Placed, PlaceError> {
+    /// Connects to systemd, creates the service's slice and stops scopes an
+    /// earlier run of this service left behind (a killed manager's slots).
+    pub async fn systemd(service: &str) -> Result<Placement, PlacementError> {
+        let bus = Systemd::connect().await?;
+        let slice = bus.ensure_slice(service, &Limits::default()).await?;
+        let pattern = scope::scope_pattern(service);
+        for unit in bus.list_units(&[&pattern]).await? {
+            tracing::warn!(unit = %unit.name, "stopping {} left by an earlier run ({})", unit.name, unit.active_state);
+            if let Err(e) = bus.stop_unit(&unit.name).await {
+                tracing::warn!("cannot stop {}: {e}", unit.name);
+            }
+        }
+        Ok(Placement::Systemd(SystemdPlacement {
+            bus,
+            service: service.to_string(),
+            slice,
+            owner: Systemd::own_unit().filter(|u| u.ends_with(".service")),
+        }))
+    }
+
+    pub fn name(&self) -> &'static str {
         match self {
-            Placement::Child => {
-                let r = child::spawn_runner(&std::env::current_exe()?)?;
+            Placement::Child => "child processes",
+            Placement::Systemd(_) => "systemd scopes",
+        }
+    }
+
+    pub async fn place(&self, spec: &SlotSpec) -> Result<Placed, PlaceError> {
+        let exe = std::env::current_exe()?;
+        let mut r = child::spawn_runner(&exe)?;
+        match self {
+            Placement::Child => Ok(Placed {
+                child: r.child,
+                pid: r.pid,
+                control: r.control,
+                unit: None,
+            }),
+            Placement::Systemd(sd) => {
+                let unit = scope::scope_name(&sd.service, &spec.worker.name, spec.slot);
+                let description = format!(
+                    "slotman slot {}#{} of {}",
+                    spec.worker.name, spec.slot, sd.service
+                );
+                let started = sd
+                    .bus
+                    .start_scope(
+                        &unit,
+                        &sd.slice,
+                        r.pid,
+                        &limits(&spec.worker),
+                        sd.owner.as_deref(),
+                        &description,
+                    )
+                    .await;
+                if let Err(e) = started {
+                    child::kill_group(r.pid);
+                    let _ = r.child.wait().await;
+                    return Err(e.into());
+                }
                 Ok(Placed {
                     child: r.child,
                     pid: r.pid,
                     control: r.control,
-                    unit: None,
+                    unit: Some(unit),
                 })
             }
         }
     }
 
     /// Kills a slot at once (stop timeout passed).
-    pub async fn kill(&self, pid: u32, _unit: Option<&str>) {
-        match self {
-            Placement::Child => child::kill_group(pid),
+    pub async fn kill(&self, pid: u32, unit: Option<&str>) {
+        match (self, unit) {
+            (Placement::Systemd(sd), Some(unit)) => {
+                if sd.bus.kill_unit(unit, libc::SIGKILL).await.is_err() {
+                    child::kill_group(pid);
+                }
+            }
+            _ => child::kill_group(pid),
         }
     }
 
     /// After the runner exited: make sure nothing of it is left.
-    pub async fn cleanup(&self, pid: u32, _unit: Option<&str>) {
+    pub async fn cleanup(&self, pid: u32, unit: Option<&str>) {
+        match (self, unit) {
+            (Placement::Systemd(sd), Some(unit)) => {
+                if let Err(e) = sd.bus.stop_unit(unit).await {
+                    tracing::debug!("stopping {unit}: {e}");
+                }
+            }
+            _ => child::kill_group(pid),
+        }
+    }
+
+    /// The bus, for cgroup accounting in `slotman status`.
+    pub fn systemd_bus(&self) -> Option<Systemd> {
         match self {
-            Placement::Child => child::kill_group(pid),
+            Placement::Systemd(sd) => Some(sd.bus.clone()),
+            Placement::Child => None,
         }
     }
 }

@@ -91,7 +91,7 @@ pub async fn process_main() -> anyhow::Result<i32> {
     let _ = writer.await;
     Ok(match reason {
         ExitReason::HandlerFailed => EXIT_HANDLER_FAILED,
-        ExitReason::Workleft | ExitReason::Drained => 0,
+        ExitReason::Workleft | ExitReason::Drained | ExitReason::OomKilled => 0,
     })
 }
 

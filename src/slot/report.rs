@@ -62,6 +62,9 @@ pub enum ExitReason {
     Drained,
     /// The handler cannot be started.
     HandlerFailed,
+    /// The kernel's OOM killer (the worker's `memory_max`) killed the
+    /// handler; the job failed and the slot is replaced with a fresh cgroup.
+    OomKilled,
 }
 
 /// slot → manager.

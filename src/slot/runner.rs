@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, ConnectionSpec, Gate, JobRunner};
-use super::handler::{Handler, Job, JobEvent, Outcome, SlotIdentity};
+use super::handler::{FailReason, Handler, Job, JobEvent, Outcome, SlotIdentity};
 use super::report::{ExitReason, JobResult, Report, SlotSpec};
 use crate::config::HandlerKind;
 
@@ -30,6 +30,10 @@ struct Jobs {
     done: AtomicU64,
     gate: Gate,
     drain: CancellationToken,
+    /// The job in hand, for the fields of the handler's log lines.
+    current: crate::systemd::journal::CurrentJob,
+    /// Set when the OOM killer took a handler.
+    oom: std::sync::atomic::AtomicBool,
 }
 
 impl JobRunner for Jobs {
@@ -40,19 +44,41 @@ impl JobRunner for Jobs {
                 function: job.gearman_function.clone(),
                 handle: job.handle.clone(),
             });
+            if let Ok(mut c) = self.current.lock() {
+                *c = Some((job.gearman_function.clone(), job.handle.clone()));
+            }
+            let ooms_before = oom_kills();
             let outcome = {
                 let mut handler = self.handler.lock().await;
                 handler.run(&job, &events, self.spec.worker.timeout).await
             };
+            if let Ok(mut c) = self.current.lock() {
+                *c = None;
+            }
             let result = match &outcome {
                 Outcome::Complete(_) => JobResult::Complete,
                 Outcome::Exception(_) => JobResult::Exception,
                 Outcome::Fail(why) => {
-                    tracing::warn!(
-                        gearman_function = %job.gearman_function,
-                        gearman_handle = %job.handle,
-                        "job failed: {why}"
-                    );
+                    let oom = matches!(why, FailReason::Died(_))
+                        && matches!((ooms_before, oom_kills()), (Some(a), Some(b)) if b > a);
+                    if oom {
+                        tracing::error!(
+                            gearman_function = %job.gearman_function,
+                            gearman_handle = %job.handle,
+                            reason = "oom",
+                            "job failed: the kernel OOM killer killed the handler (memory_max {}); replacing this slot",
+                            self.spec.worker.memory_max.map_or("-".into(), |m| m.to_string())
+                        );
+                        self.oom.store(true, Ordering::SeqCst);
+                        self.gate.close();
+                        self.drain.cancel();
+                    } else {
+                        tracing::warn!(
+                            gearman_function = %job.gearman_function,
+                            gearman_handle = %job.handle,
+                            "job failed: {why}"
+                        );
+                    }
                     JobResult::Fail
                 }
             };
@@ -84,6 +110,16 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
     if spec.worker.kind == HandlerKind::Native {
         return super::native::run(&spec, &id, &reports, &drain).await;
     }
+    let current = crate::systemd::journal::CurrentJob::default();
+    match crate::systemd::journal::forward_handler_output(
+        &spec.service,
+        &spec.worker.name,
+        spec.slot,
+        current.clone(),
+    ) {
+        Ok(fd) => super::handler::set_handler_stderr(fd),
+        Err(e) => tracing::warn!("handler stderr is not forwarded: {e}"),
+    }
     let handler = match Handler::start(&spec.worker, &id).await {
         Ok(h) => h,
         Err(e) => {
@@ -102,6 +138,8 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         done: AtomicU64::new(0),
         gate: gate.clone(),
         drain: drain.clone(),
+        current,
+        oom: Default::default(),
     });
     let pid = std::process::id();
     let client_id = format!(
@@ -149,7 +187,9 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
     while tasks.join_next().await.is_some() {}
 
     let workleft = spec.worker.workleft;
-    let reason = if workleft > 0 && jobs.done.load(Ordering::SeqCst) >= workleft {
+    let reason = if jobs.oom.load(Ordering::SeqCst) {
+        ExitReason::OomKilled
+    } else if workleft > 0 && jobs.done.load(Ordering::SeqCst) >= workleft {
         ExitReason::Workleft
     } else {
         ExitReason::Drained
@@ -159,4 +199,27 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         jobs.handler.into_inner().shutdown().await;
     }
     reason
+}
+
+/// OOM kills in this process's memory cgroup so far (cgroup v2
+/// `memory.events`, or v1 `memory.oom_control`); `None` where unknown.
+fn oom_kills() -> Option<u64> {
+    let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let mut candidates = Vec::new();
+    for line in cgroups.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.is_empty() {
+            candidates.push(format!("/sys/fs/cgroup{path}/memory.events"));
+            candidates.push(format!("/sys/fs/cgroup/unified{path}/memory.events"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            candidates.push(format!("/sys/fs/cgroup/memory{path}/memory.oom_control"));
+        }
+    }
+    candidates.iter().find_map(|file| {
+        let text = std::fs::read_to_string(file).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("oom_kill "))
+            .and_then(|n| n.trim().parse().ok())
+    })
 }

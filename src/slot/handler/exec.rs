@@ -269,11 +269,24 @@ impl Launcher {
         if let Some(uid) = credentials.uid {
             cmd.uid(uid.as_raw());
         }
-        cmd.stderr(Stdio::inherit())
+        let stderr = super::handler_stderr().map_or_else(Stdio::inherit, Stdio::from);
+        cmd.stderr(stderr)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
+        // A handler never outlives its runner, even one that was SIGKILLed.
+        // (The runner forks from its one thread, so "parent thread exits" is
+        // "runner exits"; this runs after the uid switch, which would clear it.)
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         Ok(cmd)
     }
 }

@@ -80,7 +80,9 @@ impl std::fmt::Display for FailReason {
             FailReason::Declined(why) => write!(f, "handler declined: {why}"),
             FailReason::Died(why) => write!(f, "handler died: {why}"),
             FailReason::Framing(why) => write!(f, "handler broke the framing: {why}"),
-            FailReason::Timeout(d) => write!(f, "timed out after {}", humantime::format_duration(*d)),
+            FailReason::Timeout(d) => {
+                write!(f, "timed out after {}", humantime::format_duration(*d))
+            }
             FailReason::Spawn(why) => write!(f, "handler could not start: {why}"),
         }
     }
@@ -114,7 +116,9 @@ impl Handler {
     pub async fn start(worker: &WorkerConfig, id: &SlotIdentity) -> Result<Handler, HandlerError> {
         match worker.kind {
             HandlerKind::Exec => Ok(Handler::Exec(exec::ExecHandler::new(worker, id))),
-            HandlerKind::Stdio => Ok(Handler::Stdio(stdio::StdioHandler::start(worker, id).await?)),
+            HandlerKind::Stdio => Ok(Handler::Stdio(
+                stdio::StdioHandler::start(worker, id).await?,
+            )),
             HandlerKind::Native => Err(HandlerError::Native),
         }
     }
@@ -122,7 +126,12 @@ impl Handler {
     /// Runs one job to its end. Progress goes to `events` as it comes. A job
     /// that runs past `timeout` is failed and its handler process killed.
     /// Never panics on anything the handler writes.
-    pub async fn run(&mut self, job: &Job, events: &mpsc::Sender<JobEvent>, timeout: Option<Duration>) -> Outcome {
+    pub async fn run(
+        &mut self,
+        job: &Job,
+        events: &mpsc::Sender<JobEvent>,
+        timeout: Option<Duration>,
+    ) -> Outcome {
         match self {
             Handler::Exec(h) => h.run(job, events, timeout).await,
             Handler::Stdio(h) => h.run(job, events, timeout).await,
@@ -144,6 +153,19 @@ impl Handler {
             Handler::Stdio(h) => h.shutdown().await,
         }
     }
+}
+
+/// Where handlers' stderr goes, when the runner set it (a pipe it forwards
+/// to the journal with the slot's fields); otherwise they inherit its stderr.
+static HANDLER_STDERR: std::sync::OnceLock<std::os::fd::OwnedFd> = std::sync::OnceLock::new();
+
+/// Sets handlers' stderr for the rest of the process; only the first call counts.
+pub fn set_handler_stderr(fd: std::os::fd::OwnedFd) {
+    let _ = HANDLER_STDERR.set(fd);
+}
+
+fn handler_stderr() -> Option<std::os::fd::OwnedFd> {
+    HANDLER_STDERR.get().and_then(|fd| fd.try_clone().ok())
 }
 
 /// Environment variables that belong to the manager/slot and must not reach
