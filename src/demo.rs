@@ -213,7 +213,7 @@ async fn drive(
         if tty {
             print!("\r{line}");
             let _ = std::io::stdout().flush();
-        } else if line[9..] != last_line.get(9..).unwrap_or_default().to_string() {
+        } else if line.get(9..) != last_line.get(9..) {
             println!("{line}");
         }
         last_line = line;

@@ -28,8 +28,13 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     tracing::info!("slots run as {}", placement.name());
     if matches!(placement, Placement::Child) {
         for w in &config.workers {
-            if crate::placement::limits(&w) != Default::default() {
-                tracing::warn!(worker = %w.name, "resource limits of {} apply only under systemd; ignored for child processes", w.name);
+            let limits: Vec<String> = w
+                .resource_limits()
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
+            if !limits.is_empty() {
+                tracing::warn!(worker = %w.name, "worker {}: {} not enforced: plain child processes have no cgroup per slot (limits apply under systemd)", w.name, limits.join(" "));
             }
         }
     }
@@ -55,6 +60,10 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let sock = crate::control::server::socket_path(&dir, &config.service);
     let listener = crate::control::server::bind(&sock, config.control_group.as_deref()).await?;
     tokio::spawn(crate::control::server::serve(listener, tx.clone(), bus));
+    if let Some(addr) = config.metrics_listen {
+        let metrics = crate::control::metrics::bind(addr).await?;
+        tokio::spawn(crate::control::metrics::serve(metrics, tx.clone()));
+    }
     let result = Manager::new(config, placement, tx).run(rx).await;
     let _ = std::fs::remove_file(&sock);
     result
