@@ -499,7 +499,12 @@ impl Manager {
                         pool.counters.restarts += 1;
                     }
                 }
-                if !matches!(slot.state, SlotState::Draining { .. }) {
+                // A failed start keeps counting as a (starting) slot until its
+                // exit is seen: only then is the back-off in place, so the
+                // policy cannot replace it in between without waiting.
+                if reason != ExitReason::HandlerFailed
+                    && !matches!(slot.state, SlotState::Draining { .. })
+                {
                     slot.state = SlotState::Draining {
                         reason: format!("{reason:?}").to_lowercase(),
                     };

@@ -106,7 +106,9 @@ impl Faults {
         }
         let exp = self.consecutive.saturating_sub(1).min(16);
         let delay = BACKOFF_BASE.saturating_mul(1 << exp).min(BACKOFF_MAX);
-        self.hold_until = Some(now + delay);
+        // Never shorten a hold already in place (a failed worker's retry time).
+        let until = now + delay;
+        self.hold_until = Some(self.hold_until.map_or(until, |h| h.max(until)));
         false
     }
 
