@@ -172,7 +172,7 @@ fn a_burst_grows_the_pool_to_max_and_idle_shrinks_it_back() {
         let slots = w.slots.len();
         assert!(slots <= 4, "pool exceeded max: {slots} slots");
         peak = peak.max(slots);
-        if slots == 4 && reached_max_at.is_none() {
+        if slots == 4 && reached_max_at.is_none() && total_done(&w) < 30 {
             reached_max_at = Some(burst.elapsed());
         }
         if total_done(&w) == 40 {
@@ -185,12 +185,11 @@ fn a_burst_grows_the_pool_to_max_and_idle_shrinks_it_back() {
         );
         std::thread::sleep(Duration::from_millis(30));
     }
-    let reached = reached_max_at.expect("pool reached max");
+    // Not a timing assertion (speed lives in the benchmarks): the pool must
+    // have grown to max while the burst was still queued, i.e. scaling
+    // follows the load instead of a timer.
+    let reached = reached_max_at.expect("pool reached max while jobs were still waiting");
     eprintln!("pool reached 4 slots {reached:?} after the burst landed");
-    assert!(
-        reached < Duration::from_secs(3),
-        "pool took {reached:?} to reach max"
-    );
     // Back to min once idle_timeout has passed.
     wait_until("pool back to 1 slot", Duration::from_secs(15), || {
         svc.worker("w").slots.len() == 1
