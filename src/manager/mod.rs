@@ -56,6 +56,19 @@ const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How often the job servers' queues are read while a pool is saturated.
 const QUEUE_POLL: Duration = Duration::from_millis(100);
 const QUEUE_POLL_TIMEOUT: Duration = Duration::from_secs(2);
+/// Least time between two STATUS= updates.
+const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+
+/// 1234.0 → "1.2k", 12.0 → "12".
+fn human(v: f64) -> String {
+    if v >= 1e6 {
+        format!("{:.1}M", v / 1e6)
+    } else if v >= 1e3 {
+        format!("{:.1}k", v / 1e3)
+    } else {
+        format!("{v:.0}")
+    }
+}
 
 pub struct Manager {
     config: Config,
@@ -72,6 +85,13 @@ pub struct Manager {
     /// Next admin `status` poll, while some pool is saturated.
     queue_poll: Option<Instant>,
     queue_inflight: bool,
+    /// Pools an event touched since the policy last ran on them: the policy
+    /// runs per event only where something changed.
+    dirty: std::collections::BTreeSet<String>,
+    /// When each pool's policy asked to run again without an event.
+    pool_wake: BTreeMap<String, Instant>,
+    /// When STATUS= was last sent (it is sent at most once a second).
+    status_sent: Option<Instant>,
 }
 
 impl Manager {
@@ -99,6 +119,9 @@ impl Manager {
             started: Instant::now(),
             queue_poll: None,
             queue_inflight: false,
+            dirty: Default::default(),
+            pool_wake: BTreeMap::new(),
+            status_sent: None,
         }
     }
 
@@ -114,15 +137,16 @@ impl Manager {
         let mut watchdog_tick =
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         watchdog_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.dirty = self.pools.keys().cloned().collect();
         loop {
             let wake = self.apply_policy();
-            self.report_status();
+            let status_wake = self.report_status();
             if self.stopping.is_some() && self.pools.values().all(|p| p.slots.is_empty()) {
                 break;
             }
             self.schedule_queue_poll();
             let deadline = self.stop_deadline();
-            let wake = [wake, deadline, self.queue_poll]
+            let wake = [wake, deadline, self.queue_poll, status_wake]
                 .into_iter()
                 .flatten()
                 .min();
@@ -236,6 +260,14 @@ impl Manager {
     }
 
     fn handle(&mut self, ev: Event) {
+        match &ev {
+            Event::Slot { worker, .. } => {
+                self.dirty.insert(worker.clone());
+            }
+            Event::QueueDepth(depths) => self.dirty.extend(depths.iter().map(|(w, _)| w.clone())),
+            Event::Reload | Event::Stop => self.dirty.extend(self.pools.keys().cloned()),
+            Event::Status(_) => {}
+        }
         match ev {
             Event::Slot { worker, id, ev } => self.slot_event(&worker, id, ev),
             Event::Reload => self.reload(),
@@ -519,8 +551,16 @@ impl Manager {
         let now = Instant::now();
         let stopping = self.stopping.is_some();
         let mut wake: Option<Instant> = None;
-        let names: Vec<String> = self.pools.keys().cloned().collect();
+        let due: Vec<String> = self
+            .pool_wake
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, _)| n.clone())
+            .collect();
+        let mut names = std::mem::take(&mut self.dirty);
+        names.extend(due);
         for name in names {
+            self.pool_wake.remove(&name);
             let Some(pool) = self.pools.get_mut(&name) else {
                 continue;
             };
@@ -591,10 +631,13 @@ impl Manager {
                     }
                 }
             }
-            if let Some(t) = decision.wake_at {
-                wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
+            if let Some(t) = decision.wake_at.into_iter().chain(wake).min() {
+                self.pool_wake.insert(name.clone(), t);
             }
+            wake = None;
         }
+        self.pool_wake.retain(|n, _| self.pools.contains_key(n));
+        let wake = self.pool_wake.values().min().copied();
         if !self.ready_sent
             && self
                 .pools
@@ -608,13 +651,17 @@ impl Manager {
         wake
     }
 
-    fn report_status(&mut self) {
+    /// Keeps systemd's STATUS= current: `3 workers, 9 slots (4 busy), 1.2k
+    /// jobs/min`. Sent when it changes, at most once a second (a busy pool
+    /// changes it with every job); returns when to send a pending change.
+    fn report_status(&mut self) -> Option<Instant> {
+        let now = Instant::now();
         let slots: usize = self.pools.values().map(|p| p.slots.len()).sum();
         let busy: usize = self.pools.values().map(|p| p.busy()).sum();
-        let done: u64 = self
+        let per_min: f64 = self
             .pools
-            .values()
-            .map(|p| p.counters.jobs_complete + p.counters.jobs_failed + p.counters.jobs_exception)
+            .values_mut()
+            .map(|p| p.rate.per_sec(now) * 60.0)
             .sum();
         let failed: Vec<&str> = self
             .pools
@@ -623,8 +670,9 @@ impl Manager {
             .map(|(n, _)| n.as_str())
             .collect();
         let mut line = format!(
-            "{} workers, {slots} slots ({busy} busy), {done} jobs done",
-            self.pools.len()
+            "{} workers, {slots} slots ({busy} busy), {} jobs/min",
+            self.pools.len(),
+            human(per_min)
         );
         if !failed.is_empty() {
             line.push_str(&format!("; failed: {}", failed.join(",")));
@@ -635,9 +683,22 @@ impl Manager {
         if let Some(e) = &self.reload_error {
             line = format!("{line}; reload failed, running the previous config: {e}");
         }
-        if line != self.last_status {
-            self.notifier.status(&line);
-            self.last_status = line;
+        // While the last minute saw jobs the rate decays without events:
+        // look again in a second (an idle service has no such timer).
+        let decaying = (per_min > 0.0).then(|| now + STATUS_INTERVAL);
+        if line == self.last_status {
+            return decaying;
+        }
+        // Stopping and reload errors are news; counts can wait a second.
+        let urgent = self.stopping.is_some() || self.reload_error.is_some() || !failed.is_empty();
+        match self.status_sent {
+            Some(t) if !urgent && now < t + STATUS_INTERVAL => Some(t + STATUS_INTERVAL),
+            _ => {
+                self.notifier.status(&line);
+                self.last_status = line;
+                self.status_sent = Some(now);
+                decaying
+            }
         }
     }
 
