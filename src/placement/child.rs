@@ -11,16 +11,6 @@ use crate::slot::report::CONTROL_FD_ENV;
 /// The fd number a slot finds its control socket on.
 const SLOT_FD: i32 = 3;
 
-/// Variables for the manager only: systemd's notify/watchdog channel.
-const MANAGER_ONLY_ENV: &[&str] = &[
-    "NOTIFY_SOCKET",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-];
-
 /// A started runner and the manager's end of its socket.
 pub struct Runner {
     pub child: tokio::process::Child,
@@ -34,13 +24,14 @@ pub struct Runner {
 pub fn spawn_runner(exe: &std::path::Path) -> std::io::Result<Runner> {
     let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
     let mut cmd = std::process::Command::new(exe);
-    cmd.arg("slot")
-        .env(CONTROL_FD_ENV, SLOT_FD.to_string())
-        .stdin(Stdio::null())
-        .process_group(0);
-    for k in MANAGER_ONLY_ENV {
+    cmd.arg("slot");
+    // systemd's notify/watchdog variables are the manager's alone.
+    for k in crate::slot::handler::SCRUBBED_ENV {
         cmd.env_remove(k);
     }
+    cmd.env(CONTROL_FD_ENV, SLOT_FD.to_string())
+        .stdin(Stdio::null())
+        .process_group(0);
     let fd = theirs.as_raw_fd();
     // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
     unsafe {
