@@ -44,7 +44,10 @@ pub fn init_logging(verbose: bool) {
     if stderr_is_journal() {
         if let Ok(layer) = tracing_journald::layer() {
             let layer = layer.with_field_prefix(Some("SLOTMAN".into()));
-            let _ = tracing_subscriber::registry().with(filter).with(layer).try_init();
+            let _ = tracing_subscriber::registry()
+                .with(filter)
+                .with(layer)
+                .try_init();
             return;
         }
     }
