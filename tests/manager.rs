@@ -417,3 +417,45 @@ fn demo_runs_without_gearmand_on_path() {
         "every demo job completes: {stdout}"
     );
 }
+
+#[test]
+fn a_native_worker_is_supervised_and_grown_from_the_queue() {
+    let Some(g) = Gearmand::start() else { return };
+    let Some(gearman) = ["/usr/bin/gearman", "/usr/local/bin/gearman"]
+        .into_iter()
+        .find(|p| Path::new(p).exists())
+    else {
+        common::skip(
+            "gearmand",
+            "gearman-tools (the `gearman` command) is not installed",
+        );
+        return;
+    };
+    let port = g.addr.rsplit(':').next().expect("port").to_string();
+    // `gearman -w` is an ordinary Gearman worker: it runs `sleep 0.3; cat` per job.
+    let mut svc = Service::new(&format!(
+        "[workers.n]\nkind = \"native\"\ncommand = [\"{gearman}\", \"-h\", \"127.0.0.1\", \"-p\", \"{port}\", \"-w\", \"-f\", \"n::echo\", \"--\", \"sh\", \"-c\", \"sleep 0.3; cat\"]\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 3\nidle_timeout = \"1s\"\n",
+        g.addr
+    ));
+    svc.start();
+    wait_until("native worker registered", Duration::from_secs(10), || {
+        g.function_status("n::echo").2 >= 1
+    });
+    submit_bg(
+        &g.addr,
+        "n::echo",
+        (0..30).map(|i| (format!("n{i}"), "x".to_string())),
+    );
+    let mut peak = 0;
+    wait_until("queue drained", Duration::from_secs(30), || {
+        peak = peak.max(svc.worker("n").slots.len());
+        g.function_status("n::echo").0 == 0
+    });
+    assert!(peak > 1, "the pool grew from the queue depth (peak {peak})");
+    assert!(peak <= 3);
+    let pids: Vec<u32> = svc.worker("n").slots.iter().filter_map(|s| s.pid).collect();
+    assert!(svc.stop());
+    for pid in pids {
+        assert!(!pid_alive(pid), "native slot {pid} left behind");
+    }
+}
