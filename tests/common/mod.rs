@@ -390,3 +390,4 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> std::io::Result<Child> {
     }
     cmd.spawn()
 }
+pub mod sdbox;
