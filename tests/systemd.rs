@@ -48,8 +48,10 @@ fn sdbox() -> Option<&'static SdBox> {
             return Err("the gearman client is not installed (apt install gearman-tools)".into());
         }
         let started = Instant::now();
+        let binds = binds();
+        let binds: Vec<&std::path::Path> = binds.iter().map(|p| p.as_path()).collect();
         let sd: &'static SdBox = Box::leak(Box::new(
-            SdBox::start(&[]).expect("the probe passed, so the box boots or panics"),
+            SdBox::start(&binds).expect("the probe passed, so the box boots or panics"),
         ));
         SdBox::stop_at_exit(sd);
         sd.install(&common::slotman_bin(), "/usr/bin/slotman", "755");
@@ -83,6 +85,24 @@ fn sdbox() -> Option<&'static SdBox> {
             None
         }
     }
+}
+
+/// What the box must see live: this source tree (handlers, unit files,
+/// packaging) and the directory of the slotman binary. Through the overlay
+/// alone, a tree under /tmp (the box's own) would be missing.
+fn binds() -> Vec<std::path::PathBuf> {
+    let mut dirs = vec![
+        std::path::PathBuf::from(MANIFEST),
+        common::slotman_bin()
+            .parent()
+            .expect("the binary has a directory")
+            .to_path_buf(),
+    ];
+    dirs.sort();
+    dirs.dedup();
+    let all = dirs.clone();
+    dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
+    dirs
 }
 
 fn tool_on_path(tool: &str) -> bool {
@@ -1260,4 +1280,98 @@ min = {min}
     let r = sd.prop("slotman@nosuchservice.service", "AssertResult");
     assert_eq!(r, "no", "AssertPathExists did not stop it");
     let _ = sd.exec(&["systemctl", "reset-failed", "slotman@nosuchservice"]);
+}
+
+/// packaging/install.sh: into a staging tree, and onto a fresh systemd (its
+/// own box), where the installed example service comes up and answers as
+/// `nobody`.
+#[test]
+fn install_script_installs_a_working_example_service() {
+    let script = format!("{MANIFEST}/packaging/install.sh");
+    let bin = common::slotman_bin();
+
+    // A staging tree, as a package build would use it (no root, no box).
+    let stage = tempfile::tempdir().expect("a temp dir");
+    let out = std::process::Command::new("sh")
+        .arg(&script)
+        .args(["--destdir"])
+        .arg(stage.path())
+        .arg("--binary")
+        .arg(&bin)
+        .args(["--unitdir", "/lib/systemd/system"])
+        .output()
+        .expect("running install.sh");
+    out.assert_ok("install.sh --destdir");
+    for f in [
+        "usr/bin/slotman",
+        "lib/systemd/system/slotman@.service",
+        "lib/systemd/system/slotman.slice",
+        "etc/slotman/example.toml",
+        "usr/share/slotman/examples/python/worker.py",
+        "usr/share/doc/slotman/configuration.md",
+    ] {
+        assert!(
+            stage.path().join(f).is_file(),
+            "install.sh --destdir: no {f}"
+        );
+    }
+
+    let Some(g) = Gearmand::start() else { return };
+    if sdbox().is_none() {
+        return; // skipped, and said why
+    }
+    let binds = binds();
+    let binds: Vec<&std::path::Path> = binds.iter().map(|p| p.as_path()).collect();
+    let Some(sd) = SdBox::start(&binds) else {
+        return;
+    };
+    let out = sd.exec(&[
+        "sh".as_ref(),
+        script.as_ref(),
+        "--binary".as_ref(),
+        bin.as_os_str(),
+    ]);
+    let _ = writeln_stderr(&format!("[install] {}", out.text()));
+    out.assert_ok("install.sh in a fresh box");
+    sd.sh(&format!(
+        "sed -i 's/127.0.0.1:4730/{}/' /etc/slotman/example.toml",
+        g.addr
+    ))
+    .assert_ok("pointing the example at the test's gearmand");
+    sd.sh("systemctl start slotman@example")
+        .assert_ok("systemctl start slotman@example");
+    let out = sd.exec(&[
+        "gearman",
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &g.port.to_string(),
+        "-f",
+        "Example::reverse",
+        "--",
+        "hello",
+    ]);
+    assert_eq!(out.text(), "olleh", "Example::reverse: {}", describe(&out));
+    let users = sd.sh(
+        "for s in $(systemctl list-units --plain --no-legend --state=active 'slotman-example-*' | cut -d' ' -f1); do \
+           cg=$(systemctl show -P ControlGroup $s); \
+           for h in /sys/fs/cgroup/unified /sys/fs/cgroup/systemd /sys/fs/cgroup; do \
+             [ -f $h$cg/cgroup.procs ] && { procs=$(cat $h$cg/cgroup.procs); break; }; done; \
+           for p in $procs; do ps -o user=,args= -p $p; done; done",
+    );
+    let _ = writeln_stderr(&format!("[install] slot processes:\n{}", users.text()));
+    assert!(
+        users
+            .text()
+            .lines()
+            .any(|l| l.starts_with("nobody") && l.contains("worker.py")),
+        "the example handler does not run as nobody:\n{}",
+        users.text()
+    );
+    sd.sh("systemctl stop slotman@example")
+        .assert_ok("systemctl stop slotman@example");
+    let out = sd.exec(&["sh", &script, "--uninstall"]);
+    out.assert_ok("install.sh --uninstall");
+    let left = sd.sh("test ! -e /usr/bin/slotman && test ! -e /etc/systemd/system/slotman@.service && test -e /etc/slotman/example.toml");
+    left.assert_ok("--uninstall removes the program and units, keeps /etc/slotman");
 }

@@ -364,7 +364,11 @@ impl SdBox {
         let _ = child.kill();
         let _ = child.wait();
         match out {
-            Ok(o) if o.status.success() => {}
+            // The state directory goes too: a box kept in a static is never
+            // dropped, so its TempDir would stay behind.
+            Ok(o) if o.status.success() => {
+                let _ = std::fs::remove_dir_all(self.dir.path());
+            }
             Ok(o) => {
                 let _ = writeln!(
                     std::io::stderr(),
