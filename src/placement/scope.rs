@@ -1,19 +1,89 @@
-//! Everything slotman says to systemd over D-Bus: transient scopes for
-//! slots, the per-service slice, stopping and listing units, and reading a
-//! unit's cgroup accounting. The only module that knows D-Bus names and
-//! property spellings; callers get typed values.
+//! Slots as systemd units: transient slices and scopes over D-Bus.
 //!
-//! References: org.freedesktop.systemd1(5) (StartTransientUnit, JobRemoved,
-//! ListUnitsByPatterns), systemd.scope(5), systemd.resource-control(5).
+//! This is the only module that speaks D-Bus, and every systemd string
+//! (interface, property, error and job-result names, unit-name escaping)
+//! lives here. Callers get typed values: [`Limits`] in, [`UnitStats`],
+//! [`UnitResult`], [`ActiveState`] and [`PlacementError`] out.
+//!
+//! # Names
+//!
+//! Each service gets a slice `slotman-SERVICE.slice`; systemd derives a
+//! slice's parent from the dashes in its name, so that slice sits under
+//! `slotman.slice` without being told. Each slot is a scope
+//! `slotman-SERVICE-WORKER-SLOT.scope` in that slice. SERVICE and WORKER are
+//! escaped so that they contain no `-` (see [`escape_name_component`]), so the
+//! dashes in a name are always separators and a glob such as
+//! `slotman-billing-*` never matches another service's units. Slot numbers
+//! are unique within one run of a manager, and a manager stops the scopes an
+//! earlier run left behind before it places slots (`placement::Placement`),
+//! so names do not collide.
+//!
+//! # Waiting for jobs
+//!
+//! StartTransientUnit and StopUnit only enqueue a job; the outcome arrives as
+//! a `JobRemoved` signal, which can overtake the method's reply. So every job
+//! is awaited by subscribing to the signal before the call is made (see
+//! `Systemd::run_job`).
+//!
+//! # Legacy and hybrid cgroup hierarchies
+//!
+//! systemd reads the kernel's OOM-kill counter and the CPU usage from the
+//! unified (v2) hierarchy only. On a host whose memory or cpuacct controller
+//! is still on cgroup v1 (a "hybrid" host), an OOM-killed scope ends with
+//! Result `success` and `CPUUsageNSec` is unset. [`Systemd::unit_stats`] and
+//! [`Systemd::unit_result`] fill both gaps from the unit's cgroup directly
+//! (see the `cgroupfs` submodule); on a unified host the same code reads the same numbers
+//! systemd itself would.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::fmt;
+use std::future::Future;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tokio::sync::oneshot;
 use zbus::proxy::CacheProperties;
-use zbus::zvariant::{OwnedObjectPath, Value};
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, Value};
+use zbus::DBusError;
+
+/// How long any job may take before we stop waiting for its `JobRemoved`.
+/// Starting a scope takes milliseconds and stopping one is bounded by its
+/// `TimeoutStopUSec` (`SCOPE_STOP_TIMEOUT`); this only guards against a
+/// signal that never comes.
+const JOB_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// How long systemd lets a scope's processes react to SIGTERM before it sends
+/// SIGKILL, when systemd itself stops the scope. A scope is only stopped that
+/// way after the manager has drained it (or failed to), so what is left is a
+/// straggler: a short grace period is enough.
+const SCOPE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Messages queued per D-Bus match before zbus drops the oldest. Every
+/// concurrent job waiter sees every `JobRemoved`, so the default (64) could
+/// overflow while many slots start at once.
+const BUS_QUEUE: usize = 1024;
+
+// ---------------------------------------------------------------------------
+// D-Bus interfaces (org.freedesktop.systemd1(5)). Only the members slotman
+// uses. Property caching is switched off on every proxy built here: each read
+// is a fresh `Get`, and no `PropertiesChanged` matches are installed.
+// ---------------------------------------------------------------------------
+
+/// One row of `ListUnitsByPatterns`: name, description, load state, active
+/// state, sub state, following, unit path, job id, job type, job path.
+type UnitRow = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    OwnedObjectPath,
+    u32,
+    String,
+    OwnedObjectPath,
+);
+
+/// A property assignment as StartTransientUnit and SetUnitProperties take it.
+type Property = (&'static str, Value<'static>);
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Manager",
@@ -25,47 +95,52 @@ trait Manager {
         &self,
         name: &str,
         mode: &str,
-        properties: &[(&str, Value<'_>)],
-        aux: &[(&str, &[(&str, Value<'_>)])],
+        properties: &[Property],
+        aux: &[(&str, &[Property])],
     ) -> zbus::Result<OwnedObjectPath>;
+
     fn stop_unit(&self, name: &str, mode: &str) -> zbus::Result<OwnedObjectPath>;
+
     fn kill_unit(&self, name: &str, whom: &str, signal: i32) -> zbus::Result<()>;
+
     fn set_unit_properties(
         &self,
         name: &str,
         runtime: bool,
-        properties: &[(&str, Value<'_>)],
+        properties: &[Property],
     ) -> zbus::Result<()>;
-    #[allow(clippy::type_complexity)]
+
     fn list_units_by_patterns(
         &self,
         states: &[&str],
         patterns: &[&str],
-    ) -> zbus::Result<
-        Vec<(
-            String,
-            String,
-            String,
-            String,
-            String,
-            String,
-            OwnedObjectPath,
-            u32,
-            String,
-            OwnedObjectPath,
-        )>,
-    >;
+    ) -> zbus::Result<Vec<UnitRow>>;
+
     fn get_unit(&self, name: &str) -> zbus::Result<OwnedObjectPath>;
+
     fn subscribe(&self) -> zbus::Result<()>;
+
     #[zbus(signal)]
     fn job_removed(
         &self,
         id: u32,
-        job: OwnedObjectPath,
-        unit: String,
-        result: String,
+        job: ObjectPath<'_>,
+        unit: &str,
+        result: &str,
     ) -> zbus::Result<()>;
 }
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Unit",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Unit {
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn active_state(&self) -> zbus::Result<String>;
+}
+
+// Scope, Slice and Service each carry their own copy of the cgroup
+// properties, so each gets a proxy.
 
 #[zbus::proxy(
     interface = "org.freedesktop.systemd1.Scope",
@@ -73,250 +148,548 @@ trait Manager {
 )]
 trait Scope {
     #[zbus(property(emits_changed_signal = "false"))]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn control_group(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "false"))]
     fn memory_current(&self) -> zbus::Result<u64>;
     #[zbus(property(emits_changed_signal = "false"), name = "CPUUsageNSec")]
     fn cpu_usage_nsec(&self) -> zbus::Result<u64>;
     #[zbus(property(emits_changed_signal = "false"))]
     fn tasks_current(&self) -> zbus::Result<u64>;
-    #[zbus(property(emits_changed_signal = "false"))]
-    fn result(&self) -> zbus::Result<String>;
 }
 
-/// Resource limits of a scope or slice (systemd.resource-control(5)).
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Slice",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Slice {
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn control_group(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn memory_current(&self) -> zbus::Result<u64>;
+    #[zbus(property(emits_changed_signal = "false"), name = "CPUUsageNSec")]
+    fn cpu_usage_nsec(&self) -> zbus::Result<u64>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn tasks_current(&self) -> zbus::Result<u64>;
+}
+
+#[zbus::proxy(
+    interface = "org.freedesktop.systemd1.Service",
+    default_service = "org.freedesktop.systemd1"
+)]
+trait Service {
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn result(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn control_group(&self) -> zbus::Result<String>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn memory_current(&self) -> zbus::Result<u64>;
+    #[zbus(property(emits_changed_signal = "false"), name = "CPUUsageNSec")]
+    fn cpu_usage_nsec(&self) -> zbus::Result<u64>;
+    #[zbus(property(emits_changed_signal = "false"))]
+    fn tasks_current(&self) -> zbus::Result<u64>;
+}
+
+// ---------------------------------------------------------------------------
+// Names
+// ---------------------------------------------------------------------------
+
+/// Escapes `s` for use in a unit name exactly as `systemd-escape` does
+/// (without `--path`): `/` becomes `-`; ASCII letters, digits, `:`, `_` and
+/// `.` (except a leading `.`) stay; every other byte becomes `\xNN`.
+pub fn escape_unit_component(s: &str) -> String {
+    escape(s, true)
+}
+
+/// Like [`escape_unit_component`], but `/` becomes `\x2f` instead of `-`, so
+/// the result never contains a dash. slotman builds its unit names from
+/// these, so that a service or worker name can never add a level to the slice
+/// tree or make one service's names match another's globs.
+pub fn escape_name_component(s: &str) -> String {
+    escape(s, false)
+}
+
+fn escape(s: &str, slash_to_dash: bool) -> String {
+    let mut out = String::with_capacity(s.len());
+    for (i, &b) in s.as_bytes().iter().enumerate() {
+        let keep = b.is_ascii_alphanumeric() || b == b':' || b == b'_' || (b == b'.' && i > 0);
+        if keep {
+            out.push(char::from(b));
+        } else if b == b'/' && slash_to_dash {
+            out.push('-');
+        } else {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+/// Reverses [`escape_name_component`]. `None` if `s` is not something it
+/// produced (a stray `-`, a bad `\x` sequence or bytes that are not UTF-8).
+fn unescape_name_component(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'\\' => {
+                let hex = s
+                    .get(i + 2..i + 4)
+                    .filter(|_| bytes.get(i + 1) == Some(&b'x'))?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 4;
+            }
+            b'-' => return None,
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+/// `slotman-SERVICE.slice`. Its parent is `slotman.slice`: systemd takes a
+/// slice's parent from the prefix before the last dash.
+pub fn slice_name(service: &str) -> String {
+    format!("slotman-{}.slice", escape_name_component(service))
+}
+
+/// `slotman-SERVICE-WORKER-SLOT.scope`, e.g.
+/// `slotman-billing-TestWorker-3.scope`.
+///
+/// systemd limits unit names to 255 bytes; with the prefix, the slot number
+/// and the escaping of unusual characters (four bytes each), a service and
+/// worker name of about 100 plain characters together still fit.
+pub fn scope_name(service: &str, worker: &str, slot: u32) -> String {
+    format!(
+        "slotman-{}-{}-{slot}.scope",
+        escape_name_component(service),
+        escape_name_component(worker)
+    )
+}
+
+/// A glob for [`Systemd::list_units`] matching every slot scope of
+/// `service` and nothing of any other service. The escaped name needs no
+/// quoting: it has no glob characters, and systemd matches unit patterns with
+/// `FNM_NOESCAPE`, so the `\` of `\xNN` stands for itself.
+pub fn scope_pattern(service: &str) -> String {
+    format!("slotman-{}-*.scope", escape_name_component(service))
+}
+
+/// What a slot scope's name says, as [`scope_name`] built it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeId {
+    pub service: String,
+    pub worker: String,
+    pub slot: u32,
+}
+
+/// Reads a name made by [`scope_name`] back (for example to tell which
+/// worker a scope left by an earlier run belonged to). `None` for any other
+/// unit name.
+pub fn parse_scope_name(unit: &str) -> Option<ScopeId> {
+    let body = unit.strip_prefix("slotman-")?.strip_suffix(".scope")?;
+    // Escaped components contain no dash, so there are exactly three parts.
+    let mut parts = body.split('-');
+    let (service, worker, slot) = (parts.next()?, parts.next()?, parts.next()?);
+    if parts.next().is_some() {
+        return None;
+    }
+    Some(ScopeId {
+        service: unescape_name_component(service)?,
+        worker: unescape_name_component(worker)?,
+        slot: parse_decimal(slot)?,
+    })
+}
+
+/// A decimal number exactly as `format!` writes it (no sign, no leading
+/// zeros), so that parsing a name and building it again round-trips.
+fn parse_decimal(s: &str) -> Option<u32> {
+    let canonical =
+        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
+    canonical.then(|| s.parse().ok()).flatten()
+}
+
+/// The unit types slotman reads properties of; each has its own interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnitKind {
+    Scope,
+    Slice,
+    Service,
+}
+
+impl UnitKind {
+    fn of(unit: &str) -> Result<UnitKind, PlacementError> {
+        match unit.rsplit_once('.').map(|(_, suffix)| suffix) {
+            Some("scope") => Ok(UnitKind::Scope),
+            Some("slice") => Ok(UnitKind::Slice),
+            Some("service") => Ok(UnitKind::Service),
+            _ => Err(PlacementError::UnsupportedUnit(unit.to_owned())),
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Typed values
+// ---------------------------------------------------------------------------
+
+/// Resource limits of a slice or scope (systemd.resource-control(5)).
+/// `None` means "no limit" (and, when updating a slice, removes one).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Limits {
+    /// `MemoryMax=` in bytes: the kernel OOM-kills inside the unit above it.
     pub memory_max: Option<u64>,
+    /// `MemoryHigh=` in bytes: reclaim pressure above it. Ignored by the
+    /// kernel where the memory controller is on cgroup v1.
     pub memory_high: Option<u64>,
+    /// `CPUQuota=` in percent of one CPU (200 = two CPUs); must be > 0.
     pub cpu_quota_percent: Option<u32>,
+    /// `CPUWeight=`, 1..=10000 (default 100).
     pub cpu_weight: Option<u64>,
+    /// `TasksMax=`: processes plus threads.
     pub tasks_max: Option<u64>,
 }
 
 impl Limits {
-    fn properties(&self) -> Vec<(&'static str, Value<'static>)> {
-        let mut p: Vec<(&'static str, Value<'static>)> = vec![
-            ("MemoryAccounting", Value::from(true)),
-            ("CPUAccounting", Value::from(true)),
-            ("TasksAccounting", Value::from(true)),
-        ];
-        // "infinity" is u64::MAX on the bus: an unset limit is lifted, so a
-        // reload that removes a limit really removes it.
-        p.push((
-            "MemoryMax",
-            Value::from(self.memory_max.unwrap_or(u64::MAX)),
-        ));
-        p.push((
-            "MemoryHigh",
-            Value::from(self.memory_high.unwrap_or(u64::MAX)),
-        ));
-        p.push((
-            "CPUQuotaPerSecUSec",
-            Value::from(
-                self.cpu_quota_percent
-                    .map_or(u64::MAX, |pc| pc as u64 * 10_000),
-            ),
-        ));
-        if let Some(w) = self.cpu_weight {
-            p.push(("CPUWeight", Value::from(w)));
+    /// The limits as systemd properties. With `reset_unset`, an unset limit
+    /// is sent as "infinity"/"default" so that an update removes a limit
+    /// that an older configuration had set.
+    fn properties(&self, reset_unset: bool) -> Vec<Property> {
+        // u64::MAX is "infinity" for the byte and task limits and for the
+        // quota, and "unset, use the default" for CPUWeight.
+        let pick = |v: Option<u64>| v.or(reset_unset.then_some(u64::MAX));
+        let quota = self
+            .cpu_quota_percent
+            // 100% is one second of CPU time per second.
+            .map(|pct| u64::from(pct) * 10_000);
+        let mut props = Vec::new();
+        for (name, value) in [
+            ("MemoryMax", pick(self.memory_max)),
+            ("MemoryHigh", pick(self.memory_high)),
+            ("CPUQuotaPerSecUSec", pick(quota)),
+            ("CPUWeight", pick(self.cpu_weight)),
+            ("TasksMax", pick(self.tasks_max)),
+        ] {
+            if let Some(v) = value {
+                props.push((name, Value::U64(v)));
+            }
         }
-        p.push(("TasksMax", Value::from(self.tasks_max.unwrap_or(u64::MAX))));
-        p
+        props
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum PlacementError {
-    #[error("cannot reach systemd on the system bus ({0}); run under systemd as root, or use --placement child")]
-    Bus(String),
-    #[error("unit {0} already exists")]
-    UnitExists(String),
-    #[error("process {0} exited before its scope existed")]
-    ProcessGone(u32),
-    #[error("systemd job for {unit} ended with result {result:?}")]
-    JobFailed { unit: String, result: String },
-    #[error("systemd: {0}")]
-    Call(String),
-    #[error("no answer from systemd about {0} within {JOB_TIMEOUT:?}")]
-    Timeout(String),
-}
-
-/// How a unit ended, from its `Result` property.
+/// A unit's `ActiveState`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UnitResult {
-    Success,
-    OomKill,
-    Signal,
+pub enum ActiveState {
+    Active,
+    Reloading,
+    Inactive,
+    Failed,
+    Activating,
+    Deactivating,
+    /// A state this version of slotman does not know (systemd adds some).
     Other(String),
 }
 
-/// A unit's accounting; `None` where systemd does not know ("[not set]").
+impl fmt::Display for ActiveState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ActiveState::Active => "active",
+            ActiveState::Reloading => "reloading",
+            ActiveState::Inactive => "inactive",
+            ActiveState::Failed => "failed",
+            ActiveState::Activating => "activating",
+            ActiveState::Deactivating => "deactivating",
+            ActiveState::Other(s) => s,
+        })
+    }
+}
+
+impl ActiveState {
+    fn parse(s: &str) -> ActiveState {
+        match s {
+            "active" => ActiveState::Active,
+            "reloading" => ActiveState::Reloading,
+            "inactive" => ActiveState::Inactive,
+            "failed" => ActiveState::Failed,
+            "activating" => ActiveState::Activating,
+            "deactivating" => ActiveState::Deactivating,
+            other => ActiveState::Other(other.to_owned()),
+        }
+    }
+}
+
+/// One unit as [`Systemd::list_units`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnitInfo {
+    pub name: String,
+    pub active_state: ActiveState,
+    /// The type-specific state (`running`, `abandoned`, `stop-sigterm`, …),
+    /// for display only.
+    pub sub_state: String,
+}
+
+/// Accounting of a unit. `None` where systemd (and the cgroup itself) has no
+/// number, e.g. with accounting off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct UnitStats {
     pub memory_current: Option<u64>,
     pub cpu_usage_nsec: Option<u64>,
     pub tasks_current: Option<u64>,
+    /// Processes the kernel OOM-killed in this unit's cgroup so far.
+    pub oom_kills: Option<u64>,
 }
 
+/// Why a unit ended (its `Result` property), see systemd.scope(5) and
+/// systemd.service(5). While a unit runs this is `Success` unless something
+/// already went wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UnitInfo {
-    pub name: String,
-    pub active_state: String,
-    pub sub_state: String,
+pub enum UnitResult {
+    Success,
+    /// The kernel OOM killer killed a process of the unit.
+    OomKill,
+    Signal,
+    CoreDump,
+    ExitCode,
+    Timeout,
+    Watchdog,
+    /// systemd could not set the unit up (e.g. every PID had gone).
+    Resources,
+    Other(String),
 }
 
-/// Longest wait for a systemd job (start/stop of a scope).
-const JOB_TIMEOUT: Duration = Duration::from_secs(30);
-/// JobRemoved signals kept for jobs nobody waits for (yet).
-const EARLY_CAP: usize = 4096;
-
-/// Routes JobRemoved signals to whoever waits for that job. A signal can
-/// arrive before the method reply that names its job, so results that beat
-/// their waiter are kept (bounded) until it asks.
-#[derive(Default)]
-struct Jobs {
-    waiting: HashMap<String, oneshot::Sender<String>>,
-    early: HashMap<String, String>,
-}
-
-/// A handle on systemd; cheap to clone.
-#[derive(Clone)]
-pub struct Systemd {
-    manager: ManagerProxy<'static>,
-    conn: zbus::Connection,
-    jobs: Arc<Mutex<Jobs>>,
-}
-
-fn call_error(unit: &str, e: zbus::Error) -> PlacementError {
-    if let zbus::Error::MethodError(name, desc, _) = &e {
-        let desc = desc.clone().unwrap_or_default();
-        match name.as_str() {
-            "org.freedesktop.systemd1.UnitExists" => {
-                return PlacementError::UnitExists(unit.to_string())
-            }
-            "org.freedesktop.DBus.Error.UnixProcessIdUnknown" => {
-                return PlacementError::ProcessGone(0)
-            }
-            _ if desc.contains("No such process") || desc.contains("ESRCH") => {
-                return PlacementError::ProcessGone(0)
-            }
-            _ => return PlacementError::Call(format!("{name}: {desc}")),
+impl UnitResult {
+    fn parse(s: &str) -> UnitResult {
+        match s {
+            "success" => UnitResult::Success,
+            "oom-kill" => UnitResult::OomKill,
+            "signal" => UnitResult::Signal,
+            "core-dump" => UnitResult::CoreDump,
+            "exit-code" => UnitResult::ExitCode,
+            "timeout" => UnitResult::Timeout,
+            "watchdog" => UnitResult::Watchdog,
+            "resources" => UnitResult::Resources,
+            other => UnitResult::Other(other.to_owned()),
         }
     }
-    PlacementError::Call(e.to_string())
+}
+
+/// How a systemd job ended (`JobRemoved`'s result), when it was not `done`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JobResult {
+    Canceled,
+    Timeout,
+    Failed,
+    Dependency,
+    Skipped,
+    Other(String),
+}
+
+impl fmt::Display for JobResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            JobResult::Canceled => "canceled",
+            JobResult::Timeout => "timeout",
+            JobResult::Failed => "failed",
+            JobResult::Dependency => "dependency",
+            JobResult::Skipped => "skipped",
+            JobResult::Other(s) => s,
+        })
+    }
+}
+
+/// `Ok` for `done`, the reason otherwise.
+fn job_outcome(result: &str) -> Result<(), JobResult> {
+    Err(match result {
+        "done" => return Ok(()),
+        "canceled" => JobResult::Canceled,
+        "timeout" => JobResult::Timeout,
+        "failed" => JobResult::Failed,
+        "dependency" => JobResult::Dependency,
+        "skipped" => JobResult::Skipped,
+        other => JobResult::Other(other.to_owned()),
+    })
+}
+
+/// What can go wrong placing slots. Variants exist where a caller decides
+/// differently; everything else is `Bus` (cannot talk) or `Refused` (systemd
+/// said no).
+#[derive(Debug, thiserror::Error)]
+pub enum PlacementError {
+    #[error(
+        "cannot use the D-Bus system bus to reach systemd: {0}; slot scopes need a running \
+         dbus (check `systemctl status dbus.socket dbus.service`, socket \
+         /run/dbus/system_bus_socket) and slotman running as root"
+    )]
+    Bus(#[source] zbus::Error),
+    #[error("unit {0} already exists (a slot of an earlier run still stopping?)")]
+    UnitExists(String),
+    #[error("unit {0} is not loaded")]
+    NoSuchUnit(String),
+    #[error("process {0} exited before systemd could put it into its scope")]
+    ProcessGone(u32),
+    #[error("systemd job for {unit} ended with result '{result}' (see `journalctl -u {unit}`)")]
+    JobFailed { unit: String, result: JobResult },
+    #[error("systemd job for {unit} did not finish within {after:?}")]
+    JobTimeout { unit: String, after: Duration },
+    #[error("systemd refused the request for {unit}: {message} ({name})")]
+    Refused {
+        unit: String,
+        /// The D-Bus error name, e.g. `org.freedesktop.DBus.Error.AccessDenied`.
+        name: String,
+        message: String,
+    },
+    #[error("{0} is not a scope, slice or service unit")]
+    UnsupportedUnit(String),
+}
+
+const ERR_UNIT_EXISTS: &str = "org.freedesktop.systemd1.UnitExists";
+const ERR_NO_SUCH_UNIT: &str = "org.freedesktop.systemd1.NoSuchUnit";
+const ERR_NO_SUCH_PROCESS: &str = "org.freedesktop.systemd1.NoSuchProcess";
+/// What systemd 252 answers to StartTransientUnit with a PID that is gone.
+const ERR_PID_UNKNOWN: &str = "org.freedesktop.DBus.Error.UnixProcessIdUnknown";
+const ERR_UNKNOWN_OBJECT: &str = "org.freedesktop.DBus.Error.UnknownObject";
+
+/// The D-Bus error name and message of a failed call, if systemd answered
+/// with an error (as opposed to the bus failing).
+fn error_reply(err: &zbus::Error) -> Option<(String, String)> {
+    match err {
+        zbus::Error::MethodError(name, message, _) => {
+            Some((name.to_string(), message.clone().unwrap_or_default()))
+        }
+        zbus::Error::FDO(e) => Some((
+            e.name().to_string(),
+            e.description().unwrap_or_default().to_owned(),
+        )),
+        _ => None,
+    }
+}
+
+/// Maps a failed call about `unit` to a [`PlacementError`].
+fn call_error(unit: &str, err: zbus::Error) -> PlacementError {
+    match error_reply(&err) {
+        None => PlacementError::Bus(err),
+        Some((name, message)) => match name.as_str() {
+            ERR_UNIT_EXISTS => PlacementError::UnitExists(unit.to_owned()),
+            // UnknownObject: the unit was unloaded between GetUnit and a
+            // property read.
+            ERR_NO_SUCH_UNIT | ERR_UNKNOWN_OBJECT => PlacementError::NoSuchUnit(unit.to_owned()),
+            _ => PlacementError::Refused {
+                unit: unit.to_owned(),
+                name,
+                message,
+            },
+        },
+    }
+}
+
+/// `u64::MAX` is how systemd says "[not set]".
+fn set(v: u64) -> Option<u64> {
+    (v != u64::MAX).then_some(v)
+}
+
+// ---------------------------------------------------------------------------
+// The handle
+// ---------------------------------------------------------------------------
+
+/// A connection to systemd on the system bus. Cheap to clone: clones share
+/// one connection.
+#[derive(Clone)]
+pub struct Systemd {
+    conn: zbus::Connection,
+    manager: ManagerProxy<'static>,
+}
+
+impl fmt::Debug for Systemd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Systemd").finish_non_exhaustive()
+    }
 }
 
 impl Systemd {
-    /// Connects to the system bus and subscribes to job signals.
+    /// Connects to the system bus and subscribes to systemd's signals.
     pub async fn connect() -> Result<Systemd, PlacementError> {
-        let conn = zbus::Connection::system()
+        let conn = zbus::connection::Builder::system()
+            .map_err(PlacementError::Bus)?
+            .max_queued(BUS_QUEUE)
+            .build()
             .await
-            .map_err(|e| PlacementError::Bus(e.to_string()))?;
-        let manager = ManagerProxy::new(&conn)
+            .map_err(PlacementError::Bus)?;
+        let manager = ManagerProxy::builder(&conn)
+            .cache_properties(CacheProperties::No)
+            .build()
             .await
-            .map_err(|e| PlacementError::Bus(e.to_string()))?;
-        let mut removed = manager
-            .receive_job_removed()
-            .await
-            .map_err(|e| PlacementError::Bus(e.to_string()))?;
+            .map_err(PlacementError::Bus)?;
+        // systemd sends JobRemoved to the client that queued the job anyway;
+        // Subscribe makes sure of it on every version, and costs one call.
         manager
             .subscribe()
             .await
-            .map_err(|e| PlacementError::Bus(e.to_string()))?;
-        let jobs: Arc<Mutex<Jobs>> = Arc::default();
-        let routed = jobs.clone();
-        tokio::spawn(async move {
-            while let Some(sig) = removed.next().await {
-                let Ok(args) = sig.args() else { continue };
-                let job = args.job.to_string();
-                let result = args.result.clone();
-                let Ok(mut jobs) = routed.lock() else { return };
-                match jobs.waiting.remove(&job) {
-                    Some(tx) => {
-                        let _ = tx.send(result);
-                    }
-                    None => {
-                        if jobs.early.len() >= EARLY_CAP {
-                            jobs.early.clear();
-                        }
-                        jobs.early.insert(job, result);
-                    }
-                }
-            }
-        });
-        Ok(Systemd {
-            manager,
-            conn,
-            jobs,
-        })
+            .map_err(|e| call_error("(Subscribe)", e))?;
+        Ok(Systemd { conn, manager })
     }
 
-    /// Waits for the job at `path` to finish; returns systemd's result word.
-    async fn wait_job(&self, unit: &str, path: &OwnedObjectPath) -> Result<String, PlacementError> {
-        let rx = {
-            let mut jobs = self
-                .jobs
-                .lock()
-                .map_err(|_| PlacementError::Call("job table poisoned".into()))?;
-            if let Some(r) = jobs.early.remove(path.as_str()) {
-                return Ok(r);
-            }
-            let (tx, rx) = oneshot::channel();
-            jobs.waiting.insert(path.to_string(), tx);
-            rx
-        };
-        match tokio::time::timeout(JOB_TIMEOUT, rx).await {
-            Ok(Ok(r)) => Ok(r),
-            _ => {
-                if let Ok(mut jobs) = self.jobs.lock() {
-                    jobs.waiting.remove(path.as_str());
-                }
-                Err(PlacementError::Timeout(unit.to_string()))
-            }
-        }
-    }
-
-    /// Creates `slotman-SERVICE.slice` with `limits` (or updates it).
+    /// Makes sure the slice of `service` exists, with `limits`, and returns
+    /// its name. A new slice is started as a transient unit; an existing one
+    /// (from an earlier run, or a unit file) gets `limits` as runtime
+    /// properties, limits that are `None` being removed.
     pub async fn ensure_slice(
         &self,
         service: &str,
         limits: &Limits,
     ) -> Result<String, PlacementError> {
-        let name = slice_name(service);
-        let mut props = limits.properties();
-        props.push((
-            "Description",
-            Value::from(format!("slotman slots of {service}")),
-        ));
-        match self
-            .manager
-            .start_transient_unit(&name, "fail", &props, &[])
-            .await
-        {
-            Ok(path) => {
-                let r = self.wait_job(&name, &path).await?;
-                if r != "done" {
-                    return Err(PlacementError::JobFailed {
-                        unit: name,
-                        result: r,
-                    });
-                }
+        let slice = slice_name(service);
+        let mut props: Vec<Property> = vec![
+            (
+                "Description",
+                Value::from(format!("slotman slots of {service}")),
+            ),
+            ("MemoryAccounting", Value::Bool(true)),
+            ("CPUAccounting", Value::Bool(true)),
+            ("TasksAccounting", Value::Bool(true)),
+        ];
+        props.extend(limits.properties(false));
+        let started = self
+            .run_job(&slice, || {
+                self.manager
+                    .start_transient_unit(&slice, "fail", &props, &[])
+            })
+            .await;
+        match started {
+            Err(PlacementError::UnitExists(_)) => {
+                let props = limits.properties(true);
+                self.manager
+                    .set_unit_properties(&slice, true, &props)
+                    .await
+                    .map_err(|e| call_error(&slice, e))?;
+                Ok(slice)
             }
-            Err(e) => match call_error(&name, e) {
-                PlacementError::UnitExists(_) => {
-                    let props = limits.properties();
-                    self.manager
-                        .set_unit_properties(&name, true, &props)
-                        .await
-                        .map_err(|e| call_error(&name, e))?;
-                }
-                other => return Err(other),
-            },
+            Err(e) => Err(e),
+            Ok(()) => Ok(slice),
         }
-        Ok(name)
     }
 
-    /// Moves `pid` into a new transient scope `unit` in `slice` and waits
-    /// until systemd has done it.
+    /// Creates scope `unit` in `slice` around the running process `pid` and
+    /// waits until it has started.
+    ///
+    /// With `part_of` (the manager's own unit, see [`Systemd::own_unit`]),
+    /// stopping that unit also stops the scope, but only after the manager
+    /// itself has stopped (`Before=`), so the manager drains its slots first
+    /// and systemd only sweeps up what is left. Restarting the manager leaves
+    /// the scope alone (as observed with systemd 252: the restart is not
+    /// propagated to scopes), so a new manager must adopt or stop the old
+    /// slots; [`scope_pattern`] and [`parse_scope_name`] find them.
+    ///
+    /// The scope has `OOMPolicy=continue`: when the kernel OOM-kills a
+    /// handler, the slot runner in the same scope survives to fail the job
+    /// (DESIGN.md: such a job is failed, not retried) and start a new
+    /// handler. It is garbage-collected as soon as it is inactive or failed,
+    /// so read [`Systemd::unit_result`] while it still runs.
+    ///
+    /// Errors: [`PlacementError::UnitExists`] if the name is taken,
+    /// [`PlacementError::ProcessGone`] if `pid` no longer exists.
     pub async fn start_scope(
         &self,
         unit: &str,
@@ -326,190 +699,346 @@ impl Systemd {
         part_of: Option<&str>,
         description: &str,
     ) -> Result<(), PlacementError> {
-        let mut props = limits.properties();
-        props.push(("PIDs", Value::from(vec![pid])));
-        props.push(("Slice", Value::from(slice.to_string())));
-        props.push(("Description", Value::from(description.to_string())));
-        props.push(("CollectMode", Value::from("inactive-or-failed")));
-        // Only the process the kernel picked dies on OOM: the runner fails
-        // that job and is replaced, instead of systemd stopping the scope.
-        props.push(("OOMPolicy", Value::from("continue")));
+        let mut props: Vec<Property> = vec![
+            ("PIDs", Value::from(vec![pid])),
+            ("Slice", Value::from(slice.to_owned())),
+            ("Description", Value::from(description.to_owned())),
+            ("MemoryAccounting", Value::Bool(true)),
+            ("CPUAccounting", Value::Bool(true)),
+            ("TasksAccounting", Value::Bool(true)),
+            ("OOMPolicy", Value::from("continue")),
+            // Unload the scope as soon as it ends, failed or not: a kept
+            // failed scope would hold its name (reused by the next run's
+            // slot with that number), and scopes are not restartable anyway.
+            ("CollectMode", Value::from("inactive-or-failed")),
+            ("SendSIGKILL", Value::Bool(true)),
+            (
+                "TimeoutStopUSec",
+                Value::U64(SCOPE_STOP_TIMEOUT.as_micros() as u64),
+            ),
+        ];
         if let Some(owner) = part_of {
-            // PartOf: stopping or restarting the manager stops its scopes.
-            // Before: and only after the manager has stopped, i.e. after it
-            // drained them (stop order is the reverse of start order).
-            props.push(("PartOf", Value::from(vec![owner.to_string()])));
-            props.push(("Before", Value::from(vec![owner.to_string()])));
+            props.push(("PartOf", Value::from(vec![owner.to_owned()])));
+            // Ordering is reversed on stop: Before= the manager means the
+            // scope is stopped after the manager has finished stopping.
+            props.push(("Before", Value::from(vec![owner.to_owned()])));
         }
-        let path = self
-            .manager
-            .start_transient_unit(unit, "fail", &props, &[])
-            .await
-            .map_err(|e| match call_error(unit, e) {
-                PlacementError::ProcessGone(_) => PlacementError::ProcessGone(pid),
-                other => other,
-            })?;
-        let result = self.wait_job(unit, &path).await?;
-        if result != "done" {
-            // A PID that died between fork and the call leaves an empty scope
-            // that fails to start.
-            if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-                return Err(PlacementError::ProcessGone(pid));
-            }
-            return Err(PlacementError::JobFailed {
-                unit: unit.to_string(),
-                result,
-            });
-        }
-        Ok(())
-    }
+        props.extend(limits.properties(false));
 
-    /// Stops a unit and waits; a unit that does not exist is already stopped.
-    pub async fn stop_unit(&self, unit: &str) -> Result<(), PlacementError> {
-        match self.manager.stop_unit(unit, "replace").await {
-            Ok(path) => {
-                self.wait_job(unit, &path).await?;
-                Ok(())
-            }
-            Err(zbus::Error::MethodError(name, _, _))
-                if name.as_str() == "org.freedesktop.systemd1.NoSuchUnit" =>
+        let result = self
+            .run_job(unit, || {
+                self.manager.start_transient_unit(unit, "fail", &props, &[])
+            })
+            .await;
+        match result {
+            Err(PlacementError::Refused { name, .. })
+                if name == ERR_PID_UNKNOWN || name == ERR_NO_SUCH_PROCESS =>
             {
-                Ok(())
+                Err(PlacementError::ProcessGone(pid))
             }
-            Err(e) => Err(call_error(unit, e)),
+            // The process can also vanish after systemd accepted the PID but
+            // before it moved it into the scope's cgroup.
+            Err(PlacementError::JobFailed { .. }) if !process_exists(pid) => {
+                Err(PlacementError::ProcessGone(pid))
+            }
+            other => other,
         }
     }
 
+    /// Stops `unit` (SIGTERM, then SIGKILL after its stop timeout) and waits
+    /// until it is stopped. A unit that is not loaded counts as stopped.
+    pub async fn stop_unit(&self, unit: &str) -> Result<(), PlacementError> {
+        match self
+            .run_job(unit, || self.manager.stop_unit(unit, "replace"))
+            .await
+        {
+            Err(PlacementError::NoSuchUnit(_)) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Sends `signal` to every process of `unit`. A unit that is not loaded
+    /// has no processes, so that is not an error.
     pub async fn kill_unit(&self, unit: &str, signal: i32) -> Result<(), PlacementError> {
-        self.manager
+        match self
+            .manager
             .kill_unit(unit, "all", signal)
             .await
             .map_err(|e| call_error(unit, e))
+        {
+            Err(PlacementError::NoSuchUnit(_)) => Ok(()),
+            Err(PlacementError::Refused { name, .. }) if name == ERR_NO_SUCH_PROCESS => Ok(()),
+            other => other,
+        }
     }
 
-    /// Loaded units matching `patterns` (shell globs).
+    /// The loaded units whose names match any of the glob `patterns` (see
+    /// [`scope_pattern`]).
     pub async fn list_units(&self, patterns: &[&str]) -> Result<Vec<UnitInfo>, PlacementError> {
-        let units = self
+        let rows = self
             .manager
             .list_units_by_patterns(&[], patterns)
             .await
-            .map_err(|e| call_error("ListUnitsByPatterns", e))?;
-        Ok(units
+            .map_err(|e| call_error(&patterns.join(" "), e))?;
+        Ok(rows
             .into_iter()
-            .map(|u| UnitInfo {
-                name: u.0,
-                active_state: u.3,
-                sub_state: u.4,
+            .map(|row| UnitInfo {
+                name: row.0,
+                active_state: ActiveState::parse(&row.3),
+                sub_state: row.4,
             })
             .collect())
     }
 
-    async fn scope_proxy(&self, unit: &str) -> Result<ScopeProxy<'static>, PlacementError> {
-        let path = self
-            .manager
-            .get_unit(unit)
-            .await
-            .map_err(|e| call_error(unit, e))?;
-        ScopeProxy::builder(&self.conn)
+    /// The unit's `ActiveState`, or `None` if it is not loaded.
+    pub async fn active_state(&self, unit: &str) -> Result<Option<ActiveState>, PlacementError> {
+        let Some(path) = self.unit_path(unit).await? else {
+            return Ok(None);
+        };
+        let proxy = UnitProxy::builder(&self.conn)
             .path(path)
-            .map_err(|e| PlacementError::Call(e.to_string()))?
+            .map_err(PlacementError::Bus)?
             .cache_properties(CacheProperties::No)
             .build()
             .await
-            .map_err(|e| PlacementError::Call(e.to_string()))
+            .map_err(PlacementError::Bus)?;
+        let state = proxy
+            .active_state()
+            .await
+            .map_err(|e| call_error(unit, e))?;
+        Ok(Some(ActiveState::parse(&state)))
     }
 
-    /// The cgroup accounting of a scope.
+    /// Memory, CPU, task and OOM-kill counts of a scope, slice or service.
     pub async fn unit_stats(&self, unit: &str) -> Result<UnitStats, PlacementError> {
-        let p = self.scope_proxy(unit).await?;
-        let known = |v: zbus::Result<u64>| v.ok().filter(|v| *v != u64::MAX);
+        let path = self
+            .unit_path(unit)
+            .await?
+            .ok_or_else(|| PlacementError::NoSuchUnit(unit.to_owned()))?;
+        let props = self.cgroup_props(unit, path).await?;
         Ok(UnitStats {
-            memory_current: known(p.memory_current().await),
-            cpu_usage_nsec: known(p.cpu_usage_nsec().await),
-            tasks_current: known(p.tasks_current().await),
+            memory_current: set(props.memory_current),
+            cpu_usage_nsec: set(props.cpu_usage_nsec)
+                .or_else(|| cgroupfs::cpu_usage_nsec(&props.control_group)),
+            tasks_current: set(props.tasks_current),
+            oom_kills: cgroupfs::oom_kills(&props.control_group),
         })
     }
 
-    pub async fn unit_result(&self, unit: &str) -> Result<UnitResult, PlacementError> {
-        let p = self.scope_proxy(unit).await?;
-        let r = p.result().await.map_err(|e| call_error(unit, e))?;
-        Ok(match r.as_str() {
-            "success" => UnitResult::Success,
-            "oom-kill" => UnitResult::OomKill,
-            "signal" => UnitResult::Signal,
-            _ => UnitResult::Other(r),
-        })
+    /// Why the unit ended, or what already went wrong while it runs; `None`
+    /// if the unit is no longer loaded (scopes are collected as soon as they
+    /// end). Reports [`UnitResult::OomKill`] whenever the kernel has
+    /// OOM-killed a process in the unit's cgroup, also where systemd itself
+    /// does not notice (cgroup v1 memory controller, or `OOMPolicy=continue`).
+    pub async fn unit_result(&self, unit: &str) -> Result<Option<UnitResult>, PlacementError> {
+        let Some(path) = self.unit_path(unit).await? else {
+            return Ok(None);
+        };
+        let props = match self.cgroup_props(unit, path).await {
+            Err(PlacementError::NoSuchUnit(_)) => return Ok(None),
+            other => other?,
+        };
+        let result = props
+            .result
+            .as_deref()
+            .map_or(UnitResult::Success, UnitResult::parse);
+        if result == UnitResult::Success
+            && cgroupfs::oom_kills(&props.control_group).unwrap_or(0) > 0
+        {
+            return Ok(Some(UnitResult::OomKill));
+        }
+        Ok(Some(result))
     }
 
     /// The unit this process runs in (e.g. `slotman@demo.service`), from
-    /// /proc/self/cgroup; `None` outside a service or scope.
+    /// `/proc/self/cgroup`; `None` outside any service or scope.
     pub fn own_unit() -> Option<String> {
         let text = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-        unit_from_cgroup(&text)
+        unit_from_proc_cgroup(&text)
     }
-}
 
-/// The last `.service` or `.scope` component of our cgroup path, preferring
-/// the unified hierarchy, then systemd's named one.
-pub fn unit_from_cgroup(text: &str) -> Option<String> {
-    let path_of = |prefix: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(prefix).map(str::to_string))
-    };
-    for path in [path_of("0::"), path_of("1:name=systemd:")]
-        .into_iter()
-        .flatten()
-        .chain(
-            text.lines()
-                .filter(|l| l.contains(":name=systemd:"))
-                .filter_map(|l| l.rsplit(':').next().map(str::to_string)),
-        )
-    {
-        if let Some(unit) = path
-            .rsplit('/')
-            .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+    /// The object path of a loaded unit, `None` if it is not loaded.
+    async fn unit_path(&self, unit: &str) -> Result<Option<OwnedObjectPath>, PlacementError> {
+        match self
+            .manager
+            .get_unit(unit)
+            .await
+            .map_err(|e| call_error(unit, e))
         {
-            return Some(unit.to_string());
+            Ok(path) => Ok(Some(path)),
+            Err(PlacementError::NoSuchUnit(_)) => Ok(None),
+            Err(e) => Err(e),
         }
     }
-    None
+
+    /// Reads the cgroup properties of the unit at `path` through the
+    /// interface of its type.
+    async fn cgroup_props(
+        &self,
+        unit: &str,
+        path: OwnedObjectPath,
+    ) -> Result<CgroupProps, PlacementError> {
+        let conn = &self.conn;
+        let err = |e| call_error(unit, e);
+        // Each interface has its own proxy type, so the same reads are
+        // spelled out once per type.
+        macro_rules! read {
+            ($proxy:ident, |$p:ident| $result:expr) => {{
+                let $p = $proxy::builder(conn)
+                    .path(path)
+                    .map_err(PlacementError::Bus)?
+                    .cache_properties(CacheProperties::No)
+                    .build()
+                    .await
+                    .map_err(PlacementError::Bus)?;
+                CgroupProps {
+                    result: $result,
+                    control_group: $p.control_group().await.map_err(err)?,
+                    memory_current: $p.memory_current().await.map_err(err)?,
+                    cpu_usage_nsec: $p.cpu_usage_nsec().await.map_err(err)?,
+                    tasks_current: $p.tasks_current().await.map_err(err)?,
+                }
+            }};
+        }
+        Ok(match UnitKind::of(unit)? {
+            UnitKind::Scope => read!(ScopeProxy, |p| Some(p.result().await.map_err(err)?)),
+            UnitKind::Service => read!(ServiceProxy, |p| Some(p.result().await.map_err(err)?)),
+            // A slice has no result of its own.
+            UnitKind::Slice => read!(SliceProxy, |p| None),
+        })
+    }
+
+    /// Runs one systemd job to its end: subscribes to `JobRemoved` first (the
+    /// signal may arrive before the reply to `call`), makes the call, then
+    /// waits for the signal naming the returned job.
+    async fn run_job<F, Fut>(&self, unit: &str, call: F) -> Result<(), PlacementError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = zbus::Result<OwnedObjectPath>>,
+    {
+        let mut removed = self
+            .manager
+            .receive_job_removed()
+            .await
+            .map_err(PlacementError::Bus)?;
+        let job = call().await.map_err(|e| call_error(unit, e))?;
+        let wait = async {
+            while let Some(signal) = removed.next().await {
+                let Ok(args) = signal.args() else { continue };
+                if *args.job() == *job {
+                    return Ok(args.result().to_string());
+                }
+            }
+            // The stream only ends when the connection does.
+            Err(PlacementError::Bus(zbus::Error::InputOutput(
+                std::sync::Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "system bus connection closed",
+                )),
+            )))
+        };
+        let result = tokio::time::timeout(JOB_TIMEOUT, wait)
+            .await
+            .map_err(|_| PlacementError::JobTimeout {
+                unit: unit.to_owned(),
+                after: JOB_TIMEOUT,
+            })??;
+        job_outcome(&result).map_err(|result| PlacementError::JobFailed {
+            unit: unit.to_owned(),
+            result,
+        })
+    }
 }
 
-/// Escapes a string for use inside a unit name as `systemd-escape` does:
-/// `/` becomes `-`, and anything outside `[A-Za-z0-9:_.]` (and a leading
-/// `.`) becomes `\xNN`.
-pub fn escape_unit_component(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for (i, b) in s.bytes().enumerate() {
-        match b {
-            b'/' => out.push('-'),
-            b'.' if i == 0 => out.push_str("\\x2e"),
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b':' | b'_' | b'.' => out.push(b as char),
-            _ => out.push_str(&format!("\\x{b:02x}")),
+/// The properties [`Systemd::cgroup_props`] reads, raw.
+struct CgroupProps {
+    result: Option<String>,
+    control_group: String,
+    memory_current: u64,
+    cpu_usage_nsec: u64,
+    tasks_current: u64,
+}
+
+/// True while `pid` names a process that has not been reaped (zombies
+/// count: systemd accepts them, and their scope ends once they are reaped).
+fn process_exists(pid: u32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+}
+
+/// The innermost service or scope named in the text of a `/proc/PID/cgroup`
+/// file. The unified (`0::`) line wins; on a legacy host the `name=systemd`
+/// line says the same.
+fn unit_from_proc_cgroup(text: &str) -> Option<String> {
+    let path_of = |prefix: &str| text.lines().find_map(|l| l.strip_prefix(prefix));
+    let candidates = [
+        path_of("0::"),
+        path_of("1:name=systemd:"),
+        text.lines()
+            .find_map(|l| l.split_once(":name=systemd:").map(|(_, p)| p)),
+    ];
+    candidates.into_iter().flatten().find_map(|path| {
+        path.rsplit('/')
+            .find(|c| c.ends_with(".service") || c.ends_with(".scope"))
+            .map(str::to_owned)
+    })
+}
+
+/// Reads what systemd 252 reads only on the unified hierarchy straight from
+/// a unit's cgroup (the `ControlGroup` property, relative to the cgroup
+/// mount), in every place a v2 or v1 hierarchy may be mounted.
+mod cgroupfs {
+    use std::path::PathBuf;
+
+    const ROOT: &str = "/sys/fs/cgroup";
+
+    fn read(hierarchy: &str, cgroup: &str, file: &str) -> Option<String> {
+        if cgroup.is_empty() {
+            return None;
+        }
+        let mut path = PathBuf::from(ROOT);
+        if !hierarchy.is_empty() {
+            path.push(hierarchy);
+        }
+        path.push(cgroup.trim_start_matches('/'));
+        path.push(file);
+        std::fs::read_to_string(path).ok()
+    }
+
+    /// The value of `key` in a flat-keyed cgroup file ("key value" lines).
+    fn keyed(text: &str, key: &str) -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
+    }
+
+    /// CPU time used, from `cpu.stat` of the unified hierarchy, which the
+    /// kernel keeps for every cgroup even without the cpu controller; on a
+    /// hybrid host that hierarchy is mounted at `unified`.
+    pub(super) fn cpu_usage_nsec(cgroup: &str) -> Option<u64> {
+        ["", "unified"]
+            .iter()
+            .find_map(|h| keyed(&read(h, cgroup, "cpu.stat")?, "usage_usec"))
+            .map(|usec| usec.saturating_mul(1000))
+    }
+
+    /// The kernel's OOM-kill counter: `memory.events` on cgroup v2,
+    /// `memory.oom_control` on a v1 memory controller.
+    pub(super) fn oom_kills(cgroup: &str) -> Option<u64> {
+        read("", cgroup, "memory.events")
+            .and_then(|t| keyed(&t, "oom_kill"))
+            .or_else(|| keyed(&read("memory", cgroup, "memory.oom_control")?, "oom_kill"))
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn keyed_values() {
+            let text = "usage_usec 1234\nuser_usec 1000\nsystem_usec 234\n";
+            assert_eq!(super::keyed(text, "usage_usec"), Some(1234));
+            assert_eq!(super::keyed(text, "user"), None);
+            let oom = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
+            assert_eq!(super::keyed(oom, "oom_kill"), Some(3));
         }
     }
-    out
-}
-
-/// `slotman-SERVICE.slice`: systemd's dash rule makes it a child of
-/// `slotman.slice`. A dash inside SERVICE would add a level, so it is escaped.
-pub fn slice_name(service: &str) -> String {
-    format!("slotman-{}.slice", escape_unit_component(service))
-}
-
-/// `slotman-SERVICE-WORKER-SLOT.scope`. Slot ids are unique within a run
-/// of the manager; leftovers of an earlier run are stopped at start.
-pub fn scope_name(service: &str, worker: &str, slot: u32) -> String {
-    format!(
-        "slotman-{}-{}-{slot}.scope",
-        escape_unit_component(service),
-        escape_unit_component(worker)
-    )
-}
-
-/// The pattern matching every slot scope of `service`.
-pub fn scope_pattern(service: &str) -> String {
-    format!("slotman-{}-*.scope", escape_unit_component(service))
 }
 
 #[cfg(test)]
@@ -517,57 +1046,119 @@ mod tests {
     use super::*;
 
     #[test]
-    fn escaping_matches_systemd_escape() {
-        let cases = [
-            "billing",
-            "a-b",
-            "x y",
-            "Test.Worker",
-            ".hidden",
-            "ü",
-            "a/b",
-            "50%",
-            "ok_1:2",
-        ];
-        let have_tool = std::process::Command::new("systemd-escape")
-            .arg("x")
-            .output()
-            .is_ok();
-        for c in cases {
-            let ours = escape_unit_component(c);
-            if have_tool {
-                let out = std::process::Command::new("systemd-escape")
-                    .arg("--")
-                    .arg(c)
-                    .output()
-                    .expect("systemd-escape");
-                assert_eq!(
-                    ours,
-                    String::from_utf8_lossy(&out.stdout).trim_end(),
-                    "escaping {c:?}"
-                );
-            }
-        }
+    fn escaping_by_hand() {
+        assert_eq!(escape_unit_component("billing"), "billing");
         assert_eq!(escape_unit_component("a-b"), "a\\x2db");
+        assert_eq!(escape_unit_component("a/b"), "a-b");
+        assert_eq!(escape_unit_component(".x.y"), "\\x2ex.y");
+        assert_eq!(escape_unit_component("ü"), "\\xc3\\xbc");
+        assert_eq!(escape_name_component("a/b-c"), "a\\x2fb\\x2dc");
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(slice_name("billing"), "slotman-billing.slice");
+        assert_eq!(slice_name("my-svc"), "slotman-my\\x2dsvc.slice");
         assert_eq!(
-            scope_name("billing", "resize", 3),
-            "slotman-billing-resize-3.scope"
+            scope_name("billing", "TestWorker", 3),
+            "slotman-billing-TestWorker-3.scope"
         );
-        assert_eq!(slice_name("bill-ing"), "slotman-bill\\x2ding.slice");
+        assert_eq!(scope_pattern("my-svc"), "slotman-my\\x2dsvc-*.scope");
+    }
+
+    #[test]
+    fn scope_names_round_trip() {
+        for (service, worker) in [
+            ("billing", "TestWorker"),
+            ("a-b", "c/d"),
+            ("ü.x", ".hidden"),
+            ("", "w"),
+        ] {
+            let name = scope_name(service, worker, 7);
+            let id = parse_scope_name(&name).expect(&name);
+            assert_eq!(
+                id,
+                ScopeId {
+                    service: service.into(),
+                    worker: worker.into(),
+                    slot: 7,
+                }
+            );
+        }
+        for bad in [
+            "slotman-a-1.scope",
+            "slotman-a-b-1-2.scope",
+            "slotman-a-b-01.scope",
+            "slotman-a-b-x.scope",
+            "slotman-a-b-.scope",
+            "slotman-a\\x2-b-1.scope",
+            "slotman-a\\xzz-b-1.scope",
+            "slotman-a-b-1.service",
+            "other-a-b-1.scope",
+        ] {
+            assert_eq!(parse_scope_name(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_names_round_trip(service in "\\PC{0,12}", worker in "\\PC{0,12}", slot: u32) {
+            let name = scope_name(&service, &worker, slot);
+            let id = parse_scope_name(&name);
+            proptest::prop_assert_eq!(id, Some(ScopeId { service, worker, slot }));
+        }
+    }
+
+    #[test]
+    fn limits_as_properties() {
+        let limits = Limits {
+            memory_max: Some(1 << 20),
+            cpu_quota_percent: Some(50),
+            ..Limits::default()
+        };
+        let names = |p: &[Property]| {
+            p.iter()
+                .map(|(n, v)| match v {
+                    Value::U64(x) => format!("{n}={x}"),
+                    other => format!("{n}={other:?}"),
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(
+            names(&limits.properties(false)),
+            ["MemoryMax=1048576", "CPUQuotaPerSecUSec=500000"]
+        );
+        let reset = names(&limits.properties(true));
+        assert_eq!(reset.len(), 5);
+        assert!(reset.contains(&format!("TasksMax={}", u64::MAX)));
     }
 
     #[test]
     fn own_unit_from_cgroup_text() {
-        let hybrid = "9:name=systemd:/system.slice/slotman@demo.service\n4:memory:/system.slice/slotman@demo.service\n0::/system.slice/slotman@demo.service\n";
+        let v2 = "0::/system.slice/slotman@demo.service\n";
         assert_eq!(
-            unit_from_cgroup(hybrid).as_deref(),
+            unit_from_proc_cgroup(v2).as_deref(),
             Some("slotman@demo.service")
         );
-        let scope = "0::/slotman.slice/slotman-demo.slice/slotman-demo-w-1.scope\n";
+        let hybrid = "9:name=systemd:/slotman.slice/slotman-t.slice/slotman-t-w-1-9.scope\n4:memory:/x\n0::/slotman.slice/slotman-t.slice/slotman-t-w-1-9.scope\n";
         assert_eq!(
-            unit_from_cgroup(scope).as_deref(),
-            Some("slotman-demo-w-1.scope")
+            unit_from_proc_cgroup(hybrid).as_deref(),
+            Some("slotman-t-w-1-9.scope")
         );
-        assert_eq!(unit_from_cgroup("0::/\n"), None);
+        let legacy =
+            "12:pids:/system.slice/a.service\n1:name=systemd:/system.slice/a.service/sub\n";
+        assert_eq!(unit_from_proc_cgroup(legacy).as_deref(), Some("a.service"));
+        assert_eq!(unit_from_proc_cgroup("0::/\n"), None);
+        assert_eq!(unit_from_proc_cgroup("0::/..\n"), None);
+    }
+
+    #[test]
+    fn job_results() {
+        assert_eq!(job_outcome("done"), Ok(()));
+        assert_eq!(job_outcome("canceled"), Err(JobResult::Canceled));
+        assert_eq!(
+            job_outcome("new-thing"),
+            Err(JobResult::Other("new-thing".into()))
+        );
     }
 }

@@ -1,86 +1,152 @@
-//! Logging: to journald with structured fields when our stderr is the
-//! journal (systemd sets `JOURNAL_STREAM` to its device:inode), plain text
-//! to stderr otherwise. Fields given to `tracing` events (`worker`, `slot`,
-//! `reason`, …) become `SLOTMAN_WORKER`, `SLOTMAN_SLOT`, `SLOTMAN_REASON`.
+//! Logging: the manager's and the slots' own tracing output, and journal
+//! channels for the output of handlers.
 //!
-//! Also the slot's forwarding of its handler's stderr: journald attributes a
-//! native-protocol message to the cgroup of the process that sent it, so a
-//! runner inside its scope makes `journalctl -u SCOPE` show its handler's
-//! lines, with `SLOTMAN_*` and per-job `GEARMAN_FUNCTION` / `GEARMAN_HANDLE`.
+//! - [`init_logging`]: tracing to journald (structured fields) when stderr
+//!   is the journal, to stderr as text otherwise. Fields of `tracing` events
+//!   (`worker`, `slot`, `reason`, …) become `SLOTMAN_WORKER`, `SLOTMAN_SLOT`,
+//!   `SLOTMAN_REASON`.
+//! - [`forward_handler_output`]: a pipe for handlers' stderr whose lines a
+//!   slot runner sends on as journal entries with `SLOTMAN_SERVICE`,
+//!   `SLOTMAN_WORKER`, `SLOTMAN_SLOT` and, during a job, `GEARMAN_FUNCTION`
+//!   and `GEARMAN_HANDLE` ([`JournalSender`]).
+//! - [`journal_stream`]: a plain journald stdout stream, to hand a handler as
+//!   its stderr where per-line fields are not needed.
+//!
+//! journald attributes an entry (native protocol) or a stream (stdout
+//! protocol) to the unit of the process that sent it or connected, so a
+//! runner inside its scope gets its handlers' lines under `journalctl -u
+//! SCOPE`; an inherited stderr would log them under the manager's unit.
 
-use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::os::unix::net::UnixDatagram;
+use std::io::{self, BufRead, Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-const JOURNAL_SOCKET: &str = "/run/systemd/journal/socket";
+/// journald's socket for stdout streams.
+const STDOUT_SOCKET: &str = "/run/systemd/journal/stdout";
+/// journald's socket for native-protocol datagrams.
+const NATIVE_SOCKET: &str = "/run/systemd/journal/socket";
+
 /// Longest handler line forwarded as one entry; longer lines are split.
 const MAX_LINE: usize = 16 * 1024;
 
-/// Whether our stderr is a journal stream (the `JOURNAL_STREAM` check of
-/// systemd.exec(5)).
-pub fn stderr_is_journal() -> bool {
-    let Some(v) = std::env::var_os("JOURNAL_STREAM") else {
-        return false;
-    };
-    let v = v.to_string_lossy();
-    let Some((dev, ino)) = v.split_once(':') else {
-        return false;
-    };
-    let Ok(st) = nix::sys::stat::fstat(std::io::stderr().as_fd().as_raw_fd()) else {
-        return false;
-    };
-    dev.parse::<u64>().ok() == Some(st.st_dev) && ino.parse::<u64>().ok() == Some(st.st_ino)
-}
+/// Bytes of one field value sent to journald, at most. A datagram must fit
+/// the socket's send buffer (about 200 KiB by default); journald's own stream
+/// line limit is 48 KiB.
+const MAX_VALUE: usize = 48 * 1024;
 
-/// Sets up `tracing` for this process. `RUST_LOG` overrides the level.
+/// Sets up tracing for the process: `info` by default, `debug` with
+/// `verbose`, and `RUST_LOG` (tracing-subscriber's EnvFilter syntax) overrides
+/// both. When stderr is connected to the journal (`JOURNAL_STREAM` names it),
+/// events go to journald with their fields, prefixed: a field `worker`
+/// becomes `SLOTMAN_WORKER` (the prefix keeps event fields apart from
+/// journald's own, such as `UNIT=`). Otherwise they are written to stderr as
+/// text. Calling it again does nothing.
 pub fn init_logging(verbose: bool) {
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(if verbose { "debug" } else { "info" }));
+    let default = if verbose { "debug" } else { "info" };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal() {
-        if let Ok(layer) = tracing_journald::layer() {
-            let layer = layer.with_field_prefix(Some("SLOTMAN".into()));
-            let _ = tracing_subscriber::registry()
-                .with(filter)
-                .with(layer)
-                .try_init();
-            return;
+        match tracing_journald::layer() {
+            Ok(layer) => {
+                let layer = layer
+                    .with_field_prefix(Some("SLOTMAN".into()))
+                    .with_syslog_identifier("slotman".into());
+                let _ = registry.with(layer).try_init();
+                return;
+            }
+            // Fall through to text on stderr, which still ends up in the
+            // journal, only without fields.
+            Err(e) => eprintln!("slotman: journald socket unusable ({e}); logging to stderr"),
         }
     }
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+    let fmt = tracing_subscriber::fmt::layer().with_writer(io::stderr);
+    let _ = registry.with(fmt).try_init();
 }
 
-/// The job a slot is running, for the fields of its handler's log lines.
+/// True when fd 2 is the stream systemd set up for this service: its device
+/// and inode equal `JOURNAL_STREAM` (systemd.exec(5)). Comparing, rather
+/// than trusting the variable, ignores a value inherited by a process whose
+/// stderr was redirected elsewhere.
+pub fn stderr_is_journal() -> bool {
+    let Some(var) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = parse_journal_stream(&var.to_string_lossy()) else {
+        return false;
+    };
+    match nix::sys::stat::fstat(io::stderr().as_raw_fd()) {
+        Ok(st) => st.st_dev == dev && st.st_ino == ino,
+        Err(_) => false,
+    }
+}
+
+/// `JOURNAL_STREAM` is `DEVICE:INODE`, both decimal.
+fn parse_journal_stream(s: &str) -> Option<(u64, u64)> {
+    let (dev, ino) = s.trim().split_once(':')?;
+    Some((dev.parse().ok()?, ino.parse().ok()?))
+}
+
+/// Opens a journald stdout stream whose lines are logged with
+/// `SYSLOG_IDENTIFIER=identifier` at priority info; a line may start with a
+/// `<N>` syslog level prefix to choose another. The unit is that of the
+/// calling process at connect time, so call this from inside the slot's scope.
+///
+/// Fails (`NotFound`) when journald is not running; the caller should then
+/// let the handler inherit its own stderr.
+pub fn journal_stream(identifier: &str) -> io::Result<OwnedFd> {
+    journal_stream_at(STDOUT_SOCKET.as_ref(), identifier)
+}
+
+fn journal_stream_at(socket: &std::path::Path, identifier: &str) -> io::Result<OwnedFd> {
+    let mut stream = UnixStream::connect(socket)?;
+    // journald never writes to the stream; systemd's own clients shut the
+    // read side too.
+    stream.shutdown(std::net::Shutdown::Read)?;
+    stream.write_all(&stream_header(identifier))?;
+    Ok(OwnedFd::from(stream))
+}
+
+/// The header journald expects on a new stdout stream, one value per line:
+/// identifier, unit id (empty: only PID 1 may claim one), priority (6, info),
+/// level prefix (1: honour `<N>`), forward to syslog, kmsg, console (0, 0, 0).
+fn stream_header(identifier: &str) -> Vec<u8> {
+    let identifier = identifier.replace(['\n', '\r'], "_");
+    format!("{identifier}\n\n6\n1\n0\n0\n0\n").into_bytes()
+}
+
+/// The job a slot is running, as (function, handle), for the fields of its
+/// handler's log lines.
 pub type CurrentJob = Arc<Mutex<Option<(String, String)>>>;
 
 /// Creates the pipe handlers write their stderr to and starts forwarding
-/// it: to journald with the slot's fields when we log to the journal, else
-/// to our stderr prefixed with `WORKER#SLOT`. Returns the pipe's write end.
+/// it: each line becomes a journal entry with the slot's fields (and the
+/// current job's) when this process logs to the journal, else a line on our
+/// stderr prefixed with `WORKER#SLOT`. Returns the pipe's write end, for the
+/// handlers' stderr. Call it inside the slot's scope.
 pub fn forward_handler_output(
     service: &str,
     worker: &str,
     slot: u32,
     job: CurrentJob,
-) -> std::io::Result<OwnedFd> {
-    let (read, write) = nix::unistd::pipe().map_err(std::io::Error::from)?;
+) -> io::Result<OwnedFd> {
+    // Close-on-exec: the read end must not leak into handlers, and only the
+    // copy dup'ed onto a handler's fd 2 may keep the write end open (or the
+    // forwarder would never see end-of-file).
+    let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     let journal = if stderr_is_journal() {
-        UnixDatagram::unbound()
-            .and_then(|s| s.connect(JOURNAL_SOCKET).map(|_| s))
-            .ok()
+        JournalSender::connect().ok()
     } else {
         None
     };
-    let ident = format!("slotman-{worker}");
-    let fields = [
-        ("SLOTMAN_SERVICE", service.to_string()),
-        ("SLOTMAN_WORKER", worker.to_string()),
+    let identifier = format!("slotman-{worker}");
+    let slot_fields = [
+        ("SLOTMAN_SERVICE", service.to_owned()),
+        ("SLOTMAN_WORKER", worker.to_owned()),
         ("SLOTMAN_SLOT", slot.to_string()),
     ];
     let prefix = format!("{worker}#{slot}");
@@ -88,37 +154,38 @@ pub fn forward_handler_output(
     std::thread::Builder::new()
         .name("handler-stderr".into())
         .spawn(move || {
-            use std::io::{BufRead, Read};
-            let mut reader = std::io::BufReader::new(std::fs::File::from(read));
+            let mut reader = io::BufReader::new(std::fs::File::from(read));
             let mut line = Vec::new();
             loop {
                 line.clear();
-                match Read::take(&mut reader, MAX_LINE as u64).read_until(b'\n', &mut line) {
+                match (&mut reader)
+                    .take(MAX_LINE as u64)
+                    .read_until(b'\n', &mut line)
+                {
                     Ok(0) | Err(_) => return,
                     Ok(_) => {}
                 }
                 if line.last() == Some(&b'\n') {
                     line.pop();
                 }
-                let text = String::from_utf8_lossy(&line);
                 let current = job.lock().ok().and_then(|j| j.clone());
                 match &journal {
-                    Some(sock) => {
-                        let mut msg = Vec::with_capacity(line.len() + 256);
-                        field(&mut msg, "MESSAGE", text.as_bytes());
-                        field(&mut msg, "PRIORITY", b"6");
-                        field(&mut msg, "SYSLOG_IDENTIFIER", ident.as_bytes());
-                        for (k, v) in &fields {
-                            field(&mut msg, k, v.as_bytes());
-                        }
+                    Some(sender) => {
+                        let mut fields: Vec<(&str, &[u8])> = slot_fields
+                            .iter()
+                            .map(|(k, v)| (*k, v.as_bytes()))
+                            .collect();
                         if let Some((function, handle)) = &current {
-                            field(&mut msg, "GEARMAN_FUNCTION", function.as_bytes());
-                            field(&mut msg, "GEARMAN_HANDLE", handle.as_bytes());
+                            fields.push(("GEARMAN_FUNCTION", function.as_bytes()));
+                            fields.push(("GEARMAN_HANDLE", handle.as_bytes()));
                         }
-                        let _ = sock.send(&msg);
+                        // A lost line must not stop the handler; there is
+                        // nowhere better to report it.
+                        let _ = sender.send(Priority::Info, &identifier, &line, &fields);
                     }
                     None => {
-                        let _ = writeln!(std::io::stderr(), "[{prefix}] {text}");
+                        let text = String::from_utf8_lossy(&line);
+                        let _ = writeln!(io::stderr(), "[{prefix}] {text}");
                     }
                 }
             }
@@ -126,18 +193,87 @@ pub fn forward_handler_output(
     Ok(write)
 }
 
-/// Appends one field in journald's native protocol; values with a newline
-/// use the length-prefixed form.
-fn field(msg: &mut Vec<u8>, key: &str, value: &[u8]) {
-    msg.extend_from_slice(key.as_bytes());
-    if value.contains(&b'\n') {
-        msg.push(b'\n');
-        msg.extend_from_slice(&(value.len() as u64).to_le_bytes());
-    } else {
-        msg.push(b'=');
+/// syslog priorities, as journald's `PRIORITY=` field takes them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Priority {
+    Error = 3,
+    Warning = 4,
+    Notice = 5,
+    Info = 6,
+    Debug = 7,
+}
+
+/// A connection for journald's native protocol. Entries are attributed to
+/// the unit of the sending process (journald reads the sender's PID from
+/// the socket), so a slot runner in its scope logs to its scope.
+#[derive(Debug)]
+pub struct JournalSender {
+    socket: UnixDatagram,
+}
+
+impl JournalSender {
+    /// Fails (`NotFound`) when journald is not running.
+    pub fn connect() -> io::Result<JournalSender> {
+        let socket = UnixDatagram::unbound()?;
+        socket.connect(NATIVE_SOCKET)?;
+        Ok(JournalSender { socket })
     }
-    msg.extend_from_slice(value);
-    msg.push(b'\n');
+
+    /// Logs one entry: `message` and `fields`, plus `PRIORITY` and
+    /// `SYSLOG_IDENTIFIER`. Field names must be journal field names
+    /// (`A-Z`, `0-9`, `_`, not starting with `_` or a digit, at most 64
+    /// bytes); values are bytes, cut at 48 KiB.
+    pub fn send(
+        &self,
+        priority: Priority,
+        identifier: &str,
+        message: &[u8],
+        fields: &[(&str, &[u8])],
+    ) -> io::Result<()> {
+        let mut entry = Vec::with_capacity(message.len() + 128);
+        let prio = [b'0' + priority as u8];
+        let own: [(&str, &[u8]); 3] = [
+            ("PRIORITY", &prio),
+            ("SYSLOG_IDENTIFIER", identifier.as_bytes()),
+            ("MESSAGE", message),
+        ];
+        for (name, value) in own.iter().chain(fields) {
+            if !valid_field_name(name) {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("{name:?} is not a journal field name"),
+                ));
+            }
+            encode_field(&mut entry, name, value);
+        }
+        self.socket.send(&entry)?;
+        Ok(())
+    }
+}
+
+fn valid_field_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && !b[0].is_ascii_digit()
+        && b[0] != b'_'
+        && b.iter()
+            .all(|&c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == b'_')
+}
+
+/// One field in the native protocol: `NAME=value\n`, or, for a value with a
+/// newline, `NAME\n` + its length as 64-bit little endian + value + `\n`.
+fn encode_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
+    let value = &value[..value.len().min(MAX_VALUE)];
+    out.extend_from_slice(name.as_bytes());
+    if value.contains(&b'\n') {
+        out.push(b'\n');
+        out.extend_from_slice(&(value.len() as u64).to_le_bytes());
+    } else {
+        out.push(b'=');
+    }
+    out.extend_from_slice(value);
+    out.push(b'\n');
 }
 
 #[cfg(test)]
@@ -145,13 +281,57 @@ mod tests {
     use super::*;
 
     #[test]
-    fn native_protocol_fields() {
-        let mut m = Vec::new();
-        field(&mut m, "MESSAGE", b"hello");
-        field(&mut m, "X", b"a\nb");
-        assert_eq!(&m[..14], b"MESSAGE=hello\n");
-        assert_eq!(&m[14..16], b"X\n");
-        assert_eq!(&m[16..24], &3u64.to_le_bytes());
-        assert_eq!(&m[24..], b"a\nb\n");
+    fn header() {
+        assert_eq!(stream_header("billing/w"), b"billing/w\n\n6\n1\n0\n0\n0\n");
+        assert_eq!(stream_header("a\nb"), b"a_b\n\n6\n1\n0\n0\n0\n");
+    }
+
+    #[test]
+    fn stream_writes_header_then_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("stdout");
+        let listener = std::os::unix::net::UnixListener::bind(&path).unwrap();
+        let fd = journal_stream_at(&path, "t").unwrap();
+        let mut w = std::fs::File::from(fd);
+        w.write_all(b"hello\n").unwrap();
+        drop(w);
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut got = Vec::new();
+        peer.read_to_end(&mut got).unwrap();
+        assert_eq!(got, b"t\n\n6\n1\n0\n0\n0\nhello\n");
+    }
+
+    #[test]
+    fn missing_socket_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = journal_stream_at(&dir.path().join("nope"), "t").unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn native_encoding() {
+        let mut out = Vec::new();
+        encode_field(&mut out, "A", b"x");
+        encode_field(&mut out, "B", b"1\n2");
+        let mut want = b"A=x\nB\n".to_vec();
+        want.extend_from_slice(&3u64.to_le_bytes());
+        want.extend_from_slice(b"1\n2\n");
+        assert_eq!(out, want);
+    }
+
+    #[test]
+    fn field_names() {
+        assert!(valid_field_name("SLOTMAN_WORKER"));
+        assert!(valid_field_name("GEARMAN_HANDLE2"));
+        for bad in ["", "_PID", "1A", "lower", "A-B", &"A".repeat(65)] {
+            assert!(!valid_field_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn journal_stream_var() {
+        assert_eq!(parse_journal_stream("8:12345\n"), Some((8, 12345)));
+        assert_eq!(parse_journal_stream("8"), None);
+        assert_eq!(parse_journal_stream("a:1"), None);
     }
 }
