@@ -870,7 +870,22 @@ max = 2
 
     let job = svc.job_in_hand("w::sleep", "3");
     let t = Instant::now();
-    svc.systemctl("stop").assert_ok("systemctl stop");
+    let unit = svc.unit();
+    let stop = std::thread::spawn(move || sd.exec(&["systemctl", "stop", &unit]));
+    // While it drains: systemd shows the stop, the manager says so in STATUS.
+    let draining = sd.wait_for(
+        "the service is deactivating with a STATUS= about the drain",
+        Duration::from_secs(3),
+        "test \"$(systemctl show -P ActiveState slotman@stop)\" = deactivating && \
+         systemctl show -P StatusText slotman@stop | grep -iE 'stop|drain'",
+    );
+    let _ = writeln_stderr(&format!(
+        "[stop] StatusText while draining: {}",
+        draining.text()
+    ));
+    stop.join()
+        .expect("the stop thread")
+        .assert_ok("systemctl stop");
     let took = t.elapsed();
     let out = job.join().expect("the job thread");
     let _ = writeln_stderr(&format!(
