@@ -1176,6 +1176,12 @@ memory_max = "64M"
             s["cpu_usage_nsec"], s["tasks"]
         ));
         assert!(mem.is_some_and(|m| m > 0), "{unit}: memory_bytes {mem:?}");
+        // README: "per slot: ... memory, CPU". systemd 252 on a hybrid host
+        // has no CPUUsageNSec for scopes; slotman must find it elsewhere.
+        assert!(
+            s["cpu_usage_nsec"].as_u64().is_some(),
+            "{unit}: no CPU usage in status --json: {s}"
+        );
     }
 
     // Both services are listed; stopping one keeps the other's socket.
