@@ -22,7 +22,7 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let placement = match opts.placement.as_str() {
         "child" => Placement::Child,
         "auto" if !crate::placement::systemd_available() => Placement::Child,
-        "auto" | "systemd" => Placement::systemd(&config.service).await?,
+        "auto" | "systemd" => Placement::systemd(&config.service, config.stop_timeout).await?,
         other => anyhow::bail!("unknown placement {other:?} (auto, child, systemd)"),
     };
     tracing::info!("slots run as {}", placement.name());

@@ -20,7 +20,7 @@ use slotman::placement::scope::{
     PlacementError, Systemd, UnitResult,
 };
 use slotman::systemd::journal::{
-    forward_handler_output, journal_stream, CurrentJob, JournalSender, Priority,
+    forward_handler_output, journal_stream, JobMark, JournalSender, Priority,
 };
 use slotman::systemd::notify::Notifier;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -803,12 +803,26 @@ fn box_journal_child() {
     let st = nix::sys::stat::fstat(2).unwrap();
     std::env::set_var("JOURNAL_STREAM", format!("{}:{}", st.st_dev, st.st_ino));
     assert!(slotman::systemd::journal::stderr_is_journal());
-    let job: CurrentJob = Default::default();
-    *job.lock().unwrap() = Some(("reverse".into(), "H:fwd:1".into()));
-    let pipe = forward_handler_output("t", "fwd", 5, job).unwrap();
-    let mut pipe = std::fs::File::from(pipe);
-    writeln!(pipe, "forwarded {token}").unwrap();
-    drop(pipe);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (pipe, marks) = forward_handler_output("t", "fwd", 5).unwrap();
+        let marks = marks.expect("job marks when logging to the journal");
+        let mark = |job: Option<(String, String)>| {
+            let (ack, done) = tokio::sync::oneshot::channel();
+            marks.send(JobMark { job, ack }).unwrap();
+            done
+        };
+        mark(Some(("reverse".into(), "H:fwd:1".into())))
+            .await
+            .unwrap();
+        let mut pipe = std::fs::File::from(pipe);
+        writeln!(pipe, "forwarded {token}").unwrap();
+        // Ending the job passes on what the pipe holds, with the job's fields.
+        mark(None).await.unwrap();
+    });
     // The forwarder thread sends on its own time; wait until journald has
     // it (bounded), or this process could exit first.
     let deadline = Instant::now() + Duration::from_secs(10);

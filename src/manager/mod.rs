@@ -103,7 +103,11 @@ impl Manager {
         let pools = config
             .workers
             .iter()
-            .map(|w| (w.name.clone(), Pool::new(w.clone())))
+            .map(|w| {
+                let mut pool = Pool::new(w.clone());
+                pool.next_id = placement.first_slot_id(&w.name);
+                (w.name.clone(), pool)
+            })
             .collect();
         Manager {
             config,
@@ -355,7 +359,9 @@ impl Manager {
             match self.pools.get_mut(&w.name) {
                 None => {
                     changes.push(format!("+{}", w.name));
-                    self.pools.insert(w.name.clone(), Pool::new(w.clone()));
+                    let mut pool = Pool::new(w.clone());
+                    pool.next_id = self.placement.first_slot_id(&w.name);
+                    self.pools.insert(w.name.clone(), pool);
                 }
                 Some(pool) => {
                     pool.removed = false;

@@ -45,6 +45,8 @@ pub struct SystemdPlacement {
     pub slice: String,
     /// The manager's own unit: scopes are `PartOf=` it.
     pub owner: Option<String>,
+    /// Per worker, the first slot id free of leftover scopes.
+    pub next_ids: std::collections::HashMap<String, u32>,
 }
 
 /// The worker's resource keys as scope properties.
@@ -69,22 +71,60 @@ pub fn systemd_available() -> bool {
 impl Placement {
     /// Connects to systemd, creates the service's slice and stops scopes an
     /// earlier run of this service left behind (a killed manager's slots).
-    pub async fn systemd(service: &str) -> Result<Placement, PlacementError> {
+    pub async fn systemd(
+        service: &str,
+        stop_timeout: std::time::Duration,
+    ) -> Result<Placement, PlacementError> {
         let bus = Systemd::connect().await?;
         let slice = bus.ensure_slice(service, &Limits::default()).await?;
+        // Scopes an earlier run left (a killed or restarted manager): their
+        // runners lost their manager, so they are draining on their own.
+        // Let them finish the job in hand (up to stop_timeout), then stop
+        // whatever is left; new slots take ids above theirs.
         let pattern = scope::scope_pattern(service);
+        let mut next_ids = std::collections::HashMap::new();
         for unit in bus.list_units(&[&pattern]).await? {
-            tracing::warn!(unit = %unit.name, "stopping {} left by an earlier run ({})", unit.name, unit.active_state);
-            if let Err(e) = bus.stop_unit(&unit.name).await {
-                tracing::warn!("cannot stop {}: {e}", unit.name);
-            }
+            let Some(id) = scope::parse_scope_name(&unit.name) else {
+                continue;
+            };
+            let next = next_ids.entry(id.worker.clone()).or_insert(1u32);
+            *next = (*next).max(id.slot.saturating_add(1));
+            tracing::warn!(unit = %unit.name, "{} was left by an earlier run ({}): letting it finish its job, then stopping it", unit.name, unit.active_state);
+            let bus = bus.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + stop_timeout;
+                while tokio::time::Instant::now() < deadline {
+                    match bus.active_state(&unit.name).await {
+                        Ok(Some(
+                            scope::ActiveState::Active
+                            | scope::ActiveState::Activating
+                            | scope::ActiveState::Deactivating
+                            | scope::ActiveState::Reloading,
+                        )) => tokio::time::sleep(std::time::Duration::from_millis(200)).await,
+                        _ => return,
+                    }
+                }
+                if let Err(e) = bus.stop_unit(&unit.name).await {
+                    tracing::warn!("cannot stop {}: {e}", unit.name);
+                }
+            });
         }
         Ok(Placement::Systemd(SystemdPlacement {
             bus,
             service: service.to_string(),
             slice,
             owner: Systemd::own_unit().filter(|u| u.ends_with(".service")),
+            next_ids,
         }))
+    }
+
+    /// The first slot id for `worker`: above any left by an earlier run, so
+    /// scope names never collide with a predecessor that is still draining.
+    pub fn first_slot_id(&self, worker: &str) -> u32 {
+        match self {
+            Placement::Systemd(sd) => sd.next_ids.get(worker).copied().unwrap_or(1),
+            Placement::Child => 1,
+        }
     }
 
     pub fn name(&self) -> &'static str {

@@ -30,10 +30,26 @@ struct Jobs {
     done: AtomicU64,
     gate: Gate,
     drain: CancellationToken,
-    /// The job in hand, for the fields of the handler's log lines.
-    current: crate::systemd::journal::CurrentJob,
+    /// Tells the stderr forwarder which job lines belong to.
+    log_marks: Option<mpsc::UnboundedSender<crate::systemd::journal::JobMark>>,
     /// Set when the OOM killer took a handler.
     oom: std::sync::atomic::AtomicBool,
+}
+
+impl Jobs {
+    /// Switches the handler's log lines to `job`, after the forwarder has
+    /// passed on what the previous job wrote (bounded: logging never holds
+    /// up a job for long).
+    async fn mark_job(&self, job: Option<(String, String)>) {
+        let Some(marks) = &self.log_marks else { return };
+        let (ack, done) = tokio::sync::oneshot::channel();
+        if marks
+            .send(crate::systemd::journal::JobMark { job, ack })
+            .is_ok()
+        {
+            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), done).await;
+        }
+    }
 }
 
 impl JobRunner for Jobs {
@@ -44,17 +60,14 @@ impl JobRunner for Jobs {
                 function: job.gearman_function.clone(),
                 handle: job.handle.clone(),
             });
-            if let Ok(mut c) = self.current.lock() {
-                *c = Some((job.gearman_function.clone(), job.handle.clone()));
-            }
+            self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())))
+                .await;
             let ooms_before = oom_kills();
             let outcome = {
                 let mut handler = self.handler.lock().await;
                 handler.run(&job, &events, self.spec.worker.timeout).await
             };
-            if let Ok(mut c) = self.current.lock() {
-                *c = None;
-            }
+            self.mark_job(None).await;
             let result = match &outcome {
                 Outcome::Complete(_) => JobResult::Complete,
                 Outcome::Exception(_) => JobResult::Exception,
@@ -110,16 +123,20 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
     if spec.worker.kind == HandlerKind::Native {
         return super::native::run(&spec, &id, &reports, &drain).await;
     }
-    let current = crate::systemd::journal::CurrentJob::default();
-    match crate::systemd::journal::forward_handler_output(
+    let log_marks = match crate::systemd::journal::forward_handler_output(
         &spec.service,
         &spec.worker.name,
         spec.slot,
-        current.clone(),
     ) {
-        Ok(fd) => super::handler::set_handler_stderr(fd),
-        Err(e) => tracing::warn!("handler stderr is not forwarded: {e}"),
-    }
+        Ok((fd, marks)) => {
+            super::handler::set_handler_stderr(fd);
+            marks
+        }
+        Err(e) => {
+            tracing::warn!("handler stderr is not forwarded: {e}");
+            None
+        }
+    };
     let handler = match Handler::start(&spec.worker, &id).await {
         Ok(h) => h,
         Err(e) => {
@@ -138,7 +155,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         done: AtomicU64::new(0),
         gate: gate.clone(),
         drain: drain.clone(),
-        current,
+        log_marks,
         oom: Default::default(),
     });
     let pid = std::process::id();

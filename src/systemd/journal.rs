@@ -17,10 +17,9 @@
 //! runner inside its scope gets its handlers' lines under `journalctl -u
 //! SCOPE`; an inherited stderr would log them under the manager's unit.
 
-use std::io::{self, BufRead, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
-use std::sync::{Arc, Mutex};
 
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -119,78 +118,139 @@ fn stream_header(identifier: &str) -> Vec<u8> {
     format!("{identifier}\n\n6\n1\n0\n0\n0\n").into_bytes()
 }
 
-/// The job a slot is running, as (function, handle), for the fields of its
-/// handler's log lines.
-pub type CurrentJob = Arc<Mutex<Option<(String, String)>>>;
+/// Tells the forwarder which job the handler's next lines belong to. The
+/// forwarder first drains what the pipe already holds (lines written under
+/// the previous job), then switches, then acknowledges: a handler writes its
+/// stderr before its answer, so every line of a job carries that job's
+/// `GEARMAN_FUNCTION` / `GEARMAN_HANDLE`, however fast jobs follow each other.
+pub struct JobMark {
+    /// (function, handle) of the job starting; `None` when one ended.
+    pub job: Option<(String, String)>,
+    pub ack: tokio::sync::oneshot::Sender<()>,
+}
 
 /// Creates the pipe handlers write their stderr to and starts forwarding
 /// it: each line becomes a journal entry with the slot's fields (and the
 /// current job's) when this process logs to the journal, else a line on our
 /// stderr prefixed with `WORKER#SLOT`. Returns the pipe's write end, for the
-/// handlers' stderr. Call it inside the slot's scope.
+/// handlers' stderr, and the channel for [`JobMark`]s (when logging to the
+/// journal). Call it inside the
+/// slot's scope, within a tokio runtime.
 pub fn forward_handler_output(
     service: &str,
     worker: &str,
     slot: u32,
-    job: CurrentJob,
-) -> io::Result<OwnedFd> {
+) -> io::Result<(OwnedFd, Option<tokio::sync::mpsc::UnboundedSender<JobMark>>)> {
     // Close-on-exec: the read end must not leak into handlers, and only the
-    // copy dup'ed onto a handler's fd 2 may keep the write end open (or the
-    // forwarder would never see end-of-file).
+    // copy dup'ed onto a handler's fd 2 may keep the write end open.
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
     let journal = if stderr_is_journal() {
         JournalSender::connect().ok()
     } else {
         None
     };
-    let identifier = format!("slotman-{worker}");
-    let slot_fields = [
-        ("SLOTMAN_SERVICE", service.to_owned()),
-        ("SLOTMAN_WORKER", worker.to_owned()),
-        ("SLOTMAN_SLOT", slot.to_string()),
-    ];
-    let prefix = format!("{worker}#{slot}");
-    // A plain thread: blocking reads of one pipe, off the slot's runtime.
-    std::thread::Builder::new()
-        .name("handler-stderr".into())
-        .spawn(move || {
-            let mut reader = io::BufReader::new(std::fs::File::from(read));
-            let mut line = Vec::new();
-            loop {
-                line.clear();
-                match (&mut reader)
-                    .take(MAX_LINE as u64)
-                    .read_until(b'\n', &mut line)
-                {
+    let out = LineSink {
+        journal,
+        identifier: format!("slotman-{worker}"),
+        slot_fields: [
+            ("SLOTMAN_SERVICE", service.to_owned()),
+            ("SLOTMAN_WORKER", worker.to_owned()),
+            ("SLOTMAN_SLOT", slot.to_string()),
+        ],
+        prefix: format!("{worker}#{slot}"),
+    };
+    let (tx, mut marks) = tokio::sync::mpsc::unbounded_channel::<JobMark>();
+    // Job fields exist only in the journal; without it, no job marks (and
+    // no round trip per job).
+    let tx = out.journal.is_some().then_some(tx);
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf: Vec<u8> = Vec::new();
+        let mut chunk = vec![0u8; 8192];
+        let mut current: Option<(String, String)> = None;
+        let mut marking = true;
+        loop {
+            tokio::select! {
+                r = pipe.read(&mut chunk) => match r {
                     Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                }
-                let current = job.lock().ok().and_then(|j| j.clone());
-                match &journal {
-                    Some(sender) => {
-                        let mut fields: Vec<(&str, &[u8])> = slot_fields
-                            .iter()
-                            .map(|(k, v)| (*k, v.as_bytes()))
-                            .collect();
-                        if let Some((function, handle)) = &current {
-                            fields.push(("GEARMAN_FUNCTION", function.as_bytes()));
-                            fields.push(("GEARMAN_HANDLE", handle.as_bytes()));
-                        }
-                        // A lost line must not stop the handler; there is
-                        // nowhere better to report it.
-                        let _ = sender.send(Priority::Info, &identifier, &line, &fields);
+                    Ok(n) => {
+                        buf.extend_from_slice(&chunk[..n]);
+                        out.emit_lines(&mut buf, &current, false);
                     }
-                    None => {
-                        let text = String::from_utf8_lossy(&line);
-                        let _ = writeln!(io::stderr(), "[{prefix}] {text}");
+                },
+                m = marks.recv(), if marking => {
+                    let Some(mark) = m else {
+                        marking = false;
+                        continue;
+                    };
+                    // What is in the pipe now was written under the old job.
+                    // A plain non-blocking read(2): tokio's try_read trusts its
+                    // cached readiness and may not look at the pipe at all.
+                    let fd = std::os::fd::AsRawFd::as_raw_fd(&pipe);
+                    while let Ok(n @ 1..) = nix::unistd::read(fd, &mut chunk) {
+                        buf.extend_from_slice(&chunk[..n]);
                     }
+                    out.emit_lines(&mut buf, &current, true);
+                    current = mark.job;
+                    let _ = mark.ack.send(());
                 }
             }
-        })?;
-    Ok(write)
+        }
+    });
+    Ok((write, tx))
+}
+
+/// Where forwarded lines go.
+struct LineSink {
+    journal: Option<JournalSender>,
+    identifier: String,
+    slot_fields: [(&'static str, String); 3],
+    prefix: String,
+}
+
+impl LineSink {
+    /// Sends every complete line in `buf` (and, with `all`, the unterminated
+    /// rest); an over-long line is cut at [`MAX_LINE`].
+    fn emit_lines(&self, buf: &mut Vec<u8>, job: &Option<(String, String)>, all: bool) {
+        loop {
+            let end = match buf.iter().position(|b| *b == b'\n') {
+                Some(i) => i,
+                None if buf.len() >= MAX_LINE || (all && !buf.is_empty()) => {
+                    buf.len().min(MAX_LINE)
+                }
+                None => return,
+            };
+            let line: Vec<u8> = buf.drain(..end).collect();
+            if buf.first() == Some(&b'\n') {
+                buf.remove(0);
+            }
+            self.emit(&line, job);
+        }
+    }
+
+    fn emit(&self, line: &[u8], job: &Option<(String, String)>) {
+        match &self.journal {
+            Some(sender) => {
+                let mut fields: Vec<(&str, &[u8])> = self
+                    .slot_fields
+                    .iter()
+                    .map(|(k, v)| (*k, v.as_bytes()))
+                    .collect();
+                if let Some((function, handle)) = job {
+                    fields.push(("GEARMAN_FUNCTION", function.as_bytes()));
+                    fields.push(("GEARMAN_HANDLE", handle.as_bytes()));
+                }
+                // A lost line must not stop the handler; there is nowhere
+                // better to report it.
+                let _ = sender.send(Priority::Info, &self.identifier, line, &fields);
+            }
+            None => {
+                let text = String::from_utf8_lossy(line);
+                let _ = writeln!(io::stderr(), "[{}] {text}", self.prefix);
+            }
+        }
+    }
 }
 
 /// syslog priorities, as journald's `PRIORITY=` field takes them.
@@ -279,6 +339,7 @@ fn encode_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Read;
 
     #[test]
     fn header() {
