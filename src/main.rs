@@ -145,6 +145,12 @@ fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitC
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<slotman::config::ConfigError>().is_some() {
+        // The config's own messages already name FILE:LINE: key.
+        eprintln!("{e}");
+        // EX_CONFIG: the unit's RestartPreventExitStatus=78 does not retry.
+        return ExitCode::from(78);
+    }
     eprintln!("slotman: {e:#}");
     ExitCode::from(1)
 }

@@ -18,7 +18,7 @@ pub struct Options {
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
-    let config = crate::config::load(&opts.config).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let config = crate::config::load(&opts.config)?;
     let placement = match opts.placement.as_str() {
         "child" => Placement::Child,
         "auto" if !crate::placement::systemd_available() => Placement::Child,
