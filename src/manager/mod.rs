@@ -472,6 +472,7 @@ impl Manager {
                 tracing::debug!(worker, slot = id, pid, "slot {worker}#{id} ready");
             }
             Report::Busy { function, handle } => {
+                slot.job = Some((function.clone(), handle.clone(), now));
                 if !matches!(slot.state, SlotState::Draining { .. }) {
                     slot.state = SlotState::Busy {
                         function,
@@ -484,10 +485,10 @@ impl Manager {
                 slot.jobs_done += 1;
                 pool.rate.add(now);
                 pool.durations.observe(millis as f64 / 1000.0);
-                let function = match &slot.state {
-                    SlotState::Busy { function, .. } => function.clone(),
-                    _ => String::from("?"),
-                };
+                let function = slot
+                    .job
+                    .take()
+                    .map_or_else(|| String::from("?"), |(f, _, _)| f);
                 let f = pool.functions.entry(function.clone()).or_insert_with(|| {
                     crate::control::proto::FunctionStats {
                         name: function,
@@ -652,7 +653,7 @@ impl Manager {
         {
             self.ready_sent = true;
             self.notifier.ready();
-            tracing::info!("ready: every worker has its min slots registered");
+            tracing::info!("ready: every worker has its min slots up (a job server that is down is retried in the background)");
         }
         wake
     }
@@ -721,7 +722,7 @@ impl Manager {
                     kind: format!("{:?}", p.worker.kind).to_lowercase(),
                     min: p.worker.min,
                     max: p.worker.max,
-                    busy: count(|s| matches!(s, SlotState::Busy { .. })),
+                    busy: p.busy() as u32,
                     idle: count(|s| matches!(s, SlotState::Idle { .. })),
                     starting: count(|s| matches!(s, SlotState::Starting)),
                     draining: count(|s| matches!(s, SlotState::Draining { .. })),
@@ -754,18 +755,11 @@ impl Manager {
                             jobs_done: s.jobs_done,
                             jobs_left: (p.worker.workleft > 0)
                                 .then(|| p.worker.workleft.saturating_sub(s.jobs_done)),
-                            job: match &s.state {
-                                SlotState::Busy {
-                                    function,
-                                    handle,
-                                    since,
-                                } => Some(CurrentJob {
-                                    function: function.clone(),
-                                    handle: handle.clone(),
-                                    running_secs: now.duration_since(*since).as_secs_f64(),
-                                }),
-                                _ => None,
-                            },
+                            job: s.job.as_ref().map(|(function, handle, since)| CurrentJob {
+                                function: function.clone(),
+                                handle: handle.clone(),
+                                running_secs: now.duration_since(*since).as_secs_f64(),
+                            }),
                             memory_bytes: None,
                             cpu_usage_nsec: None,
                             tasks: None,
@@ -813,6 +807,7 @@ fn start_slot(
             started: now,
             generation: pool.generation,
             jobs_done: 0,
+            job: None,
             recycle_at,
             exit_expected: false,
             was_ready: false,

@@ -56,6 +56,8 @@ pub struct Slot {
     pub started: Instant,
     pub generation: u64,
     pub jobs_done: u64,
+    /// The job in hand (function, handle, since), also while draining.
+    pub job: Option<(String, String, Instant)>,
     pub recycle_at: Option<Instant>,
     /// It said `exiting`, or we told it to drain: its exit is not a crash.
     pub exit_expected: bool,
@@ -285,7 +287,8 @@ impl Pool {
     }
 
     pub fn busy(&self) -> usize {
-        self.count(|s| matches!(s, SlotState::Busy { .. }))
+        // Jobs in hand: a draining slot finishing its job is busy too.
+        self.slots.values().filter(|s| s.job.is_some()).count()
     }
 
     pub fn ready(&self) -> usize {
