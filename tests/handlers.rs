@@ -56,6 +56,8 @@ fn worker(kind: HandlerKind, command: &[&str]) -> WorkerConfig {
         cpu_weight: None,
         tasks_max: None,
         max_packet_size: 64 << 20,
+        max_spawn_rate: 32,
+        scale_on_queue: true,
     }
 }
 

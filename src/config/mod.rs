@@ -60,6 +60,8 @@ pub const DEFAULT_PORT: u16 = 4730;
 
 /// Default `max_packet_size`: 64 MiB.
 pub const DEFAULT_MAX_PACKET_SIZE: u32 = 64 << 20;
+/// Default `max_spawn_rate`: slots per second (PHP-FPM's default too).
+pub const DEFAULT_MAX_SPAWN_RATE: u32 = 32;
 
 /// Reads and validates the config at `path`, including that each command's
 /// program exists and is executable. The service is named by the file stem.
@@ -150,6 +152,12 @@ pub struct WorkerConfig {
     pub tasks_max: Option<u64>,
     /// Largest Gearman packet body accepted from a job server (default 64 MiB).
     pub max_packet_size: u32,
+    /// Slots started per second to absorb load (PHP-FPM's
+    /// `pm.max_spawn_rate`); default 32.
+    pub max_spawn_rate: u32,
+    /// Also grow on the job servers' queue depth (admin `status`), not only
+    /// when every slot is busy; default true.
+    pub scale_on_queue: bool,
 }
 
 impl Config {
@@ -244,6 +252,8 @@ impl WorkerConfig {
             cpu_weight,
             tasks_max,
             max_packet_size,
+            max_spawn_rate: _,
+            scale_on_queue: _,
         } = self;
         *name == other.name
             && *job_servers == other.job_servers

@@ -38,8 +38,8 @@ pub(crate) struct Loc {
 
 #[derive(Debug, Clone)]
 pub(crate) enum Node {
-    // No key takes a boolean or a float; only their type is kept, for messages.
-    Bool,
+    // No key takes a float; only its type is kept, for messages.
+    Bool(bool),
     Int(i64),
     Float,
     Str(String),
@@ -53,7 +53,7 @@ impl Node {
     /// The TOML type, for "expected X, found Y" messages.
     pub fn type_name(&self) -> &'static str {
         match self {
-            Node::Bool => "a boolean",
+            Node::Bool(_) => "a boolean",
             Node::Int(_) => "an integer",
             Node::Float => "a float",
             Node::Str(_) => "a string",
@@ -146,8 +146,8 @@ impl<'de> Visitor<'de> for NodeVisitor {
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a TOML value")
     }
-    fn visit_bool<E: serde::de::Error>(self, _: bool) -> Result<Node, E> {
-        Ok(Node::Bool)
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Node, E> {
+        Ok(Node::Bool(v))
     }
     fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Node, E> {
         Ok(Node::Int(v))

@@ -129,6 +129,8 @@ fn builtin_defaults_fill_every_key() {
         cpu_weight: None,
         tasks_max: None,
         max_packet_size: 64 << 20,
+        max_spawn_rate: 32,
+        scale_on_queue: true,
     };
     assert_eq!(*w, want);
 }
@@ -218,6 +220,8 @@ fn every_worker_key_is_accepted_in_defaults() {
         ("cpu_weight", "10"),
         ("tasks_max", "\"infinity\""),
         ("max_packet_size", "\"1M\""),
+        ("max_spawn_rate", "8"),
+        ("scale_on_queue", "false"),
     ]
     .into_iter()
     .collect();
@@ -798,4 +802,29 @@ fn documented_examples_are_valid() {
     assert_eq!(parse_size("1.5G"), Ok(3 << 29));
     assert_eq!(parse_size("256MiB"), Ok(256 << 20));
     assert!(parse_size("256MB").is_err());
+}
+
+#[test]
+fn spawn_rate_and_queue_scaling() {
+    let cfg = parse(
+        "[defaults]\nmax_spawn_rate = 4\n[workers.a]\ncommand = [\"/bin/sh\"]\nfunctions = [\"f\"]\nscale_on_queue = false\n[workers.b]\ncommand = [\"/bin/sh\"]\nfunctions = [\"g\"]\n",
+        Path::new("t.toml"),
+    )
+    .expect("valid");
+    let (a, b) = (&cfg.workers[0], &cfg.workers[1]);
+    assert_eq!((a.max_spawn_rate, a.scale_on_queue), (4, false));
+    assert_eq!((b.max_spawn_rate, b.scale_on_queue), (4, true));
+    let err = parse(
+        "[workers.a]\ncommand = [\"/bin/sh\"]\nfunctions = [\"f\"]\nscale_on_queue = \"yes\"\nmax_spawn_rate = 0\n",
+        Path::new("t.toml"),
+    )
+    .expect_err("invalid")
+    .to_string();
+    assert!(err.contains("t.toml:4: workers.a.scale_on_queue"), "{err}");
+    assert!(err.contains("t.toml:5: workers.a.max_spawn_rate"), "{err}");
+    // Both apply without replacing slots.
+    let mut c = a.clone();
+    c.max_spawn_rate = 100;
+    c.scale_on_queue = true;
+    assert!(a.same_processes(&c));
 }

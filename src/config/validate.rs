@@ -51,6 +51,8 @@ pub(crate) const WORKER_KEYS: &[&str] = &[
     "cpu_weight",
     "tasks_max",
     "max_packet_size",
+    "max_spawn_rate",
+    "scale_on_queue",
 ];
 
 /// Where handlers are looked up when neither the worker's `env` nor the
@@ -209,6 +211,8 @@ struct Keys {
     cpu_weight: Field<u64>,
     tasks_max: Field<Option<u64>>,
     max_packet_size: Field<u32>,
+    max_spawn_rate: Field<u32>,
+    scale_on_queue: Field<bool>,
 }
 
 fn build(ctx: &mut Ctx, root: &Loc, path: &Path, probe: Option<&dyn Probe>) -> Option<Config> {
@@ -445,6 +449,20 @@ fn read_keys(ctx: &mut Ctx, base: &str, entries: &[(Key, Loc)], table_line: usiz
                 };
                 k.tasks_max = Field::new(v, at);
             }
+            "max_spawn_rate" => {
+                let v = uint(ctx, &a, value, 1..=u64::from(u32::MAX));
+                k.max_spawn_rate = Field::new(v.map(|v| v as u32), at);
+            }
+            "scale_on_queue" => {
+                let v = match &value.node {
+                    Node::Bool(b) => Some(*b),
+                    other => {
+                        expected(ctx, &a, "true or false", other);
+                        None
+                    }
+                };
+                k.scale_on_queue = Field::new(v, at);
+            }
             "max_packet_size" => {
                 let v =
                     size(ctx, &a, value, false).flatten().and_then(|bytes| {
@@ -603,6 +621,12 @@ fn finish(
             .over(&d.max_packet_size)
             .or_builtin(DEFAULT_MAX_PACKET_SIZE)?
             .0,
+        max_spawn_rate: w
+            .max_spawn_rate
+            .over(&d.max_spawn_rate)
+            .or_builtin(super::DEFAULT_MAX_SPAWN_RATE)?
+            .0,
+        scale_on_queue: w.scale_on_queue.over(&d.scale_on_queue).or_builtin(true)?.0,
     };
     Some((worker, places))
 }
@@ -987,7 +1011,7 @@ fn env(ctx: &mut Ctx, at: &At, value: &Loc, line: usize, into: &mut BTreeMap<Str
             }
             other => {
                 let hint = match other {
-                    Node::Int(_) | Node::Float | Node::Bool => "; put the value in quotes",
+                    Node::Int(_) | Node::Float | Node::Bool(_) => "; put the value in quotes",
                     _ => "",
                 };
                 ctx.err_at(

@@ -188,7 +188,8 @@ impl Manager {
                 !p.removed
                     && !p.faults.failed
                     && (p.worker.kind == crate::config::HandlerKind::Native
-                        || (p.count(|s| matches!(s, SlotState::Idle { .. })) == 0
+                        || (p.worker.scale_on_queue
+                            && p.count(|s| matches!(s, SlotState::Idle { .. })) == 0
                             && p.active() < p.worker.max as usize))
             })
             .map(|(n, p)| {
@@ -585,7 +586,8 @@ impl Manager {
                         // replacing slots is not (capacity is owed).
                         let count = match reason {
                             Reason::AllBusy { .. } | Reason::Queued { .. } => {
-                                let (got, next) = pool.spawn.take(count, pool::MAX_SPAWN_RATE, now);
+                                let (got, next) =
+                                    pool.spawn.take(count, pool.worker.max_spawn_rate, now);
                                 if let Some(t) = next {
                                     wake = Some(wake.map_or(t, |w: Instant| w.min(t)));
                                 }

@@ -187,19 +187,15 @@ pub struct SpawnBucket {
     last: Instant,
 }
 
-/// Default for the spawn rate (PHP-FPM's default too).
-pub const MAX_SPAWN_RATE: u32 = 32;
-
-impl Default for SpawnBucket {
-    fn default() -> Self {
+impl SpawnBucket {
+    /// A full bucket: `rate` slots may start at once.
+    pub fn new(rate: u32) -> Self {
         SpawnBucket {
-            tokens: MAX_SPAWN_RATE as f64,
+            tokens: rate.max(1) as f64,
             last: Instant::now(),
         }
     }
-}
 
-impl SpawnBucket {
     /// Takes up to `want` tokens; returns how many it got, and when the next
     /// one is due if it gave fewer.
     pub fn take(&mut self, want: u32, rate: u32, now: Instant) -> (u32, Option<Instant>) {
@@ -234,6 +230,7 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(worker: WorkerConfig) -> Pool {
+        let spawn = SpawnBucket::new(worker.max_spawn_rate);
         Pool {
             worker: Arc::new(worker),
             generation: 0,
@@ -246,7 +243,7 @@ impl Pool {
             durations: Default::default(),
             rate: Rate::default(),
             queued: 0,
-            spawn: SpawnBucket::default(),
+            spawn,
         }
     }
 
@@ -332,7 +329,7 @@ mod tests {
 
     #[test]
     fn spawn_bucket_limits_the_rate() {
-        let mut b = SpawnBucket::default();
+        let mut b = SpawnBucket::new(32);
         let t0 = b.last;
         let (got, next) = b.take(100, 32, t0);
         assert_eq!(got, 32);
