@@ -34,6 +34,9 @@ struct Jobs {
     log_marks: Option<mpsc::UnboundedSender<crate::systemd::journal::JobMark>>,
     /// Set when the OOM killer took a handler.
     oom: std::sync::atomic::AtomicBool,
+    /// The cgroup's OOM-kill count when last read (at start, then after each
+    /// job whose handler died): read on failure only, never per job.
+    ooms_seen: std::sync::Mutex<Option<u64>>,
 }
 
 impl Jobs {
@@ -62,7 +65,6 @@ impl JobRunner for Jobs {
             });
             self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())))
                 .await;
-            let ooms_before = oom_kills();
             let outcome = {
                 let mut handler = self.handler.lock().await;
                 handler.run(&job, &events, self.spec.worker.timeout).await
@@ -73,7 +75,15 @@ impl JobRunner for Jobs {
                 Outcome::Exception(_) => JobResult::Exception,
                 Outcome::Fail(why) => {
                     let oom = matches!(why, FailReason::Died(_))
-                        && matches!((ooms_before, oom_kills()), (Some(a), Some(b)) if b > a);
+                        && {
+                            let now = oom_kills();
+                            let mut seen = self.ooms_seen.lock().unwrap_or_else(|e| e.into_inner());
+                            let grew = matches!((*seen, now), (Some(a), Some(b)) if b > a);
+                            if now.is_some() {
+                                *seen = now;
+                            }
+                            grew
+                        };
                     if oom {
                         tracing::error!(
                             gearman_function = %job.gearman_function,
@@ -157,6 +167,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         drain: drain.clone(),
         log_marks,
         oom: Default::default(),
+        ooms_seen: std::sync::Mutex::new(oom_kills()),
     });
     let pid = std::process::id();
     let client_id = format!(
