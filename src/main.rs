@@ -113,7 +113,7 @@ fn main() -> ExitCode {
                 placement,
                 runtime_dir,
             };
-            run_async(slotman::run::run(opts))
+            run_manager(slotman::run::run(opts))
         }
         Command::Status {
             service,
@@ -153,4 +153,21 @@ fn fail(e: anyhow::Error) -> ExitCode {
     }
     eprintln!("slotman: {e:#}");
     ExitCode::from(1)
+}
+
+/// The manager: one thread. Its work is small and event-driven; on a
+/// multi-thread runtime every slot report crossed threads (futex wake-ups
+/// between the reading worker thread and the thread running the loop).
+fn run_manager<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(e.into()),
+    };
+    match rt.block_on(f) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
+    }
 }
