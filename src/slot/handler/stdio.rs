@@ -33,6 +33,9 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 /// gets to read the rest; after that it is out of step and replaced.
 const PAYLOAD_GRACE: Duration = Duration::from_secs(2);
 
+/// Payloads up to this size go to the handler in the same write as their header.
+const SMALL_PAYLOAD: usize = 64 * 1024;
+
 /// A long-running handler process, replaced whenever it breaks.
 pub struct StdioHandler {
     launcher: Launcher,
@@ -295,8 +298,16 @@ impl Process {
             return Ended::Broken("its stdin is closed".into());
         };
         let mut write = pin!(async move {
-            stdin.write_all(header).await?;
-            stdin.write_all(payload).await?;
+            if payload.len() <= SMALL_PAYLOAD {
+                // One write, so the handler wakes once and finds the whole job.
+                let mut job = Vec::with_capacity(header.len() + payload.len());
+                job.extend_from_slice(header);
+                job.extend_from_slice(payload);
+                stdin.write_all(&job).await?;
+            } else {
+                stdin.write_all(header).await?;
+                stdin.write_all(payload).await?;
+            }
             stdin.flush().await
         });
         let mut read = pin!(read_answer(&mut self.frames, events));
