@@ -171,6 +171,8 @@ async fn session(
 ) -> SessionEnd {
     // A fresh connection may have jobs waiting: start awake.
     let mut awake = true;
+    // The permit, when GRAB_JOB_UNIQ already went out with the last answer.
+    let mut grabbed: Option<tokio::sync::OwnedSemaphorePermit> = None;
     loop {
         if !awake {
             tokio::select! {
@@ -183,25 +185,31 @@ async fn session(
             }
             continue;
         }
-        // Awake: wait for the slot's permit while still watching the socket.
-        let permit = loop {
-            tokio::select! {
-                permit = gate.clone().acquire_owned() => match permit {
-                    Ok(p) => break p,
-                    Err(_) => return SessionEnd::Closed,
-                },
-                p = next_packet(&mut conn) => match p {
-                    Ok(_) => {} // NOOPs while awake mean nothing new.
-                    Err(why) => return SessionEnd::Broken(why),
-                },
+        let permit = match grabbed.take() {
+            Some(permit) => permit,
+            None => {
+                // Awake: wait for the slot's permit while still watching the socket.
+                let permit = loop {
+                    tokio::select! {
+                        permit = gate.clone().acquire_owned() => match permit {
+                            Ok(p) => break p,
+                            Err(_) => return SessionEnd::Closed,
+                        },
+                        p = next_packet(&mut conn) => match p {
+                            Ok(_) => {} // NOOPs while awake mean nothing new.
+                            Err(why) => return SessionEnd::Broken(why),
+                        },
+                    }
+                };
+                if let Err(e) = conn
+                    .send(Packet::req(PacketType::GrabJobUniq, vec![]))
+                    .await
+                {
+                    return SessionEnd::Broken(e.to_string());
+                }
+                permit
             }
         };
-        if let Err(e) = conn
-            .send(Packet::req(PacketType::GrabJobUniq, vec![]))
-            .await
-        {
-            return SessionEnd::Broken(e.to_string());
-        }
         let assigned = loop {
             match next_packet(&mut conn).await {
                 Ok(p) => match p.kind {
@@ -232,12 +240,25 @@ async fn session(
             awake = false;
             continue;
         };
+        // The answer is queued, not yet sent.
         let result = run_job(spec, &mut conn, assign, runner).await;
-        // The permit is released only after the answer is sent (or failed), and
-        // after the runner has had the chance to close the gate on workleft.
+        // The permit is released only after the runner has had the chance to
+        // close the gate on workleft.
         drop(permit);
         if let Err(why) = result {
             return SessionEnd::Broken(why);
+        }
+        // Ask for the next job in the same write as the answer when the permit
+        // is free at once (the semaphore is fair: a connection to another job
+        // server that is waiting for it gets it first).
+        if let Ok(p) = gate.clone().try_acquire_owned() {
+            if let Err(e) = conn.feed(Packet::req(PacketType::GrabJobUniq, vec![])).await {
+                return SessionEnd::Broken(e.to_string());
+            }
+            grabbed = Some(p);
+        }
+        if let Err(e) = conn.flush().await {
+            return SessionEnd::Broken(e.to_string());
         }
     }
 }
@@ -295,7 +316,7 @@ async fn run_job(
         Outcome::Exception(data) => Packet::req(PacketType::WorkException, vec![handle, data]),
         Outcome::Fail(_) => Packet::req(PacketType::WorkFail, vec![handle]),
     };
-    conn.send(end).await.map_err(|e| e.to_string())
+    conn.feed(end).await.map_err(|e| e.to_string())
 }
 
 fn event_packet(handle: &Bytes, ev: JobEvent) -> Packet {
