@@ -38,6 +38,9 @@ pub trait JobRunner: Send + Sync {
         job: Job,
         events: mpsc::Sender<JobEvent>,
     ) -> futures::future::BoxFuture<'a, Outcome>;
+
+    /// The connection found no job and goes to sleep.
+    fn idle(&self) {}
 }
 
 /// What a connection needs to know.
@@ -233,6 +236,7 @@ async fn session(
             }
         };
         let Some(assign) = assigned else {
+            runner.idle();
             drop(permit);
             if let Err(e) = conn.send(Packet::req(PacketType::PreSleep, vec![])).await {
                 return SessionEnd::Broken(e.to_string());

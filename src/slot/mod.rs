@@ -82,7 +82,12 @@ pub async fn process_main() -> anyhow::Result<i32> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let writer = tokio::spawn(async move {
         while let Some(r) = rx.recv().await {
-            if write_half.write_all(&report::encode(&r)).await.is_err() {
+            // Reports queued together go out in one write.
+            let mut out = report::encode(&r);
+            while let Ok(r) = rx.try_recv() {
+                out.extend_from_slice(&report::encode(&r));
+            }
+            if write_half.write_all(&out).await.is_err() {
                 break; // The manager is gone; the reader side drains us.
             }
         }

@@ -37,9 +37,19 @@ struct Jobs {
     /// The cgroup's OOM-kill count when last read (at start, then after each
     /// job whose handler died): read on failure only, never per job.
     ooms_seen: std::sync::Mutex<Option<u64>>,
+    /// `done` of the last job, held back to go out with the next `busy` (one
+    /// write, one manager wake-up) or when the slot goes idle.
+    pending_done: std::sync::Mutex<Option<Report>>,
 }
 
 impl Jobs {
+    fn flush_done(&self) {
+        let pending = self.pending_done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(r) = pending {
+            let _ = self.reports.send(r);
+        }
+    }
+
     /// Switches the handler's log lines to `job`, after the forwarder has
     /// passed on what the previous job wrote (bounded: logging never holds
     /// up a job for long).
@@ -56,9 +66,14 @@ impl Jobs {
 }
 
 impl JobRunner for Jobs {
+    fn idle(&self) {
+        self.flush_done();
+    }
+
     fn run<'a>(&'a self, job: Job, events: mpsc::Sender<JobEvent>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let started = Instant::now();
+            self.flush_done();
             let _ = self.reports.send(Report::Busy {
                 function: job.gearman_function.clone(),
                 handle: job.handle.clone(),
@@ -113,10 +128,15 @@ impl JobRunner for Jobs {
                 self.gate.close();
                 self.drain.cancel();
             }
-            let _ = self.reports.send(Report::Done {
+            let report = Report::Done {
                 result,
                 millis: started.elapsed().as_millis() as u64,
-            });
+            };
+            if self.gate.is_closed() {
+                let _ = self.reports.send(report);
+            } else {
+                *self.pending_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+            }
             outcome
         })
     }
@@ -168,6 +188,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         log_marks,
         oom: Default::default(),
         ooms_seen: std::sync::Mutex::new(oom_kills()),
+        pending_done: Default::default(),
     });
     let pid = std::process::id();
     let client_id = format!(
@@ -222,6 +243,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
     } else {
         ExitReason::Drained
     };
+    jobs.flush_done();
     let _ = reports.send(Report::Exiting { reason });
     if let Ok(jobs) = Arc::try_unwrap(jobs) {
         jobs.handler.into_inner().shutdown().await;
