@@ -275,18 +275,13 @@ impl Launcher {
             .stdout(Stdio::null())
             .process_group(0)
             .kill_on_drop(true);
-        // A handler never outlives its runner, even one that was SIGKILLed.
-        // (The runner forks from its one thread, so "parent thread exits" is
-        // "runner exits"; this runs after the uid switch, which would clear it.)
-        // SAFETY: prctl is async-signal-safe.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
+        // No pre_exec hook: with one, std falls back from posix_spawn
+        // (clone(CLONE_VM|CLONE_VFORK)) to fork(), which copies the runner's
+        // page tables and costs ~130 µs per exec job (bench/profile --kind
+        // exec). PR_SET_PDEATHSIG used to be set here; the guarantee "a
+        // handler never outlives its runner" must now come from the
+        // placement: the manager kills the handler's process group when the
+        // runner exits (the runner reports it), or the slot's scope does.
         Ok(cmd)
     }
 }
