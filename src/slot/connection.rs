@@ -256,7 +256,10 @@ async fn session(
         // is free at once (the semaphore is fair: a connection to another job
         // server that is waiting for it gets it first).
         if let Ok(p) = gate.clone().try_acquire_owned() {
-            if let Err(e) = conn.feed(Packet::req(PacketType::GrabJobUniq, vec![])).await {
+            if let Err(e) = conn
+                .feed(Packet::req(PacketType::GrabJobUniq, vec![]))
+                .await
+            {
                 return SessionEnd::Broken(e.to_string());
             }
             grabbed = Some(p);

@@ -44,7 +44,11 @@ struct Jobs {
 
 impl Jobs {
     fn flush_done(&self) {
-        let pending = self.pending_done.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let pending = self
+            .pending_done
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
         if let Some(r) = pending {
             let _ = self.reports.send(r);
         }
@@ -89,16 +93,15 @@ impl JobRunner for Jobs {
                 Outcome::Complete(_) => JobResult::Complete,
                 Outcome::Exception(_) => JobResult::Exception,
                 Outcome::Fail(why) => {
-                    let oom = matches!(why, FailReason::Died(_))
-                        && {
-                            let now = oom_kills();
-                            let mut seen = self.ooms_seen.lock().unwrap_or_else(|e| e.into_inner());
-                            let grew = matches!((*seen, now), (Some(a), Some(b)) if b > a);
-                            if now.is_some() {
-                                *seen = now;
-                            }
-                            grew
-                        };
+                    let oom = matches!(why, FailReason::Died(_)) && {
+                        let now = oom_kills();
+                        let mut seen = self.ooms_seen.lock().unwrap_or_else(|e| e.into_inner());
+                        let grew = matches!((*seen, now), (Some(a), Some(b)) if b > a);
+                        if now.is_some() {
+                            *seen = now;
+                        }
+                        grew
+                    };
                     if oom {
                         tracing::error!(
                             gearman_function = %job.gearman_function,

@@ -181,6 +181,19 @@ impl Process {
             .command(&[])
             .map_err(|why| spawn_error(io::Error::other(why)))?;
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+        // A long-running handler never outlives its runner, even a SIGKILLed
+        // one (the runner forks from its one thread, so "parent thread exits"
+        // is "runner exits"). Spawned once per handler, so the fork that a
+        // pre_exec hook costs does not matter here (exec handlers skip it).
+        // SAFETY: prctl is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let mut child = GroupChild::spawn(&mut cmd).map_err(spawn_error)?;
         let (Some(stdin), Some(stdout)) = (child.child.stdin.take(), child.child.stdout.take())
         else {
