@@ -129,12 +129,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Commands that talk to sockets: a small multi-thread runtime.
 fn run_async<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(2);
+    block_on(builder, f)
+}
+
+/// The manager: one thread. Its work is small and event-driven; on a
+/// multi-thread runtime every slot report crossed threads (futex wake-ups
+/// between the reading worker thread and the thread running the loop).
+fn run_manager<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
+    block_on(tokio::runtime::Builder::new_current_thread(), f)
+}
+
+fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(
+    mut builder: tokio::runtime::Builder,
+    f: F,
+) -> ExitCode {
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => return fail(e.into()),
     };
@@ -153,21 +166,4 @@ fn fail(e: anyhow::Error) -> ExitCode {
     }
     eprintln!("slotman: {e:#}");
     ExitCode::from(1)
-}
-
-/// The manager: one thread. Its work is small and event-driven; on a
-/// multi-thread runtime every slot report crossed threads (futex wake-ups
-/// between the reading worker thread and the thread running the loop).
-fn run_manager<F: std::future::Future<Output = anyhow::Result<()>>>(f: F) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => return fail(e.into()),
-    };
-    match rt.block_on(f) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => fail(e),
-    }
 }
