@@ -86,9 +86,15 @@ pub async fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListen
     let listener =
         UnixListener::bind(path).map_err(|e| anyhow::anyhow!("binding {}: {e}", path.display()))?;
     let mode = if let Some(g) = group {
-        let gid = nix::unistd::Group::from_name(g)?
-            .ok_or_else(|| anyhow::anyhow!("control_group {g:?} does not exist"))?
-            .gid;
+        // A name, or a numeric gid (the config accepts both).
+        let gid = match g.parse::<u32>() {
+            Ok(n) => nix::unistd::Gid::from_raw(n),
+            Err(_) => {
+                nix::unistd::Group::from_name(g)?
+                    .ok_or_else(|| anyhow::anyhow!("control_group {g:?} does not exist"))?
+                    .gid
+            }
+        };
         nix::unistd::chown(path, None, Some(gid))?;
         0o660
     } else {
