@@ -232,6 +232,10 @@ pub fn decide(pool: &PoolView, now: Instant) -> Decision {
         }
     }
     // Then current idle slots, longest idle first, once idle long enough.
+    // Nothing to retire (the common case under load): skip the scan and sort.
+    if excess == 0 {
+        return d;
+    }
     let mut idle: Vec<(&SlotView, Instant)> = active
         .iter()
         .filter(|s| !s.outdated)
