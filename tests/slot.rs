@@ -306,13 +306,13 @@ async fn a_restarted_job_server_is_reconnected_while_another_keeps_serving() {
     let fx = fixture();
     let _slot = Slot::start(&spec(&fx, "stdio", &[&a.addr, &b.addr], "")).await;
     let id_prefix = "slotman:svc:t:1:";
-    assert!(
+    // `ready` needs no round trip to gearmand, so it may not have processed
+    // SET_CLIENT_ID yet: poll (bounded) rather than check once.
+    common::wait_until("client id on gearmand", Duration::from_secs(10), || {
         a.workers()
             .iter()
-            .any(|w| w.client_id.starts_with(id_prefix)),
-        "client id on gearmand: {:?}",
-        a.workers()
-    );
+            .any(|w| w.client_id.starts_with(id_prefix))
+    });
     assert_eq!(
         submit(&a.addr, "echo", "a1").await.result,
         JobResult::Complete(Bytes::from_static(b"a1"))
