@@ -258,7 +258,7 @@ async fn workleft_5_exits_after_exactly_5_jobs() {
     let mut done = 0;
     loop {
         match slot.next().await {
-            Report::Done { .. } => done += 1,
+            Report::Done { jobs, .. } => done += jobs.total(),
             Report::Exiting { reason } => {
                 assert_eq!(reason, ExitReason::Workleft);
                 break;
@@ -272,6 +272,45 @@ async fn workleft_5_exits_after_exactly_5_jobs() {
     common::wait_until("3 jobs left in the queue", Duration::from_secs(5), || {
         g.function_status("t::echo").0 == 3
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_short_jobs_is_reported_in_batches_with_exact_counts() {
+    let Some(g) = gearmand() else { return };
+    let fx = fixture();
+    // Queued before the slot exists, so it works through them without going
+    // idle in between.
+    let mut c = Client::connect(&g.addr).await.expect("connect");
+    for i in 0..200 {
+        c.submit_background("t::echo", &format!("batch-{i}"), "x")
+            .await
+            .expect("submit");
+    }
+    c.submit_background("t::fail", "batch-fail", "x")
+        .await
+        .expect("submit");
+    let mut slot = Slot::start(&spec(&fx, "stdio", &[&g.addr], "")).await;
+    let (mut busy, mut done, mut failed, mut reports) = (0, 0, 0, 0);
+    loop {
+        reports += 1;
+        match slot.next().await {
+            Report::Busy { .. } => busy += 1,
+            Report::Done { jobs, idle } => {
+                done += jobs.total();
+                failed += jobs.functions.iter().map(|f| f.fail).sum::<u64>();
+                assert_eq!(jobs.buckets.iter().sum::<u64>(), jobs.total());
+                if idle {
+                    break;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((done, failed), (201, 1), "every job counted once");
+    // One `busy` when it left idle, plus one a second at most while busy
+    // (generous: a slow CI host may take a few seconds for 201 jobs).
+    assert!(busy < 20, "{busy} busy reports for 201 short jobs");
+    assert!(reports < 40, "{reports} reports for 201 short jobs");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

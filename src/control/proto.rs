@@ -102,6 +102,15 @@ impl Histogram {
         self.sum_secs += secs;
         self.count += 1;
     }
+
+    /// Adds `count` observations already bucketed by the same bounds.
+    pub fn merge(&mut self, buckets: &[u64], sum_secs: f64, count: u64) {
+        for (c, n) in self.counts.iter_mut().zip(buckets) {
+            *c += n;
+        }
+        self.sum_secs += sum_secs;
+        self.count += count;
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

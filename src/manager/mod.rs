@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::config::{self, Config};
 use crate::control::proto::{CurrentJob, ServiceStatus, SlotStatus, WorkerStatus};
 use crate::placement::Placement;
-use crate::slot::report::{ExitReason, JobResult, Report, SlotSpec};
+use crate::slot::report::{ExitReason, Report, SlotSpec};
 use crate::systemd::notify::Notifier;
 use policy::{Action, Reason};
 use pool::{Pool, Slot, SlotCmd, SlotState};
@@ -482,36 +482,35 @@ impl Manager {
                     };
                 }
             }
-            Report::Done { result, millis } => {
-                slot.jobs_done += 1;
-                pool.rate.add(now);
-                pool.durations.observe(millis as f64 / 1000.0);
-                let function = slot
-                    .job
-                    .take()
-                    .map_or_else(|| String::from("?"), |(f, _, _)| f);
-                let f = pool.functions.entry(function.clone()).or_insert_with(|| {
-                    crate::control::proto::FunctionStats {
-                        name: function,
-                        ..Default::default()
-                    }
-                });
-                match result {
-                    JobResult::Complete => {
-                        pool.counters.jobs_complete += 1;
-                        f.complete += 1;
-                    }
-                    JobResult::Fail => {
-                        pool.counters.jobs_failed += 1;
-                        f.fail += 1;
-                    }
-                    JobResult::Exception => {
-                        pool.counters.jobs_exception += 1;
-                        f.exception += 1;
-                    }
+            Report::Done { jobs, idle } => {
+                let n = jobs.total();
+                slot.jobs_done += n;
+                pool.rate.add_n(now, n);
+                pool.durations.merge(&jobs.buckets, jobs.sum_secs, n);
+                for c in &jobs.functions {
+                    let f = pool.functions.entry(c.name.clone()).or_insert_with(|| {
+                        crate::control::proto::FunctionStats {
+                            name: c.name.clone(),
+                            ..Default::default()
+                        }
+                    });
+                    f.complete += c.complete;
+                    f.fail += c.fail;
+                    f.exception += c.exception;
+                    pool.counters.jobs_complete += c.complete;
+                    pool.counters.jobs_failed += c.fail;
+                    pool.counters.jobs_exception += c.exception;
                 }
-                pool.faults.success();
-                if workleft > 0 && slot.jobs_done >= workleft {
+                if n > 0 {
+                    pool.faults.success();
+                }
+                if idle {
+                    slot.job = None;
+                }
+                if workleft > 0
+                    && slot.jobs_done >= workleft
+                    && !matches!(slot.state, SlotState::Draining { .. })
+                {
                     tracing::info!(
                         worker,
                         slot = id,
@@ -521,10 +520,11 @@ impl Manager {
                     );
                     slot.exit_expected = true;
                     pool.counters.recycles += 1;
+                    slot.job = None;
                     slot.state = SlotState::Draining {
                         reason: "workleft reached".into(),
                     };
-                } else if !matches!(slot.state, SlotState::Draining { .. }) {
+                } else if idle && !matches!(slot.state, SlotState::Draining { .. }) {
                     slot.state = SlotState::Idle { since: now };
                 }
             }

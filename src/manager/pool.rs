@@ -163,9 +163,9 @@ impl Rate {
         }
     }
 
-    pub fn add(&mut self, now: Instant) {
+    pub fn add_n(&mut self, now: Instant, n: u64) {
         self.advance(now);
-        self.buckets[(self.head % 60) as usize] += 1;
+        self.buckets[(self.head % 60) as usize] += n;
     }
 
     /// Average per second over the last minute (or since start, if shorter).
@@ -320,7 +320,7 @@ mod tests {
         let mut r = Rate::default();
         let t0 = r.origin;
         for i in 0..120 {
-            r.add(t0 + Duration::from_secs(i));
+            r.add_n(t0 + Duration::from_secs(i), 1);
         }
         let now = t0 + Duration::from_secs(119);
         assert!((r.per_sec(now) - 1.0).abs() < 0.05, "{}", r.per_sec(now));

@@ -9,13 +9,19 @@
 //!   worker's configuration (so a slot keeps the config it was started with
 //!   across reloads, and so under systemd the slot does nothing until its
 //!   scope exists); later [`ToSlot::Drain`].
-//! - slot → manager: [`Report`]s: `ready` once registered, then `busy` /
-//!   `done` per job, and `exiting` with the reason just before it exits.
+//! - slot → manager: [`Report`]s: `ready` once registered; `busy` when a
+//!   job starts and `done` with the jobs finished since the last one, both
+//!   on transitions (see [`Report::Busy`]), not per job; `exiting` with the
+//!   reason just before it exits.
 //!
 //! If the manager goes away the slot sees EOF and drains: a slot never
 //! outlives its manager by more than the job in hand.
 
+use std::time::Duration;
+
 use serde::{Deserialize, Serialize};
+
+use crate::control::proto::DURATION_BOUNDS;
 
 use crate::config::WorkerConfig;
 
@@ -73,12 +79,87 @@ pub enum ExitReason {
 pub enum Report {
     /// Handler ready and functions registered; `pid` is the runner's.
     Ready { pid: u32 },
-    /// A job was assigned.
+    /// A job started. Sent when the slot leaves idle, when the job before
+    /// it ran for at least [`SHORT_JOB`], or when the last report is older
+    /// than [`REPORT_EVERY`]: a stream of short jobs costs the manager
+    /// nothing per job, and its view of the job in hand is at most a second old.
     Busy { function: String, handle: String },
-    /// The job ended; the slot is idle again (unless it exits next).
-    Done { result: JobResult, millis: u64 },
+    /// Jobs finished since the last `done`. `idle`: the slot has no job in
+    /// hand now (it found no work, or it is about to exit); otherwise a
+    /// `busy` follows.
+    Done { jobs: JobCounts, idle: bool },
     /// About to exit.
     Exiting { reason: ExitReason },
+}
+
+/// Below this a job counts as short: its start is not reported on its own.
+pub const SHORT_JOB: Duration = Duration::from_millis(10);
+
+/// A slot that stays busy reports at least this often.
+pub const REPORT_EVERY: Duration = Duration::from_secs(1);
+
+/// Finished jobs, counted in the slot between two `done` reports.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobCounts {
+    /// Per function as registered (with prefix); few per worker.
+    pub functions: Vec<FunctionCount>,
+    /// Durations, bucketed by [`DURATION_BOUNDS`] (one more bucket for the rest).
+    pub buckets: Vec<u64>,
+    pub sum_secs: f64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionCount {
+    pub name: String,
+    pub complete: u64,
+    pub fail: u64,
+    pub exception: u64,
+}
+
+impl FunctionCount {
+    pub fn total(&self) -> u64 {
+        self.complete + self.fail + self.exception
+    }
+}
+
+impl JobCounts {
+    pub fn add(&mut self, function: &str, result: JobResult, took: Duration) {
+        let i = match self.functions.iter().position(|f| f.name == function) {
+            Some(i) => i,
+            None => {
+                self.functions.push(FunctionCount {
+                    name: function.to_owned(),
+                    ..Default::default()
+                });
+                self.functions.len() - 1
+            }
+        };
+        let f = &mut self.functions[i];
+        match result {
+            JobResult::Complete => f.complete += 1,
+            JobResult::Fail => f.fail += 1,
+            JobResult::Exception => f.exception += 1,
+        }
+        let secs = took.as_secs_f64();
+        if self.buckets.is_empty() {
+            self.buckets = vec![0; DURATION_BOUNDS.len() + 1];
+        }
+        let b = DURATION_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(DURATION_BOUNDS.len());
+        self.buckets[b] += 1;
+        self.sum_secs += secs;
+    }
+
+    /// Jobs counted.
+    pub fn total(&self) -> u64 {
+        self.functions.iter().map(FunctionCount::total).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.functions.is_empty()
+    }
 }
 
 /// Encodes one message as a JSON line.

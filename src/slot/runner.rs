@@ -2,7 +2,7 @@
 //! reports to the manager.
 //!
 //! Lifecycle: start the handler → connect every job server → report `ready`
-//! → jobs (`busy` / `done` each) → drain (workleft reached, `drain` from the
+//! → jobs (`busy` / `done` on transitions) → drain (workleft reached, `drain` from the
 //! manager, SIGTERM, or the manager gone) → finish the job in hand → report
 //! `exiting` → stop the handler → exit.
 
@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, ConnectionSpec, Gate, JobRunner};
 use super::handler::{FailReason, Handler, Job, JobEvent, Outcome, SlotIdentity};
-use super::report::{ExitReason, JobResult, Report, SlotSpec};
+use super::report::{ExitReason, JobCounts, JobResult, Report, SlotSpec, REPORT_EVERY, SHORT_JOB};
 use crate::config::HandlerKind;
 
 /// Where reports go (the manager's socket, or a test's channel).
@@ -37,23 +37,56 @@ struct Jobs {
     /// The cgroup's OOM-kill count when last read (at start, then after each
     /// job whose handler died): read on failure only, never per job.
     ooms_seen: std::sync::Mutex<Option<u64>>,
-    /// `done` of the last job, held back to go out with the next `busy` (one
-    /// write, one manager wake-up) or when the slot goes idle.
-    pending_done: std::sync::Mutex<Option<Report>>,
+    /// What the manager has been told, and what it has not yet.
+    told: std::sync::Mutex<Told>,
+}
+
+/// Reports go out on transitions, not per job (see [`Report::Busy`]): the
+/// manager costs nothing per job while a slot stays busy with short jobs.
+struct Told {
+    /// Jobs finished since the last `done`.
+    counts: JobCounts,
+    /// The manager believes the slot busy (a `busy` and no idle `done` since).
+    busy: bool,
+    /// When the last `busy` went out.
+    at: Instant,
+    /// The job before the current one was short.
+    last_short: bool,
 }
 
 impl Jobs {
-    fn flush_done(&self) {
-        let pending = self
-            .pending_done
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
-        if let Some(r) = pending {
-            let _ = self.reports.send(r);
+    fn told(&self) -> std::sync::MutexGuard<'_, Told> {
+        self.told.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The slot has no job in hand: send what is counted, and say so.
+    fn report_idle(&self) {
+        let mut told = self.told();
+        if told.busy || !told.counts.is_empty() {
+            let jobs = std::mem::take(&mut told.counts);
+            told.busy = false;
+            let _ = self.reports.send(Report::Done { jobs, idle: true });
         }
     }
 
+    /// Reports the start of `job` when the manager's view would otherwise
+    /// be stale (queued with the counts so far: one write, one wake-up).
+    fn report_busy(&self, job: &Job, now: Instant) {
+        let mut told = self.told();
+        if told.busy && told.last_short && now.duration_since(told.at) < REPORT_EVERY {
+            return;
+        }
+        if !told.counts.is_empty() {
+            let jobs = std::mem::take(&mut told.counts);
+            let _ = self.reports.send(Report::Done { jobs, idle: false });
+        }
+        told.busy = true;
+        told.at = now;
+        let _ = self.reports.send(Report::Busy {
+            function: job.gearman_function.clone(),
+            handle: job.handle.clone(),
+        });
+    }
     /// Switches the handler's log lines to `job`, after the forwarder has
     /// passed on what the previous job wrote (bounded: logging never holds
     /// up a job for long).
@@ -71,17 +104,13 @@ impl Jobs {
 
 impl JobRunner for Jobs {
     fn idle(&self) {
-        self.flush_done();
+        self.report_idle();
     }
 
     fn run<'a>(&'a self, job: Job, events: mpsc::Sender<JobEvent>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let started = Instant::now();
-            self.flush_done();
-            let _ = self.reports.send(Report::Busy {
-                function: job.gearman_function.clone(),
-                handle: job.handle.clone(),
-            });
+            self.report_busy(&job, started);
             self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())))
                 .await;
             let outcome = {
@@ -131,14 +160,15 @@ impl JobRunner for Jobs {
                 self.gate.close();
                 self.drain.cancel();
             }
-            let report = Report::Done {
-                result,
-                millis: started.elapsed().as_millis() as u64,
-            };
+            let took = started.elapsed();
+            {
+                let mut told = self.told();
+                told.counts.add(&job.gearman_function, result, took);
+                told.last_short = took < SHORT_JOB;
+            }
             if self.gate.is_closed() {
-                let _ = self.reports.send(report);
-            } else {
-                *self.pending_done.lock().unwrap_or_else(|e| e.into_inner()) = Some(report);
+                // Exiting next: the manager hears of this job now.
+                self.report_idle();
             }
             outcome
         })
@@ -191,7 +221,12 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         log_marks,
         oom: Default::default(),
         ooms_seen: std::sync::Mutex::new(oom_kills()),
-        pending_done: Default::default(),
+        told: std::sync::Mutex::new(Told {
+            counts: JobCounts::default(),
+            busy: false,
+            at: Instant::now(),
+            last_short: false,
+        }),
     });
     let pid = std::process::id();
     let client_id = format!(
@@ -246,7 +281,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
     } else {
         ExitReason::Drained
     };
-    jobs.flush_done();
+    jobs.report_idle();
     let _ = reports.send(Report::Exiting { reason });
     if let Ok(jobs) = Arc::try_unwrap(jobs) {
         jobs.handler.into_inner().shutdown().await;
