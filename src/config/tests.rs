@@ -129,7 +129,7 @@ fn builtin_defaults_fill_every_key() {
         cpu_weight: None,
         tasks_max: None,
         max_packet_size: 64 << 20,
-        max_spawn_rate: 32,
+        max_spawn_rate: 64,
         scale_on_queue: true,
     };
     assert_eq!(*w, want);

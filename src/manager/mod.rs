@@ -692,9 +692,11 @@ impl Manager {
         if let Some(e) = &self.reload_error {
             line = format!("{line}; reload failed, running the previous config: {e}");
         }
-        // While the last minute saw jobs the rate decays without events:
-        // look again in a second (an idle service has no such timer).
-        let decaying = (per_min > 0.0).then(|| now + STATUS_INTERVAL);
+        // The rate is refreshed on events (a busy slot reports at least once
+        // a second); once jobs stop, one wake-up when the last of them leaves
+        // the one-minute window shows 0, rather than one a second while it
+        // decays: an idle manager has no timer.
+        let decaying = self.pools.values().filter_map(|p| p.rate.quiet_at()).min();
         if line == self.last_status {
             return decaying;
         }

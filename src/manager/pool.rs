@@ -139,6 +139,8 @@ pub struct Rate {
     buckets: [u64; 60],
     /// Second (since `origin`) of the newest bucket.
     head: u64,
+    /// Second (since `origin`) of the last job counted.
+    last: Option<u64>,
 }
 
 impl Default for Rate {
@@ -147,6 +149,7 @@ impl Default for Rate {
             origin: Instant::now(),
             buckets: [0; 60],
             head: 0,
+            last: None,
         }
     }
 }
@@ -164,8 +167,20 @@ impl Rate {
     }
 
     pub fn add_n(&mut self, now: Instant, n: u64) {
+        if n == 0 {
+            return;
+        }
         self.advance(now);
         self.buckets[(self.head % 60) as usize] += n;
+        self.last = Some(self.head);
+    }
+
+    /// When the last job counted leaves the window and the rate drops to 0
+    /// (`None` if it is 0 already or never counted).
+    pub fn quiet_at(&self) -> Option<Instant> {
+        let last = self.last?;
+        let at = self.origin + Duration::from_secs(last + 60);
+        (last + 60 > self.head).then_some(at)
     }
 
     /// Average per second over the last minute (or since start, if shorter).
@@ -324,7 +339,10 @@ mod tests {
         }
         let now = t0 + Duration::from_secs(119);
         assert!((r.per_sec(now) - 1.0).abs() < 0.05, "{}", r.per_sec(now));
-        assert_eq!(r.per_sec(t0 + Duration::from_secs(400)), 0.0);
+        assert_eq!(r.quiet_at(), Some(t0 + Duration::from_secs(119 + 60)));
+        assert_eq!(r.per_sec(t0 + Duration::from_secs(178)), 1.0 / 60.0);
+        assert_eq!(r.per_sec(t0 + Duration::from_secs(179)), 0.0);
+        assert_eq!(r.quiet_at(), None, "nothing left to decay");
     }
 
     #[test]
