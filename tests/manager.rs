@@ -459,3 +459,38 @@ fn a_native_worker_is_supervised_and_grown_from_the_queue() {
         assert!(!pid_alive(pid), "native slot {pid} left behind");
     }
 }
+
+#[test]
+fn a_native_worker_runs_as_the_configured_user_with_the_slot_environment() {
+    if !nix::unistd::Uid::effective().is_root() {
+        common::skip("root", "switching to `user = \"nobody\"` needs root");
+        return;
+    }
+    let Some(g) = Gearmand::start() else { return };
+    let out = tempfile::tempdir().expect("tempdir");
+    // The worker runs as nobody: it must be able to write here.
+    std::fs::set_permissions(
+        out.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .expect("chmod");
+    let file = out.path().join("who");
+    let mut svc = Service::new(&format!(
+        "[workers.n]\nkind = \"native\"\ncommand = [\"/bin/sh\", \"-c\", \"echo $(id -u) $SLOTMAN_WORKER $SLOTMAN_SLOT $MARK > {}.tmp; mv {0}.tmp {0}; exec sleep 600\"]\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nuser = \"nobody\"\nenv = {{ MARK = \"m1\" }}\n",
+        file.display(),
+        g.addr
+    ));
+    svc.start();
+    wait_until(
+        "native worker wrote its identity",
+        Duration::from_secs(10),
+        || file.exists(),
+    );
+    let who = std::fs::read_to_string(&file).expect("read");
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("user nobody");
+    assert_eq!(who.trim(), format!("{} n 1 m1", nobody.uid));
+    assert!(svc.stop());
+}

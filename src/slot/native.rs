@@ -8,7 +8,8 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio_util::sync::CancellationToken;
 
-use super::handler::{SlotIdentity, SCRUBBED_ENV};
+use super::handler::exec::Launcher;
+use super::handler::SlotIdentity;
 use super::report::{ExitReason, Report, SlotSpec};
 use super::runner::Reports;
 
@@ -18,25 +19,18 @@ pub async fn run(
     reports: &Reports,
     drain: &CancellationToken,
 ) -> ExitReason {
-    let w = &spec.worker;
-    let Some((program, args)) = w.command.split_first() else {
-        return ExitReason::HandlerFailed;
-    };
-    let mut cmd = tokio::process::Command::new(program);
-    cmd.args(args)
-        .stdin(Stdio::null())
-        .envs(&w.env)
-        .env("SLOTMAN_SERVICE", &id.service)
-        .env("SLOTMAN_WORKER", &id.worker)
-        .env("SLOTMAN_SLOT", id.slot.to_string())
-        .kill_on_drop(true);
-    for k in SCRUBBED_ENV {
-        cmd.env_remove(k);
-    }
-    if let Some(dir) = &w.working_directory {
-        cmd.current_dir(dir);
-    }
-    let mut child = match cmd.spawn() {
+    // Started like an exec/stdio handler: same environment, working
+    // directory, `user`/`group`; its stdout and stderr both go to the journal
+    // (a native worker has no framing on stdout).
+    let launcher = Launcher::new(&spec.worker, id);
+    let program = launcher.program().to_owned();
+    let spawned = launcher.command(&[]).and_then(|mut cmd| {
+        if let Some(out) = super::handler::handler_stderr() {
+            cmd.stdout(Stdio::from(out));
+        }
+        cmd.spawn().map_err(|e| e.to_string())
+    });
+    let mut child = match spawned {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(worker = %id.worker, "cannot start native worker {program:?}: {e}");

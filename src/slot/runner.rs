@@ -183,9 +183,6 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         worker: spec.worker.name.clone(),
         slot: spec.slot,
     };
-    if spec.worker.kind == HandlerKind::Native {
-        return super::native::run(&spec, &id, &reports, &drain).await;
-    }
     let log_marks = match crate::systemd::journal::forward_handler_output(
         &spec.service,
         &spec.worker.name,
@@ -200,6 +197,9 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
             None
         }
     };
+    if spec.worker.kind == HandlerKind::Native {
+        return super::native::run(&spec, &id, &reports, &drain).await;
+    }
     let handler = match Handler::start(&spec.worker, &id).await {
         Ok(h) => h,
         Err(e) => {

@@ -203,7 +203,7 @@ pub(super) fn describe(status: ExitStatus) -> String {
 /// Everything about starting the worker's command that does not change from
 /// one process to the next.
 #[derive(Debug, Clone)]
-pub(super) struct Launcher {
+pub(crate) struct Launcher {
     /// Program and arguments, as configured.
     command: Vec<String>,
     /// `worker.env`, then the slot's identity: set on top of what is inherited.
@@ -221,7 +221,7 @@ struct Credentials {
 }
 
 impl Launcher {
-    pub(super) fn new(worker: &WorkerConfig, id: &SlotIdentity) -> Self {
+    pub(crate) fn new(worker: &WorkerConfig, id: &SlotIdentity) -> Self {
         let mut env: Vec<(String, String)> = worker
             .env
             .iter()
@@ -239,7 +239,7 @@ impl Launcher {
     }
 
     /// The program, for messages.
-    pub(super) fn program(&self) -> &str {
+    pub(crate) fn program(&self) -> &str {
         self.command.first().map_or("", String::as_str)
     }
 
@@ -248,7 +248,7 @@ impl Launcher {
     /// `extra`; stderr inherited, stdin and stdout left to the caller. Fails
     /// only when the user or group could not be resolved (or the command is
     /// empty).
-    pub(super) fn command(&self, extra: &[(&str, &str)]) -> Result<Command, String> {
+    pub(crate) fn command(&self, extra: &[(&str, &str)]) -> Result<Command, String> {
         let credentials = self.credentials.clone()?;
         let Some((program, args)) = self.command.split_first() else {
             return Err("the worker's command is empty".into());

@@ -164,7 +164,7 @@ pub fn set_handler_stderr(fd: std::os::fd::OwnedFd) {
     let _ = HANDLER_STDERR.set(fd);
 }
 
-fn handler_stderr() -> Option<std::os::fd::OwnedFd> {
+pub(crate) fn handler_stderr() -> Option<std::os::fd::OwnedFd> {
     HANDLER_STDERR.get().and_then(|fd| fd.try_clone().ok())
 }
 
