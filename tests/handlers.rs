@@ -46,6 +46,7 @@ fn worker(kind: HandlerKind, command: &[&str]) -> WorkerConfig {
         idle_timeout: Duration::from_secs(10),
         timeout: None,
         max_lifetime: None,
+        recycle_rss: None,
         env: BTreeMap::new(),
         working_directory: None,
         user: None,

@@ -243,6 +243,45 @@ fn workleft_recycles_slots_onto_fresh_handler_processes() {
 }
 
 #[test]
+fn a_handler_past_recycle_rss_is_replaced_after_its_job() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new(&format!(
+        "[workers.w]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"pid\", \"leak\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 1\nrecycle_rss = \"60M\"\n",
+        handler(),
+        g.addr
+    ));
+    svc.start();
+    let run = |function: &str, payload: &str| {
+        rt().block_on(async {
+            let mut c = Client::connect(&g.addr).await.expect("connect");
+            match c
+                .submit(function, "", payload.to_string())
+                .await
+                .expect("submit")
+                .result
+            {
+                JobResult::Complete(b) => String::from_utf8_lossy(&b).into_owned(),
+                other => panic!("{function} failed: {other:?}"),
+            }
+        })
+    };
+    let first = run("w::pid", "");
+    assert_eq!(run("w::leak", "10"), "leaked", "small growth is fine");
+    assert_eq!(run("w::pid", ""), first, "still under recycle_rss");
+    assert_eq!(
+        run("w::leak", "80"),
+        "leaked",
+        "the job that crosses the limit completes"
+    );
+    wait_until("slot recycled for memory", Duration::from_secs(15), || {
+        svc.worker("w").recycles >= 1
+    });
+    let second = run("w::pid", "");
+    assert_ne!(first, second, "a fresh handler serves after the recycle");
+    assert!(svc.stop());
+}
+
+#[test]
 fn jobs_survive_a_killed_handler_a_reload_a_stop_and_a_restart() {
     let Some(g) = Gearmand::start() else { return };
     let config = |marker: &str| {

@@ -141,6 +141,9 @@ pub struct WorkerConfig {
     pub timeout: Option<Duration>,
     /// Recycle a slot after this long (with splay); `None` = never.
     pub max_lifetime: Option<Duration>,
+    /// Recycle a slot after the job that left its handler's resident memory
+    /// above this many bytes (uWSGI's reload-on-rss); `None` = never.
+    pub recycle_rss: Option<u64>,
     pub env: BTreeMap<String, String>,
     pub working_directory: Option<PathBuf>,
     pub user: Option<String>,
@@ -245,6 +248,7 @@ impl WorkerConfig {
             idle_timeout: _,
             timeout,
             max_lifetime: _,
+            recycle_rss,
             env,
             working_directory,
             user,
@@ -266,6 +270,7 @@ impl WorkerConfig {
             && *prefix == other.prefix
             && *workleft == other.workleft
             && *timeout == other.timeout
+            && *recycle_rss == other.recycle_rss
             && *env == other.env
             && *working_directory == other.working_directory
             && *user == other.user

@@ -41,6 +41,7 @@ pub(crate) const WORKER_KEYS: &[&str] = &[
     "idle_timeout",
     "timeout",
     "max_lifetime",
+    "recycle_rss",
     "env",
     "working_directory",
     "user",
@@ -200,6 +201,7 @@ struct Keys {
     idle_timeout: Field<Duration>,
     timeout: Field<Option<Duration>>,
     max_lifetime: Field<Option<Duration>>,
+    recycle_rss: Field<Option<u64>>,
     /// Merged key by key, so kept per variable.
     env: BTreeMap<String, String>,
     working_directory: Field<PathBuf>,
@@ -423,6 +425,7 @@ fn read_keys(ctx: &mut Ctx, base: &str, entries: &[(Key, Loc)], table_line: usiz
             "group" => k.group = Field::new(account(ctx, &a, value), at),
             "memory_max" => k.memory_max = Field::new(memory(ctx, &a, value), at),
             "memory_high" => k.memory_high = Field::new(memory(ctx, &a, value), at),
+            "recycle_rss" => k.recycle_rss = Field::new(memory(ctx, &a, value), at),
             "cpu_quota" => {
                 let v = match &value.node {
                     Node::Str(s) => report(ctx, &a, values::parse_percent(s)),
@@ -597,6 +600,7 @@ fn finish(
             .0,
         timeout: w.timeout.over(&d.timeout).or_builtin(None)?.0,
         max_lifetime: w.max_lifetime.over(&d.max_lifetime).or_builtin(None)?.0,
+        recycle_rss: w.recycle_rss.over(&d.recycle_rss).or_builtin(None)?.0,
         env,
         working_directory: working_directory.map_some().or_builtin(None)?.0,
         user: w.user.over(&d.user).map_some().or_builtin(None)?.0,

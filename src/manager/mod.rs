@@ -532,6 +532,16 @@ impl Manager {
                 match reason {
                     ExitReason::HandlerFailed => slot.exit_expected = false,
                     ExitReason::Workleft | ExitReason::Drained => slot.exit_expected = true,
+                    ExitReason::Memory => {
+                        tracing::info!(
+                            worker,
+                            slot = id,
+                            reason = "recycle_rss",
+                            "recycle {worker}#{id}: its handler's memory passed recycle_rss"
+                        );
+                        slot.exit_expected = true;
+                        pool.counters.recycles += 1;
+                    }
                     ExitReason::OomKilled => {
                         // A job's fault, not the slot's: replace it without back-off.
                         tracing::warn!(worker, slot = id, reason = "oom", "replace {worker}#{id}: its handler was killed by the OOM killer (memory_max)");

@@ -8,6 +8,7 @@
 
 pub mod connection;
 pub mod handler;
+pub mod memory;
 pub mod native;
 pub mod report;
 pub mod runner;
@@ -96,7 +97,9 @@ pub async fn process_main() -> anyhow::Result<i32> {
     let _ = writer.await;
     Ok(match reason {
         ExitReason::HandlerFailed => EXIT_HANDLER_FAILED,
-        ExitReason::Workleft | ExitReason::Drained | ExitReason::OomKilled => 0,
+        ExitReason::Workleft | ExitReason::Drained | ExitReason::OomKilled | ExitReason::Memory => {
+            0
+        }
     })
 }
 

@@ -10,8 +10,12 @@ use tokio_util::sync::CancellationToken;
 
 use super::handler::exec::Launcher;
 use super::handler::SlotIdentity;
+use super::memory::RssCheck;
 use super::report::{ExitReason, Report, SlotSpec};
 use super::runner::Reports;
+
+/// How often a native worker's memory is looked at when `recycle_rss` is set.
+const NATIVE_RSS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 
 pub async fn run(
     spec: &SlotSpec,
@@ -43,16 +47,38 @@ pub async fn run(
     let _ = reports.send(Report::Ready {
         pid: std::process::id(),
     });
-    let status = tokio::select! {
-        s = child.wait() => s,
-        _ = drain.cancelled() => {
-            if let Some(pid) = child.id() {
-                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    // Its jobs are invisible, so `recycle_rss` is checked on a timer, which
+    // exists only when the key is set.
+    let mut rss_check = RssCheck::new(spec.worker.recycle_rss);
+    let mut over_rss = false;
+    let mut tick = tokio::time::interval(NATIVE_RSS_EVERY);
+    let status = loop {
+        tokio::select! {
+            s = child.wait() => break s,
+            _ = drain.cancelled() => {
+                if let Some(pid) = child.id() {
+                    let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+                }
+                break child.wait().await;
             }
-            child.wait().await
+            now = tick.tick(), if rss_check.is_some() => {
+                let Some(check) = rss_check.as_mut() else { continue };
+                if let Some(rss) = check.over(child.id(), true, now.into_std()) {
+                    tracing::info!(
+                        worker = %id.worker,
+                        reason = "recycle_rss",
+                        "recycle: native worker uses {} (recycle_rss {}); sending SIGTERM",
+                        crate::config::values::format_size(rss),
+                        crate::config::values::format_size(check.limit())
+                    );
+                    over_rss = true;
+                    drain.cancel();
+                }
+            }
         }
     };
     let reason = match status {
+        _ if over_rss => ExitReason::Memory,
         Ok(s) if s.success() || drain.is_cancelled() => ExitReason::Drained,
         Ok(s) => {
             tracing::warn!(worker = %id.worker, "native worker exited: {s}");

@@ -71,6 +71,8 @@ pub enum ExitReason {
     /// The kernel's OOM killer (the worker's `memory_max`) killed the
     /// handler; the job failed and the slot is replaced with a fresh cgroup.
     OomKilled,
+    /// The handler's resident memory passed `recycle_rss` (after a job).
+    Memory,
 }
 
 /// slot → manager.

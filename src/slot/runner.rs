@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, ConnectionSpec, Gate, JobRunner};
 use super::handler::{FailReason, Handler, Job, JobEvent, Outcome, SlotIdentity};
+use super::memory::RssCheck;
 use super::report::{ExitReason, JobCounts, JobResult, Report, SlotSpec, REPORT_EVERY, SHORT_JOB};
 use crate::config::HandlerKind;
 
@@ -39,6 +40,10 @@ struct Jobs {
     ooms_seen: std::sync::Mutex<Option<u64>>,
     /// What the manager has been told, and what it has not yet.
     told: std::sync::Mutex<Told>,
+    /// `recycle_rss`, when set.
+    rss_check: std::sync::Mutex<Option<RssCheck>>,
+    /// Set when the handler passed `recycle_rss`.
+    over_rss: std::sync::atomic::AtomicBool,
 }
 
 /// Reports go out on transitions, not per job (see [`Report::Busy`]): the
@@ -102,6 +107,27 @@ impl Jobs {
     }
 }
 
+impl Jobs {
+    /// After a job: a handler above `recycle_rss` is replaced, the slot
+    /// exits once this job is answered (the manager starts its successor).
+    fn check_rss(&self, pid: Option<u32>, long_job: bool) {
+        let mut check = self.rss_check.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(check) = check.as_mut() else { return };
+        if let Some(rss) = check.over(pid, long_job, Instant::now()) {
+            tracing::info!(
+                reason = "recycle_rss",
+                "recycle: handler {} uses {} (recycle_rss {})",
+                pid.unwrap_or(0),
+                crate::config::values::format_size(rss),
+                crate::config::values::format_size(check.limit())
+            );
+            self.over_rss.store(true, Ordering::SeqCst);
+            self.gate.close();
+            self.drain.cancel();
+        }
+    }
+}
+
 impl JobRunner for Jobs {
     fn idle(&self) {
         self.report_idle();
@@ -113,9 +139,10 @@ impl JobRunner for Jobs {
             self.report_busy(&job, started);
             self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())))
                 .await;
-            let outcome = {
+            let (outcome, handler_pid) = {
                 let mut handler = self.handler.lock().await;
-                handler.run(&job, &events, self.spec.worker.timeout).await
+                let outcome = handler.run(&job, &events, self.spec.worker.timeout).await;
+                (outcome, handler.pid())
             };
             self.mark_job(None).await;
             let result = match &outcome {
@@ -161,6 +188,7 @@ impl JobRunner for Jobs {
                 self.drain.cancel();
             }
             let took = started.elapsed();
+            self.check_rss(handler_pid, took >= SHORT_JOB);
             {
                 let mut told = self.told();
                 told.counts.add(&job.gearman_function, result, took);
@@ -221,6 +249,8 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         log_marks,
         oom: Default::default(),
         ooms_seen: std::sync::Mutex::new(oom_kills()),
+        rss_check: std::sync::Mutex::new(RssCheck::new(spec.worker.recycle_rss)),
+        over_rss: Default::default(),
         told: std::sync::Mutex::new(Told {
             counts: JobCounts::default(),
             busy: false,
@@ -276,6 +306,8 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
     let workleft = spec.worker.workleft;
     let reason = if jobs.oom.load(Ordering::SeqCst) {
         ExitReason::OomKilled
+    } else if jobs.over_rss.load(Ordering::SeqCst) {
+        ExitReason::Memory
     } else if workleft > 0 && jobs.done.load(Ordering::SeqCst) >= workleft {
         ExitReason::Workleft
     } else {
