@@ -771,6 +771,81 @@ idle_timeout = "1s"
     assert_eq!(out.text(), "after", "w::echo: {}", describe(&out));
 }
 
+/// A reload that changes only resource limits sets them on the running
+/// scopes: the same scopes (same processes) get the new values, in systemd
+/// and in the kernel; a limit removed from the file is lifted.
+#[test]
+fn reload_sets_new_limits_on_the_running_scopes() {
+    let config = |addr: &str, limits: &str| {
+        format!(
+            r#"
+[workers.w]
+kind = "stdio"
+command = ["python3", "{fixture}"]
+functions = ["echo"]
+job_servers = ["{addr}"]
+min = 2
+max = 2
+{limits}
+"#,
+            fixture = fixture_handler()
+        )
+    };
+    let Some(svc) = Svc::new("limits", |addr| {
+        config(addr, "memory_max = \"256M\"\ntasks_max = 40")
+    }) else {
+        return;
+    };
+    let sd = svc.sd;
+    svc.start();
+    let before = svc.wait_scopes(2, SETTLE);
+    let pids = |scopes: &[String]| -> Vec<String> {
+        scopes
+            .iter()
+            .map(|u| {
+                sd.prop(u, "ControlGroup")
+                    + " "
+                    + &sd.exec(&["systemctl", "show", "-P", "PIDs", u]).text()
+            })
+            .collect()
+    };
+    let before_pids = pids(&before);
+    let p = props(
+        sd,
+        &before[0],
+        &["MemoryMax", "TasksMax", "CPUQuotaPerSecUSec"],
+    );
+    assert_eq!(p["MemoryMax"], (256u64 << 20).to_string(), "{p:?}");
+
+    svc.write_config(&config(
+        &svc.g.addr,
+        "memory_max = \"128M\"\ncpu_quota = \"50%\"",
+    ));
+    svc.systemctl("reload")
+        .assert_ok("systemctl reload (limits only)");
+    for unit in &before {
+        sd.wait_for(
+            "the new MemoryMax on the running scope",
+            SETTLE,
+            &format!(
+                "test \"$(systemctl show -P MemoryMax {unit})\" = {}",
+                128u64 << 20
+            ),
+        );
+        let p = props(sd, unit, &["MemoryMax", "TasksMax", "CPUQuotaPerSecUSec"]);
+        assert_eq!(p["CPUQuotaPerSecUSec"], "500ms", "{unit}: {p:?}");
+        assert_eq!(p["TasksMax"], "infinity", "{unit}: lifted: {p:?}");
+        if let Some((file, value)) = kernel_memory_limit(sd, unit) {
+            assert_eq!(value, (128u64 << 20).to_string(), "{file}");
+        }
+    }
+    let after = svc.scopes();
+    assert_eq!(after, before, "the slots were replaced");
+    assert_eq!(pids(&after), before_pids, "the slots' processes changed");
+    let out = svc.job("w::echo", "still");
+    assert_eq!(out.text(), "still", "w::echo: {}", describe(&out));
+}
+
 /// A handler that allocates past memory_max is killed by the kernel: its job
 /// fails, its slot is replaced by a new scope, the manager stays up.
 #[test]

@@ -226,12 +226,12 @@ impl WorkerConfig {
 
     /// Whether running slots may stay on a reload from `self` to `other`:
     /// true when at most the pool-sizing keys differ (`min`, `max`,
-    /// `idle_timeout`, `max_lifetime`), which the manager applies to the
-    /// slots it has. Anything else a slot was started with (command, kind,
-    /// env, functions, prefix, job servers, user, group, directory,
-    /// `workleft`, `timeout`, packet size, and the resource limits) means
-    /// replacing the slots. Limits could later be applied live to the scopes
-    /// (systemd's SetUnitProperties); until then they count as a change.
+    /// `idle_timeout`, `max_lifetime`, spawn rate, queue scaling), which the
+    /// manager applies to the slots it has, or the resource limits, which it
+    /// sets on their running scopes (systemd's SetUnitProperties). Anything
+    /// else a slot was started with (command, kind, env, functions, prefix,
+    /// job servers, user, group, directory, `workleft`, `timeout`,
+    /// `recycle_rss`, packet size) means replacing the slots.
     pub fn same_processes(&self, other: &WorkerConfig) -> bool {
         // Destructured without `..` so that a new field has to be sorted into
         // one group or the other here before this compiles.
@@ -253,11 +253,11 @@ impl WorkerConfig {
             working_directory,
             user,
             group,
-            memory_max,
-            memory_high,
-            cpu_quota,
-            cpu_weight,
-            tasks_max,
+            memory_max: _,
+            memory_high: _,
+            cpu_quota: _,
+            cpu_weight: _,
+            tasks_max: _,
             max_packet_size,
             max_spawn_rate: _,
             scale_on_queue: _,
@@ -275,11 +275,6 @@ impl WorkerConfig {
             && *working_directory == other.working_directory
             && *user == other.user
             && *group == other.group
-            && *memory_max == other.memory_max
-            && *memory_high == other.memory_high
-            && *cpu_quota == other.cpu_quota
-            && *cpu_weight == other.cpu_weight
-            && *tasks_max == other.tasks_max
             && *max_packet_size == other.max_packet_size
     }
 }

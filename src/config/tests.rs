@@ -694,13 +694,21 @@ fn service_name_comes_from_the_file_stem() {
 }
 
 #[test]
-fn same_processes_only_ignores_pool_sizing() {
+fn same_processes_ignores_pool_sizing_and_limits() {
     let base = parse_ok(DESIGN_EXAMPLE).workers[0].clone();
     let same: &[fn(&mut WorkerConfig)] = &[
         |w| w.min = 0,
         |w| w.max = 99,
         |w| w.idle_timeout = Duration::from_secs(1),
         |w| w.max_lifetime = Some(Duration::from_secs(60)),
+        |w| w.max_spawn_rate = 1,
+        |w| w.scale_on_queue = false,
+        // Set on the running scopes instead.
+        |w| w.memory_max = None,
+        |w| w.memory_high = Some(1),
+        |w| w.cpu_quota = Some(1),
+        |w| w.cpu_weight = Some(1),
+        |w| w.tasks_max = Some(1),
     ];
     for change in same {
         let mut other = base.clone();
@@ -722,11 +730,7 @@ fn same_processes_only_ignores_pool_sizing() {
         |w| w.working_directory = Some("/srv".into()),
         |w| w.user = Some("u".into()),
         |w| w.group = Some("g".into()),
-        |w| w.memory_max = None,
-        |w| w.memory_high = Some(1),
-        |w| w.cpu_quota = Some(1),
-        |w| w.cpu_weight = Some(1),
-        |w| w.tasks_max = Some(1),
+        |w| w.recycle_rss = Some(1),
         |w| w.max_packet_size = 1,
     ];
     for change in different {

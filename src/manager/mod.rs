@@ -372,8 +372,21 @@ impl Manager {
                     if !pool.worker.same_processes(w) {
                         pool.generation += 1;
                         changes.push(format!("~{} (slots replaced)", w.name));
+                    } else if pool.worker.resource_limits() != w.resource_limits() {
+                        changes.push(format!("~{} (limits set on the running slots)", w.name));
+                        let units: Vec<String> =
+                            pool.slots.values().filter_map(|s| s.unit.clone()).collect();
+                        let placement = self.placement.clone();
+                        let worker = w.clone();
+                        tokio::spawn(async move {
+                            for unit in units {
+                                if let Err(e) = placement.set_limits(Some(&unit), &worker).await {
+                                    tracing::warn!(worker = %worker.name, "cannot set the new limits on {unit}: {e}; it keeps the old ones until it is replaced");
+                                }
+                            }
+                        });
                     } else {
-                        changes.push(format!("~{} (limits)", w.name));
+                        changes.push(format!("~{} (sizing)", w.name));
                     }
                     pool.worker = Arc::new(w.clone());
                     pool.faults = pool::Faults::default();

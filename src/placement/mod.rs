@@ -200,6 +200,23 @@ impl Placement {
         }
     }
 
+    /// Applies a worker's new resource limits to a running slot (reload).
+    /// Plain child processes have none to change.
+    pub async fn set_limits(
+        &self,
+        unit: Option<&str>,
+        worker: &WorkerConfig,
+    ) -> Result<(), String> {
+        match (self, unit) {
+            (Placement::Systemd(sd), Some(unit)) => sd
+                .bus
+                .set_limits(unit, &limits(worker))
+                .await
+                .map_err(|e| e.to_string()),
+            _ => Ok(()),
+        }
+    }
+
     /// The bus, for cgroup accounting in `slotman status`.
     pub fn systemd_bus(&self) -> Option<Systemd> {
         match self {

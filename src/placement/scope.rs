@@ -671,6 +671,16 @@ impl Systemd {
         }
     }
 
+    /// Sets `limits` on the running `unit` at runtime (a reload), removing
+    /// the limits that are `None`: the processes keep running.
+    pub async fn set_limits(&self, unit: &str, limits: &Limits) -> Result<(), PlacementError> {
+        let props = limits.properties(true);
+        self.manager
+            .set_unit_properties(unit, true, &props)
+            .await
+            .map_err(|e| call_error(unit, e))
+    }
+
     /// Creates scope `unit` in `slice` around the running process `pid` and
     /// waits until it has started.
     ///
