@@ -547,6 +547,20 @@ async fn stdio_broken_handlers_fail_one_job_and_are_replaced() {
 }
 
 #[tokio::test]
+async fn stdio_handler_that_exits_between_jobs_is_replaced_before_the_next() {
+    let mut h = start(&stdio_test(&[])).await;
+    for _ in 0..3 {
+        let before = h.pid();
+        assert_eq!(complete(&mut h, &job("quit", "x")).await, "bye");
+        // Let it exit (and its SIGCHLD arrive) before the next job comes.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_eq!(complete(&mut h, &job("echo", "next")).await, "next");
+        assert_ne!(h.pid(), before, "the next job went to the exited handler");
+    }
+    h.shutdown().await;
+}
+
+#[tokio::test]
 async fn stdio_timeout_kills_the_process_group() {
     let watch = GroupWatch::new();
     let mut w = stdio_test(&[]);

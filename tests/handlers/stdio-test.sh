@@ -21,6 +21,12 @@ while IFS=' ' read -r word function handle unique size; do
 		printf 'COMPLETE %s\n' "$size"
 		head -c "$size"
 		;;
+	quit)
+		# Answers, then exits between jobs.
+		head -c "$size" >/dev/null
+		printf 'COMPLETE 3\nbye'
+		exit 0
+		;;
 	early)
 		# Answers at once and only then reads (and drops) the payload.
 		printf 'COMPLETE 5\nearly'

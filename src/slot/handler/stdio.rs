@@ -166,12 +166,46 @@ struct Process {
     /// one was abandoned half way (its future dropped), leaving the pipes out
     /// of step.
     in_job: bool,
+    /// [`child_exits`] when this process was last checked on.
+    exits_seen: Option<u64>,
+}
+
+/// SIGCHLDs this process has received (counted from the first handler on).
+static CHILD_EXITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// Starts counting SIGCHLDs, once per process; the count only moves while
+/// the runtime runs, so a handler that dies right before a job can still
+/// get it (the job then fails as "exited mid-job", as it always could).
+fn count_child_exits() {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    STARTED.call_once(|| {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::child()) {
+            Ok(mut sigchld) => {
+                tokio::spawn(async move {
+                    while sigchld.recv().await.is_some() {
+                        CHILD_EXITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                });
+            }
+            // Without the count, look every time.
+            Err(_) => CHILD_EXITS.store(u64::MAX, std::sync::atomic::Ordering::Relaxed),
+        }
+    });
+}
+
+/// The count, or `None` when it is not kept (then every check looks).
+fn child_exits() -> Option<u64> {
+    match CHILD_EXITS.load(std::sync::atomic::Ordering::Relaxed) {
+        u64::MAX => None,
+        n => Some(n),
+    }
 }
 
 impl Process {
     /// Spawns the command and waits for `READY`; on any failure the process
     /// is killed and reaped before returning.
     async fn start(launcher: &Launcher, max_size: usize) -> Result<Box<Process>, HandlerError> {
+        count_child_exits();
         let program = launcher.program().to_owned();
         let spawn_error = |source| HandlerError::Spawn {
             program: program.clone(),
@@ -205,6 +239,7 @@ impl Process {
             stdin: Some(stdin),
             frames: FramedRead::new(stdout, SlotmanCodec::new(max_size)),
             in_job: false,
+            exits_seen: child_exits(),
         });
         let not_ready = |line: String| HandlerError::NotReady {
             program: program.clone(),
@@ -238,10 +273,17 @@ impl Process {
         if self.in_job {
             return Some("its previous job was abandoned half way".into());
         }
-        match self.child.child.try_wait() {
-            Ok(None) => {}
-            Ok(Some(status)) => return Some(format!("it exited ({})", describe(status))),
-            Err(e) => return Some(format!("cannot check on it: {e}")),
+        // wait4 only when a child has exited since the last look: one
+        // system call less per job (a handler that dies also closes its
+        // stdout, which the check below sees without one).
+        let exits = child_exits();
+        if exits.is_none() || exits != self.exits_seen {
+            self.exits_seen = exits;
+            match self.child.child.try_wait() {
+                Ok(None) => {}
+                Ok(Some(status)) => return Some(format!("it exited ({})", describe(status))),
+                Err(e) => return Some(format!("cannot check on it: {e}")),
+            }
         }
         if !self.frames.read_buffer().is_empty() {
             return Some("it wrote between jobs".into());
