@@ -314,6 +314,39 @@ async fn a_stream_of_short_jobs_is_reported_in_batches_with_exact_counts() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_job_after_a_stream_of_short_ones_is_reported_while_it_runs() {
+    let Some(g) = gearmand() else { return };
+    let fx = fixture();
+    let mut c = Client::connect(&g.addr).await.expect("connect");
+    for i in 0..50 {
+        c.submit_background("t::sleep", &format!("short-{i}"), "0")
+            .await
+            .expect("submit");
+    }
+    let long = c
+        .submit_background("t::sleep", "long", "1.5")
+        .await
+        .expect("submit");
+    let mut slot = Slot::start(&spec(&fx, "stdio", &[&g.addr], "")).await;
+    let mut done = 0;
+    let mut seen_running = None;
+    while done < 51 {
+        match slot.next().await {
+            Report::Busy { handle, .. } if handle == long => seen_running = Some(done),
+            Report::Done { jobs, .. } => done += jobs.total(),
+            _ => {}
+        }
+    }
+    // The manager must learn of the long job (and of the 50 before it) while
+    // it runs, not when it ends.
+    assert_eq!(
+        seen_running,
+        Some(50),
+        "busy for the long job came too late or not at all"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_job_lets_the_job_complete() {
     let Some(g) = gearmand() else { return };
     let fx = fixture();

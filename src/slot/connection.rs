@@ -13,13 +13,14 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures::{SinkExt, StreamExt};
+use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::Framed;
+use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
+
+use super::wire::Wire;
 
 use crate::gearman::codec::{PacketCodec, ProtocolError};
 use crate::gearman::packet::{Packet, PacketType};
@@ -60,7 +61,42 @@ const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long to wait for the TCP connect itself.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-type Conn = Framed<TcpStream, PacketCodec>;
+/// A job-server connection: the socket with its read buffer, and the
+/// packets queued to go out in one write.
+struct Conn {
+    wire: Wire<std::net::TcpStream>,
+    codec: PacketCodec,
+    out: BytesMut,
+}
+
+impl Conn {
+    fn feed(&mut self, packet: Packet) -> Result<(), String> {
+        self.codec
+            .encode(packet, &mut self.out)
+            .map_err(|e| e.to_string())
+    }
+
+    async fn flush(&mut self) -> Result<(), String> {
+        let out = self.out.split();
+        self.wire.write_all(&out).await.map_err(|e| e.to_string())
+    }
+
+    async fn send(&mut self, packet: Packet) -> Result<(), String> {
+        self.feed(packet)?;
+        self.flush().await
+    }
+
+    /// Reads the next packet; EOF and protocol errors end the session.
+    /// `fast`: an answer is due at once (see [`Pace`](super::wire::Pace)).
+    async fn next_packet(&mut self, fast: bool) -> Result<Packet, String> {
+        match self.wire.next(&mut self.codec, fast).await {
+            Some(Ok(p)) => Ok(p),
+            Some(Err(ProtocolError::Io(e))) => Err(e.to_string()),
+            Some(Err(e)) => Err(format!("protocol error: {e}")),
+            None => Err("closed by the job server".into()),
+        }
+    }
+}
 
 /// Why a session with the server ended.
 enum SessionEnd {
@@ -93,6 +129,9 @@ pub async fn serve(
         };
         if let Some(tx) = first_attempt.take() {
             let _ = tx.send(()).await;
+            // Let the runner say `ready` before this task takes a job (it
+            // may then keep the thread while jobs stream).
+            tokio::task::yield_now().await;
         }
         match attempt {
             Ok(conn) => {
@@ -137,7 +176,12 @@ async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
         .map_err(|_| "connect timed out".to_string())?
         .map_err(|e| e.to_string())?;
     let _ = stream.set_nodelay(true);
-    let mut conn = Framed::new(stream, PacketCodec::new(spec.max_packet));
+    let stream = stream.into_std().map_err(|e| e.to_string())?;
+    let mut conn = Conn {
+        wire: Wire::new(stream).map_err(|e| e.to_string())?,
+        codec: PacketCodec::new(spec.max_packet),
+        out: BytesMut::new(),
+    };
     let mut hello = vec![Packet::req(
         PacketType::SetClientId,
         vec![Bytes::from(spec.client_id.clone())],
@@ -149,20 +193,10 @@ async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
         ));
     }
     for p in hello {
-        conn.feed(p).await.map_err(|e| e.to_string())?;
+        conn.feed(p)?;
     }
-    conn.flush().await.map_err(|e| e.to_string())?;
+    conn.flush().await?;
     Ok(conn)
-}
-
-/// Reads the next packet; EOF and protocol errors end the session.
-async fn next_packet(conn: &mut Conn) -> Result<Packet, String> {
-    match conn.next().await {
-        Some(Ok(p)) => Ok(p),
-        Some(Err(ProtocolError::Io(e))) => Err(e.to_string()),
-        Some(Err(e)) => Err(format!("protocol error: {e}")),
-        None => Err("closed by the job server".into()),
-    }
 }
 
 async fn session(
@@ -180,7 +214,7 @@ async fn session(
         if !awake {
             tokio::select! {
                 _ = drain.cancelled() => return SessionEnd::Closed,
-                p = next_packet(&mut conn) => match p {
+                p = conn.next_packet(false) => match p {
                     Ok(p) if p.kind == PacketType::Noop => awake = true,
                     Ok(p) => tracing::debug!(server = %spec.server, "ignoring {} while asleep", p.kind.name()),
                     Err(why) => return SessionEnd::Broken(why),
@@ -198,7 +232,7 @@ async fn session(
                             Ok(p) => break p,
                             Err(_) => return SessionEnd::Closed,
                         },
-                        p = next_packet(&mut conn) => match p {
+                        p = conn.next_packet(false) => match p {
                             Ok(_) => {} // NOOPs while awake mean nothing new.
                             Err(why) => return SessionEnd::Broken(why),
                         },
@@ -208,13 +242,14 @@ async fn session(
                     .send(Packet::req(PacketType::GrabJobUniq, vec![]))
                     .await
                 {
-                    return SessionEnd::Broken(e.to_string());
+                    return SessionEnd::Broken(e);
                 }
                 permit
             }
         };
         let assigned = loop {
-            match next_packet(&mut conn).await {
+            // gearmand answers a grab at once: a wait that may block.
+            match conn.next_packet(true).await {
                 Ok(p) => match p.kind {
                     PacketType::Noop => continue,
                     PacketType::NoJob => break None,
@@ -239,7 +274,7 @@ async fn session(
             runner.idle();
             drop(permit);
             if let Err(e) = conn.send(Packet::req(PacketType::PreSleep, vec![])).await {
-                return SessionEnd::Broken(e.to_string());
+                return SessionEnd::Broken(e);
             }
             awake = false;
             continue;
@@ -256,16 +291,13 @@ async fn session(
         // is free at once (the semaphore is fair: a connection to another job
         // server that is waiting for it gets it first).
         if let Ok(p) = gate.clone().try_acquire_owned() {
-            if let Err(e) = conn
-                .feed(Packet::req(PacketType::GrabJobUniq, vec![]))
-                .await
-            {
-                return SessionEnd::Broken(e.to_string());
+            if let Err(e) = conn.feed(Packet::req(PacketType::GrabJobUniq, vec![])) {
+                return SessionEnd::Broken(e);
             }
             grabbed = Some(p);
         }
         if let Err(e) = conn.flush().await {
-            return SessionEnd::Broken(e.to_string());
+            return SessionEnd::Broken(e);
         }
     }
 }
@@ -307,23 +339,21 @@ async fn run_job(
             tokio::select! {
                 outcome = &mut run => break outcome,
                 Some(ev) = rx.recv() => {
-                    conn.send(event_packet(&handle, ev)).await.map_err(|e| e.to_string())?;
+                    conn.send(event_packet(&handle, ev)).await?;
                 }
             }
         }
     };
     // Progress sent just before the end must still precede the result.
     while let Ok(ev) = rx.try_recv() {
-        conn.feed(event_packet(&handle, ev))
-            .await
-            .map_err(|e| e.to_string())?;
+        conn.feed(event_packet(&handle, ev))?;
     }
     let end = match outcome {
         Outcome::Complete(data) => Packet::req(PacketType::WorkComplete, vec![handle, data]),
         Outcome::Exception(data) => Packet::req(PacketType::WorkException, vec![handle, data]),
         Outcome::Fail(_) => Packet::req(PacketType::WorkFail, vec![handle]),
     };
-    conn.feed(end).await.map_err(|e| e.to_string())
+    conn.feed(end)
 }
 
 fn event_packet(handle: &Bytes, ev: JobEvent) -> Packet {

@@ -12,6 +12,7 @@ pub mod memory;
 pub mod native;
 pub mod report;
 pub mod runner;
+pub mod wire;
 
 use std::os::fd::{FromRawFd, OwnedFd};
 

@@ -76,10 +76,11 @@ impl Jobs {
 
     /// Reports the start of `job` when the manager's view would otherwise
     /// be stale (queued with the counts so far: one write, one wake-up).
-    fn report_busy(&self, job: &Job, now: Instant) {
+    /// Returns whether it did (or it was not needed).
+    fn report_busy(&self, job: &Job, now: Instant, force: bool) -> bool {
         let mut told = self.told();
-        if told.busy && told.last_short && now.duration_since(told.at) < REPORT_EVERY {
-            return;
+        if !force && told.busy && told.last_short && now.duration_since(told.at) < REPORT_EVERY {
+            return false;
         }
         if !told.counts.is_empty() {
             let jobs = std::mem::take(&mut told.counts);
@@ -91,6 +92,7 @@ impl Jobs {
             function: job.gearman_function.clone(),
             handle: job.handle.clone(),
         });
+        true
     }
     /// Switches the handler's log lines to `job`, after the forwarder has
     /// passed on what the previous job wrote (bounded: logging never holds
@@ -136,12 +138,27 @@ impl JobRunner for Jobs {
     fn run<'a>(&'a self, job: Job, events: mpsc::Sender<JobEvent>) -> BoxFuture<'a, Outcome> {
         Box::pin(async move {
             let started = Instant::now();
-            self.report_busy(&job, started);
+            let reported = self.report_busy(&job, started, false);
             self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())))
                 .await;
             let (outcome, handler_pid) = {
                 let mut handler = self.handler.lock().await;
-                let outcome = handler.run(&job, &events, self.spec.worker.timeout).await;
+                let run = handler.run(&job, &events, self.spec.worker.timeout);
+                let outcome = if reported {
+                    run.await
+                } else {
+                    // Unreported start in a stream of short jobs: if this one
+                    // turns out long, the manager hears of it (and of the jobs
+                    // before it) now, not when it ends.
+                    tokio::pin!(run);
+                    tokio::select! {
+                        outcome = &mut run => outcome,
+                        () = tokio::time::sleep(SHORT_JOB) => {
+                            self.report_busy(&job, Instant::now(), true);
+                            run.await
+                        }
+                    }
+                };
                 (outcome, handler.pid())
             };
             self.mark_job(None).await;
@@ -264,6 +281,11 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         spec.service, spec.worker.name, spec.slot, pid
     );
     let servers = spec.worker.job_servers.clone();
+    if servers.len() == 1 {
+        // The one connection task does all the work: it may block the
+        // thread while jobs stream (wire.rs).
+        super::wire::Pace::get().enable();
+    }
     let (first_tx, mut first_rx) = mpsc::channel(servers.len().max(1));
     let mut tasks = tokio::task::JoinSet::new();
     for server in servers.iter() {

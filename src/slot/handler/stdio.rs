@@ -12,11 +12,12 @@ use std::io;
 use std::pin::pin;
 use std::process::Stdio;
 
-use futures::{FutureExt, StreamExt};
+use std::os::fd::AsRawFd;
 use tokio::io::AsyncWriteExt;
 use tokio::process::{ChildStdin, ChildStdout};
 use tokio::time::timeout as within;
-use tokio_util::codec::FramedRead;
+
+use crate::slot::wire::Wire;
 
 use super::exec::{describe, GroupChild, Launcher};
 use super::framing::{job_header, FramingError, FromHandler, SlotmanCodec};
@@ -161,7 +162,8 @@ struct Process {
     child: GroupChild,
     /// `None` only while shutting down.
     stdin: Option<ChildStdin>,
-    frames: FramedRead<ChildStdout, SlotmanCodec>,
+    /// Its stdout and the codec of what it writes there.
+    frames: Frames,
     /// Set while a job is in hand: still set at the next job means the last
     /// one was abandoned half way (its future dropped), leaving the pipes out
     /// of step.
@@ -234,10 +236,27 @@ impl Process {
             child.kill_and_reap().await;
             return Err(spawn_error(io::Error::other("no pipes to the handler")));
         };
+        let nonblocking = |stdout: ChildStdout| -> io::Result<std::os::fd::OwnedFd> {
+            let fd = stdout.into_owned_fd()?;
+            let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
+            let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+            nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
+            Ok(fd)
+        };
+        let frames = match nonblocking(stdout).and_then(Wire::new) {
+            Ok(wire) => Frames {
+                wire,
+                codec: SlotmanCodec::new(max_size),
+            },
+            Err(e) => {
+                child.kill_and_reap().await;
+                return Err(spawn_error(e));
+            }
+        };
         let mut process = Box::new(Process {
             child,
             stdin: Some(stdin),
-            frames: FramedRead::new(stdout, SlotmanCodec::new(max_size)),
+            frames,
             in_job: false,
             exits_seen: child_exits(),
         });
@@ -245,7 +264,7 @@ impl Process {
             program: program.clone(),
             line,
         };
-        let error = match within(READY_TIMEOUT, process.frames.next()).await {
+        let error = match within(READY_TIMEOUT, process.frames.next(false)).await {
             Ok(Some(Ok(FromHandler::Ready))) => {
                 tracing::debug!(
                     pid = process.child.child.id(),
@@ -285,14 +304,15 @@ impl Process {
                 Err(e) => return Some(format!("cannot check on it: {e}")),
             }
         }
-        if !self.frames.read_buffer().is_empty() {
+        if !self.frames.wire.buf.is_empty() {
             return Some("it wrote between jobs".into());
         }
-        match self.frames.next().now_or_never() {
-            None => None,
-            Some(None) => Some("it closed its stdout".into()),
-            Some(Some(Ok(frame))) => Some(format!("it wrote {frame} between jobs")),
-            Some(Some(Err(e))) => Some(format!("it wrote between jobs: {e}")),
+        // Only when the runtime saw something arrive: no read per job.
+        match self.frames.wire.read_if_ready() {
+            Ok(None) => None,
+            Ok(Some(0)) => Some("it closed its stdout".into()),
+            Ok(Some(_)) => Some("it wrote between jobs".into()),
+            Err(e) => Some(format!("reading its stdout failed: {e}")),
         }
     }
 
@@ -352,20 +372,30 @@ impl Process {
         let Some(stdin) = self.stdin.as_mut() else {
             return Ended::Broken("its stdin is closed".into());
         };
+        let small = payload.len() <= SMALL_PAYLOAD;
+        if small {
+            // One write, so the handler wakes once and finds the whole job;
+            // it fits the empty pipe, so it does not wait for the handler.
+            let mut job = Vec::with_capacity(header.len() + payload.len());
+            job.extend_from_slice(header);
+            job.extend_from_slice(payload);
+            match stdin.write_all(&job).await {
+                Ok(()) => {}
+                // Its end of the pipe is closed: it exited, or is exiting.
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => return Ended::Eof,
+                Err(e) => return Ended::Broken(format!("it did not take the job: {e}")),
+            }
+        }
         let mut write = pin!(async move {
-            if payload.len() <= SMALL_PAYLOAD {
-                // One write, so the handler wakes once and finds the whole job.
-                let mut job = Vec::with_capacity(header.len() + payload.len());
-                job.extend_from_slice(header);
-                job.extend_from_slice(payload);
-                stdin.write_all(&job).await?;
-            } else {
+            if !small {
                 stdin.write_all(header).await?;
                 stdin.write_all(payload).await?;
             }
             stdin.flush().await
         });
-        let mut read = pin!(read_answer(&mut self.frames, events));
+        // Waiting for the answer may block the thread only once the whole job
+        // is in the pipe: a large payload is written while the answer is read.
+        let mut read = pin!(read_answer(&mut self.frames, events, small));
         let mut deadline = pin!(async {
             match timeout {
                 Some(limit) => tokio::time::sleep(limit).await,
@@ -419,6 +449,18 @@ impl Process {
     }
 }
 
+/// A handler's stdout: what it wrote, and how to read it.
+struct Frames {
+    wire: Wire<std::os::fd::OwnedFd>,
+    codec: SlotmanCodec,
+}
+
+impl Frames {
+    async fn next(&mut self, fast: bool) -> Option<Result<FromHandler, FramingError>> {
+        self.wire.next(&mut self.codec, fast).await
+    }
+}
+
 /// How a job's exchange ended.
 enum Ended {
     /// The handler ended the job; it may or may not take another.
@@ -435,11 +477,13 @@ enum Ended {
 /// comes; the job's outcome, or how the exchange broke down. A closed
 /// `events` receiver only means nobody listens any more.
 async fn read_answer(
-    frames: &mut FramedRead<ChildStdout, SlotmanCodec>,
+    frames: &mut Frames,
     events: &mpsc::Sender<JobEvent>,
+    fast: bool,
 ) -> Result<Outcome, Ended> {
     loop {
-        let event = match frames.next().await {
+        // A stream of short jobs waits without the runtime (wire.rs).
+        let event = match frames.next(fast).await {
             Some(Ok(FromHandler::Status {
                 numerator,
                 denominator,
