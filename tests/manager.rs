@@ -159,6 +159,13 @@ fn a_burst_grows_the_pool_to_max_and_idle_shrinks_it_back() {
     wait_until("min slot ready", Duration::from_secs(10), || {
         svc.worker("w").idle == 1
     });
+    // Cargo built `slotman-slot` next to `slotman`: the manager runs that.
+    let runner = svc.worker("w").slots[0].pid.expect("runner pid");
+    let exe = std::fs::read_link(format!("/proc/{runner}/exe")).expect("runner exe");
+    assert!(
+        exe.ends_with("slotman-slot"),
+        "the runner is {exe:?}, not slotman-slot"
+    );
     submit_bg(
         &g.addr,
         "w::sleep",

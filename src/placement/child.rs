@@ -1,11 +1,13 @@
-//! Starting a slot runner process: `slotman slot` with its end of the
-//! manager socketpair as fd 3, in a process group of its own (so a terminal's
-//! Ctrl-C reaches the manager only, which then drains the slots in order).
+//! Starting a slot runner process (`slotman-slot`, or `slotman slot`) with
+//! its end of the manager socketpair as fd 3, in a process group of its own
+//! (so a terminal's Ctrl-C reaches the manager only, which then drains the
+//! slots in order).
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
+use super::RunnerCommand;
 use crate::slot::report::CONTROL_FD_ENV;
 
 /// The fd number a slot finds its control socket on.
@@ -18,13 +20,12 @@ pub struct Runner {
     pub control: tokio::net::UnixStream,
 }
 
-/// Spawns `slotman slot`. The runner waits for its `Start` message before it
-/// does anything, so the caller can place it (e.g. into a scope) first.
-/// `exe` is the slotman binary (the manager's own, `current_exe`).
-pub fn spawn_runner(exe: &std::path::Path) -> std::io::Result<Runner> {
+/// Spawns a runner. It waits for its `Start` message before it does
+/// anything, so the caller can place it (e.g. into a scope) first.
+pub fn spawn_runner(runner: &RunnerCommand) -> std::io::Result<Runner> {
     let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("slot");
+    let mut cmd = std::process::Command::new(&runner.program);
+    cmd.args(runner.args);
     // systemd's notify/watchdog variables are the manager's alone.
     for k in crate::slot::handler::SCRUBBED_ENV {
         cmd.env_remove(k);
