@@ -11,6 +11,7 @@ pub mod child;
 pub mod scope;
 
 use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
 use std::sync::OnceLock;
 
 use crate::config::WorkerConfig;
@@ -229,15 +230,25 @@ impl Placement {
         }
     }
 
-    /// After the runner exited: make sure nothing of it is left.
-    pub async fn cleanup(&self, pid: u32, unit: Option<&str>) {
+    /// After the runner exited (`exit`: its status, if known): make sure
+    /// nothing of it is left.
+    pub async fn cleanup(&self, pid: u32, unit: Option<&str>, exit: Option<&ExitStatus>) {
         match (self, unit) {
             (Placement::Systemd(sd), Some(unit)) => {
                 if let Err(e) = sd.bus.stop_unit(unit).await {
                     tracing::debug!("stopping {unit}: {e}");
                 }
             }
-            _ => child::kill_group(pid),
+            _ => {
+                child::kill_group(pid);
+                // A runner that returned has killed its handlers' groups;
+                // one killed by a signal (or not known to have returned) has
+                // not, and exec handlers have no PR_SET_PDEATHSIG: find them
+                // by the runner's session. Not on every exit: it scans /proc.
+                if exit.map_or(true, |s| s.code().is_none()) {
+                    child::kill_session(pid);
+                }
+            }
         }
     }
 
