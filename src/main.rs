@@ -55,7 +55,8 @@ enum Command {
         #[arg(long, default_value_t = 60)]
         jobs: u32,
     },
-    /// Internal: a slot runner, started by `slotman run`.
+    /// Internal: a slot runner, started by `slotman run` when no
+    /// `slotman-slot` is installed next to it.
     #[command(hide = true)]
     Slot,
     /// Internal: the demo's stdio handler.
@@ -81,20 +82,7 @@ fn main() -> ExitCode {
             Err(e) => fail(e),
         },
         Command::Slot => {
-            slotman::systemd::journal::init_logging(cli.verbose);
-            // One thread: a slot runs one job at a time, and a single thread
-            // keeps its footprint small.
-            let rt = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => return fail(e.into()),
-            };
-            match rt.block_on(slotman::slot::process_main()) {
-                Ok(code) => ExitCode::from(code as u8),
-                Err(e) => fail(e),
-            }
+            ExitCode::from(u8::try_from(slotman::slot::main_entry(cli.verbose)).unwrap_or(1))
         }
         Command::Run {
             service,

@@ -159,6 +159,13 @@ fn a_burst_grows_the_pool_to_max_and_idle_shrinks_it_back() {
     wait_until("min slot ready", Duration::from_secs(10), || {
         svc.worker("w").idle == 1
     });
+    // Cargo built `slotman-slot` next to `slotman`: the manager runs that.
+    let runner = svc.worker("w").slots[0].pid.expect("runner pid");
+    let exe = std::fs::read_link(format!("/proc/{runner}/exe")).expect("runner exe");
+    assert!(
+        exe.ends_with("slotman-slot"),
+        "the runner is {exe:?}, not slotman-slot"
+    );
     submit_bg(
         &g.addr,
         "w::sleep",
@@ -361,6 +368,71 @@ fn jobs_survive_a_killed_handler_a_reload_a_stop_and_a_restart() {
         assert!(started.contains_key(id.as_str()), "job {id} never started");
     }
     assert!(svc.stop());
+}
+
+#[test]
+fn an_exec_handler_dies_with_its_sigkilled_runner() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new("");
+    let script = svc.dir.path().join("handler.sh");
+    // Says its pid, then runs long; exec keeps the pid. No PR_SET_PDEATHSIG
+    // for exec handlers, and it has a process group of its own.
+    std::fs::write(
+        &script,
+        "echo $$ >> \"$(dirname \"$0\")/handlers\"\nexec sleep 300\n",
+    )
+    .expect("write handler");
+    svc.write_config(&format!(
+        "stop_timeout = \"1s\"\n\n[workers.x]\nkind = \"exec\"\ncommand = [\"/bin/sh\", {script:?}]\nfunctions = [\"long\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 1\n",
+        g.addr
+    ));
+    svc.start();
+    wait_until("slot ready", Duration::from_secs(10), || {
+        svc.worker("x").idle == 1
+    });
+    let runner = svc.worker("x").slots[0].pid.expect("runner pid");
+    submit_bg(&g.addr, "x::long", [("l1".to_string(), String::new())]);
+    let handlers = svc.dir.path().join("handlers");
+    let handler_pid = || -> Option<u32> {
+        std::fs::read_to_string(&handlers)
+            .ok()?
+            .lines()
+            .next()?
+            .parse()
+            .ok()
+    };
+    wait_until("handler started", Duration::from_secs(10), || {
+        handler_pid().is_some()
+    });
+    let handler = handler_pid().expect("handler pid");
+    assert!(pid_alive(handler));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill runner");
+    wait_until(
+        "handler gone with its runner",
+        Duration::from_secs(10),
+        || !pid_alive(handler),
+    );
+    // gearmand gives the job to the replacement slot; a stop that outlasts
+    // stop_timeout kills that runner, and with it its handler too.
+    wait_until(
+        "job requeued onto a new handler",
+        Duration::from_secs(10),
+        || std::fs::read_to_string(&handlers).map_or(0, |s| s.lines().count()) >= 2,
+    );
+    let second: u32 = std::fs::read_to_string(&handlers)
+        .expect("handlers")
+        .lines()
+        .nth(1)
+        .and_then(|l| l.parse().ok())
+        .expect("second handler pid");
+    assert!(svc.stop());
+    wait_until("second handler gone", Duration::from_secs(10), || {
+        !pid_alive(second)
+    });
 }
 
 #[test]

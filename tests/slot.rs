@@ -1,4 +1,4 @@
-//! The slot runner as a real process (`slotman slot`), against a real
+//! The slot runner as a real process (`slotman-slot`), against a real
 //! gearmand and real handler processes: payloads through both handler kinds,
 //! progress forwarding, failures that stay local to their job, workleft,
 //! job-server restarts and SIGTERM mid-job.
@@ -12,6 +12,7 @@ use bytes::Bytes;
 use common::{skip, slotman_bin, Gearmand};
 use slotman::gearman::client::{Client, JobResult};
 use slotman::placement::child::spawn_runner;
+use slotman::placement::{runner_for, RunnerCommand};
 use slotman::slot::report::{self, ExitReason, Report, SlotSpec, ToSlot};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::mpsc;
@@ -65,7 +66,7 @@ fn spec(fx: &Fixture, kind: &str, servers: &[&str], extra: &str) -> SlotSpec {
     }
 }
 
-/// A running `slotman slot` process and the reports it sends.
+/// A running runner process and the reports it sends.
 struct Slot {
     pid: u32,
     child: tokio::process::Child,
@@ -74,8 +75,16 @@ struct Slot {
 }
 
 impl Slot {
+    /// The runner a manager would start: `slotman-slot`, which cargo
+    /// builds next to `slotman` for the tests.
     async fn start(spec: &SlotSpec) -> Slot {
-        let runner = spawn_runner(&slotman_bin()).expect("spawn slot");
+        let runner = runner_for(&slotman_bin());
+        assert!(runner.args.is_empty(), "{runner:?} is not slotman-slot");
+        Slot::start_with(spec, &runner).await
+    }
+
+    async fn start_with(spec: &SlotSpec, runner: &RunnerCommand) -> Slot {
+        let runner = spawn_runner(runner).expect("spawn slot");
         let (read, mut write) = runner.control.into_split();
         write
             .write_all(&report::encode(&ToSlot::Start(Box::new(spec.clone()))))
@@ -165,8 +174,18 @@ async fn payloads_round_trip_through_both_handler_kinds() {
     let Some(g) = gearmand() else { return };
     let fx = fixture();
     let binary: Vec<u8> = (0..64 * 1024).map(|i| (i * 7 % 256) as u8).collect();
-    for kind in ["stdio", "exec"] {
-        let _slot = Slot::start(&spec(&fx, kind, &[&g.addr], "")).await;
+    // Both runners: `slotman-slot`, and the `slotman slot` fallback.
+    let fallback = RunnerCommand {
+        program: slotman_bin(),
+        args: &["slot"],
+    };
+    for (kind, runner) in [
+        ("stdio", runner_for(&slotman_bin())),
+        ("exec", runner_for(&slotman_bin())),
+        ("stdio", fallback.clone()),
+        ("exec", fallback),
+    ] {
+        let _slot = Slot::start_with(&spec(&fx, kind, &[&g.addr], ""), &runner).await;
         for payload in [
             Bytes::from_static(b"hello, world"),
             Bytes::new(),
@@ -176,7 +195,7 @@ async fn payloads_round_trip_through_both_handler_kinds() {
             assert_eq!(
                 reply.result,
                 JobResult::Complete(payload.clone()),
-                "{kind}: {} bytes",
+                "{kind} in {runner:?}: {} bytes",
                 payload.len()
             );
         }

@@ -77,7 +77,9 @@ pub async fn run(
             _ => reading = false,
         }
     }
-    placement.cleanup(placed.pid, placed.unit.as_deref()).await;
+    placement
+        .cleanup(placed.pid, placed.unit.as_deref(), status.as_ref().ok())
+        .await;
     let status = match status {
         Ok(s) => s.to_string(),
         Err(e) => format!("wait failed: {e}"),

@@ -1,11 +1,14 @@
-//! Starting a slot runner process: `slotman slot` with its end of the
-//! manager socketpair as fd 3, in a process group of its own (so a terminal's
-//! Ctrl-C reaches the manager only, which then drains the slots in order).
+//! Starting a slot runner process (`slotman-slot`, or `slotman slot`) with
+//! its end of the manager socketpair as fd 3, in a session of its own: a
+//! terminal's Ctrl-C reaches the manager only, which then drains the slots
+//! in order, and whatever the runner starts stays findable by its session
+//! id after the runner is gone (see [`kill_session`]).
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
 
+use super::RunnerCommand;
 use crate::slot::report::CONTROL_FD_ENV;
 
 /// The fd number a slot finds its control socket on.
@@ -18,24 +21,30 @@ pub struct Runner {
     pub control: tokio::net::UnixStream,
 }
 
-/// Spawns `slotman slot`. The runner waits for its `Start` message before it
-/// does anything, so the caller can place it (e.g. into a scope) first.
-/// `exe` is the slotman binary (the manager's own, `current_exe`).
-pub fn spawn_runner(exe: &std::path::Path) -> std::io::Result<Runner> {
+/// Spawns a runner. It waits for its `Start` message before it does
+/// anything, so the caller can place it (e.g. into a scope) first.
+pub fn spawn_runner(runner: &RunnerCommand) -> std::io::Result<Runner> {
     let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg("slot");
+    let mut cmd = std::process::Command::new(&runner.program);
+    cmd.args(runner.args);
     // systemd's notify/watchdog variables are the manager's alone.
     for k in crate::slot::handler::SCRUBBED_ENV {
         cmd.env_remove(k);
     }
     cmd.env(CONTROL_FD_ENV, SLOT_FD.to_string())
-        .stdin(Stdio::null())
-        .process_group(0);
+        .stdin(Stdio::null());
     let fd = theirs.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (dup2, fcntl) between fork and exec.
+    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) between
+    // fork and exec.
     unsafe {
         cmd.pre_exec(move || {
+            // A session of its own, which also makes it a process group
+            // leader (pgid = pid, for kill_group). Exec handlers are spawned
+            // without PR_SET_PDEATHSIG, in process groups of their own: the
+            // session is how they are found if the runner dies first.
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
             if fd == SLOT_FD {
                 // dup2 onto itself would keep FD_CLOEXEC set; clear it instead.
                 let flags = libc::fcntl(fd, libc::F_GETFD);
@@ -71,4 +80,130 @@ pub fn kill_group(pid: u32) {
         nix::unistd::Pid::from_raw(pid as i32),
         nix::sys::signal::Signal::SIGKILL,
     );
+}
+
+/// SIGKILLs every process left in the session of the runner `sid` (its pid:
+/// runners lead their own session), e.g. exec handlers in process groups of
+/// their own that outlived a SIGKILLed runner. Call it after the runner has
+/// been reaped. Reads every /proc/PID/stat, so it is meant for a runner's
+/// exit, not for every job.
+pub fn kill_session(sid: u32) {
+    let Ok(sid) = i32::try_from(sid) else { return };
+    // The kernel keeps a pid allocated while a process uses it as its
+    // session id, so no new process can get it while anyone is left in the
+    // session. A process with that pid now therefore means the session is
+    // empty and the number was reused: leave it (and its own session) alone.
+    if std::path::Path::new(&format!("/proc/{sid}")).exists() {
+        return;
+    }
+    // A member may fork while we scan; its child is in the session too. One
+    // pass that killed nobody means nobody is left who could still fork.
+    for _ in 0..4 {
+        let members = session_members(sid);
+        if members.is_empty() {
+            return;
+        }
+        for pid in members {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// Live processes whose session id is `sid` (zombies are already dead).
+fn session_members(sid: i32) -> Vec<i32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"));
+            stat.ok().is_some_and(|s| {
+                parse_session(&s).is_some_and(|(state, session)| session == sid && state != "Z")
+            })
+        })
+        .collect()
+}
+
+/// State and session id from a /proc/PID/stat line: `PID (COMM) STATE PPID
+/// PGRP SESSION ...`. COMM may hold spaces and parentheses, so fields are
+/// counted from the last `)`.
+fn parse_session(stat: &str) -> Option<(&str, i32)> {
+    let (_, rest) = stat.rsplit_once(')')?;
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?;
+    let session = fields.nth(2)?.parse().ok()?;
+    Some((state, session))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_is_read_after_the_last_parenthesis() {
+        let stat = "4242 (a) b) (c) S 1 4242 4100 0 -1 4194560 107 0 0 0";
+        assert_eq!(parse_session(stat), Some(("S", 4100)));
+        assert_eq!(parse_session("12 (x) Z 1 12"), None);
+        assert_eq!(parse_session("garbage"), None);
+    }
+
+    /// `sh -c SCRIPT` as a session leader, reaped; returns its pid and stdout.
+    fn leader_that_exited(script: &str) -> (u32, String) {
+        let mut cmd = std::process::Command::new("/bin/sh");
+        cmd.args(["-c", script]).stdout(Stdio::piped());
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| match libc::setsid() {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            });
+        }
+        let child = cmd.spawn().expect("spawn sh");
+        let pid = child.id();
+        let out = child.wait_with_output().expect("sh exits");
+        (pid, String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+
+    fn alive(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| parse_session(&s).map(|(state, _)| state != "Z"))
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn what_an_exited_leader_left_in_its_session_is_killed() {
+        let (sid, out) = leader_that_exited("sleep 60 >/dev/null 2>&1 & echo $!");
+        let left: i32 = out.parse().expect("pid of the sleep");
+        assert!(alive(left), "the sleep outlived its leader");
+        kill_session(sid);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while alive(left) {
+            assert!(std::time::Instant::now() < deadline, "{left} survived");
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
+    #[test]
+    fn a_live_process_with_the_session_id_is_left_alone() {
+        // Stands for a pid reused after the session emptied.
+        let mut leader = std::process::Command::new("/bin/sh");
+        leader.args(["-c", "sleep 60"]);
+        // SAFETY: setsid is async-signal-safe.
+        unsafe {
+            leader.pre_exec(|| match libc::setsid() {
+                -1 => Err(std::io::Error::last_os_error()),
+                _ => Ok(()),
+            });
+        }
+        let mut leader = leader.spawn().expect("spawn");
+        kill_session(leader.id());
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(alive(leader.id() as i32));
+        let _ = leader.kill();
+        let _ = leader.wait();
+    }
 }

@@ -10,6 +10,10 @@
 pub mod child;
 pub mod scope;
 
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::sync::OnceLock;
+
 use crate::config::WorkerConfig;
 use crate::slot::report::SlotSpec;
 use scope::{Limits, PlacementError, Systemd};
@@ -47,6 +51,45 @@ pub struct SystemdPlacement {
     pub owner: Option<String>,
     /// Per worker, the first slot id free of leftover scopes.
     pub next_ids: std::collections::HashMap<String, u32>,
+}
+
+/// The runner's file name, installed next to `slotman`.
+pub const RUNNER_BIN: &str = "slotman-slot";
+
+/// How to start a slot runner: a program and its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunnerCommand {
+    pub program: PathBuf,
+    pub args: &'static [&'static str],
+}
+
+/// The runner for a manager whose executable is `exe`: [`RUNNER_BIN`] in the
+/// same directory (small, so each slot maps less), else `exe slot` (a
+/// `cargo run` that built one binary, an install that copied only
+/// `slotman`).
+pub fn runner_for(exe: &Path) -> RunnerCommand {
+    let small = exe.with_file_name(RUNNER_BIN);
+    match small.is_file() {
+        true => RunnerCommand {
+            program: small,
+            args: &[],
+        },
+        false => RunnerCommand {
+            program: exe.to_path_buf(),
+            args: &["slot"],
+        },
+    }
+}
+
+/// [`runner_for`] this process, decided once: every slot of a manager runs
+/// the same runner, even if the files change under a running manager.
+fn runner() -> std::io::Result<&'static RunnerCommand> {
+    static RUNNER: OnceLock<RunnerCommand> = OnceLock::new();
+    if let Some(r) = RUNNER.get() {
+        return Ok(r);
+    }
+    let exe = std::env::current_exe()?;
+    Ok(RUNNER.get_or_init(|| runner_for(&exe)))
 }
 
 /// The worker's resource keys as scope properties.
@@ -135,8 +178,7 @@ impl Placement {
     }
 
     pub async fn place(&self, spec: &SlotSpec) -> Result<Placed, PlaceError> {
-        let exe = std::env::current_exe()?;
-        let mut r = child::spawn_runner(&exe)?;
+        let mut r = child::spawn_runner(runner()?)?;
         match self {
             Placement::Child => Ok(Placed {
                 child: r.child,
@@ -188,15 +230,25 @@ impl Placement {
         }
     }
 
-    /// After the runner exited: make sure nothing of it is left.
-    pub async fn cleanup(&self, pid: u32, unit: Option<&str>) {
+    /// After the runner exited (`exit`: its status, if known): make sure
+    /// nothing of it is left.
+    pub async fn cleanup(&self, pid: u32, unit: Option<&str>, exit: Option<&ExitStatus>) {
         match (self, unit) {
             (Placement::Systemd(sd), Some(unit)) => {
                 if let Err(e) = sd.bus.stop_unit(unit).await {
                     tracing::debug!("stopping {unit}: {e}");
                 }
             }
-            _ => child::kill_group(pid),
+            _ => {
+                child::kill_group(pid);
+                // A runner that returned has killed its handlers' groups;
+                // one killed by a signal (or not known to have returned) has
+                // not, and exec handlers have no PR_SET_PDEATHSIG: find them
+                // by the runner's session. Not on every exit: it scans /proc.
+                if exit.map_or(true, |s| s.code().is_none()) {
+                    child::kill_session(pid);
+                }
+            }
         }
     }
 
@@ -223,5 +275,36 @@ impl Placement {
             Placement::Systemd(sd) => Some(sd.bus.clone()),
             Placement::Child => None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_runner_is_the_small_binary_next_to_slotman_if_there() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let exe = dir.path().join("slotman");
+        std::fs::write(&exe, "").expect("write");
+        assert_eq!(
+            runner_for(&exe),
+            RunnerCommand {
+                program: exe.clone(),
+                args: &["slot"]
+            }
+        );
+        // A directory of that name is no runner.
+        std::fs::create_dir(dir.path().join(RUNNER_BIN)).expect("mkdir");
+        assert_eq!(runner_for(&exe).args, &["slot"]);
+        std::fs::remove_dir(dir.path().join(RUNNER_BIN)).expect("rmdir");
+        std::fs::write(dir.path().join(RUNNER_BIN), "").expect("write");
+        assert_eq!(
+            runner_for(&exe),
+            RunnerCommand {
+                program: dir.path().join(RUNNER_BIN),
+                args: &[]
+            }
+        );
     }
 }

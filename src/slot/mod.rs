@@ -27,6 +27,30 @@ use report::{ExitReason, ToSlot, CONTROL_FD_ENV, MAX_LINE};
 /// Exit status of a slot whose handler could not start (the manager backs off).
 pub const EXIT_HANDLER_FAILED: i32 = 3;
 
+/// The whole runner process (`slotman-slot`, or `slotman slot`): logging, a
+/// one-thread runtime (a slot runs one job at a time, and one thread keeps
+/// its footprint small), then [`process_main`]. Returns the exit status.
+pub fn main_entry(verbose: bool) -> i32 {
+    crate::systemd::journal::init_logging(verbose);
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("slotman: {e}");
+            return 1;
+        }
+    };
+    match rt.block_on(process_main()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("slotman: {e:#}");
+            1
+        }
+    }
+}
+
 /// Entry point of `slotman slot`. Returns the process exit status.
 pub async fn process_main() -> anyhow::Result<i32> {
     let fd: i32 = std::env::var(CONTROL_FD_ENV)
