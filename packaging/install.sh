@@ -5,12 +5,13 @@
 #   sudo packaging/install.sh                  # onto this host
 #   packaging/install.sh --destdir pkgroot     # into a staging tree (packages)
 #
-# Installs the binary, the unit files, the docs and example handlers, and
+# Installs the binaries, the unit files, the docs and example handlers, and
 # /etc/slotman/example.toml (never overwriting an existing file). It enables
 # and starts nothing: see the printed next steps or packaging/README.md.
 #
 # Options:
-#   --binary PATH    the slotman binary (default: target/release/slotman)
+#   --binary PATH    the slotman binary (default: target/release/slotman);
+#                    slotman-slot, the slot runner, is taken from next to it
 #   --prefix DIR     where bin/ and share/ go (default: /usr)
 #   --unitdir DIR    where the unit files go (default: /etc/systemd/system;
 #                    a package would use /lib/systemd/system)
@@ -42,6 +43,8 @@ case "$prefix$unitdir" in /*/*|/*) ;; *) echo "install.sh: --prefix and --unitdi
 [ -z "$destdir" ] || destdir=$(mkdir -p "$destdir" && cd "$destdir" && pwd)
 
 bin=$prefix/bin/slotman
+# The manager looks for its slot runner next to its own executable.
+runner_bin=$prefix/bin/slotman-slot
 share=$prefix/share/slotman
 doc=$prefix/share/doc/slotman
 reload_systemd() {
@@ -51,7 +54,7 @@ reload_systemd() {
 }
 
 if [ "$uninstall" = yes ]; then
-  for f in "$bin" "$unitdir/slotman@.service" "$unitdir/slotman.slice"; do
+  for f in "$bin" "$runner_bin" "$unitdir/slotman@.service" "$unitdir/slotman.slice"; do
     rm -f "$destdir$f"
   done
   rm -rf "$destdir$share" "$destdir$doc"
@@ -65,8 +68,17 @@ if [ -z "$destdir" ] && [ "$(id -u)" != 0 ]; then
   echo "install.sh: installing onto this host needs root (or use --destdir)" >&2; exit 1
 fi
 
-# The binary. install(1) replaces it by rename, so a running manager keeps
-# its old copy until restarted.
+# The binaries. install(1) replaces them by rename, so a running manager
+# keeps its old copy until restarted (its new slots find the new runner).
+# Without slotman-slot the manager runs slots as `slotman slot`, which works
+# but costs each slot about 2 MB more resident memory.
+runner=$(dirname "$binary")/slotman-slot
+if [ -x "$runner" ]; then
+  install -D -m 0755 "$runner" "$destdir$runner_bin"
+else
+  echo "install.sh: no slotman-slot next to $binary: slots will run as \`slotman slot\`" >&2
+  rm -f "$destdir$runner_bin"
+fi
 install -D -m 0755 "$binary" "$destdir$bin"
 
 # Unit files; ExecStart= follows --prefix.
@@ -102,7 +114,7 @@ if [ -z "$destdir" ]; then
 fi
 
 cat <<NEXT
-installed slotman into ${destdir:-/}: $bin, $unitdir/slotman@.service, $unitdir/slotman.slice
+installed slotman into ${destdir:-/}: $bin, $runner_bin, $unitdir/slotman@.service, $unitdir/slotman.slice
 next:
   cp /etc/slotman/example.toml /etc/slotman/SERVICE.toml && \$EDITOR /etc/slotman/SERVICE.toml
   slotman check /etc/slotman/SERVICE.toml

@@ -31,7 +31,7 @@ pub const EXIT_HANDLER_FAILED: i32 = 3;
 /// one-thread runtime (a slot runs one job at a time, and one thread keeps
 /// its footprint small), then [`process_main`]. Returns the exit status.
 pub fn main_entry(verbose: bool) -> i32 {
-    crate::systemd::journal::init_logging(verbose);
+    crate::systemd::journal::init_runner_logging(verbose);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,7 +1,7 @@
 //! Logging: the manager's and the slots' own tracing output, and journal
 //! channels for the output of handlers.
 //!
-//! - [`init_logging`]: tracing to journald (structured fields) when stderr
+//! - [`init_logging`] ([`init_runner_logging`] in slot runners): tracing to journald (structured fields) when stderr
 //!   is the journal, to stderr as text otherwise. Fields of `tracing` events
 //!   (`worker`, `slot`, `reason`, …) become `SLOTMAN_WORKER`, `SLOTMAN_SLOT`,
 //!   `SLOTMAN_REASON`.
@@ -21,9 +21,11 @@ use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 /// journald's socket for stdout streams.
 const STDOUT_SOCKET: &str = "/run/systemd/journal/stdout";
@@ -48,6 +50,30 @@ const MAX_VALUE: usize = 48 * 1024;
 pub fn init_logging(verbose: bool) {
     let default = if verbose { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    init_with(filter);
+}
+
+/// [`init_logging`] for slot runners: `RUST_LOG` holds levels per target
+/// only (`debug`, `slotman=debug,tokio=warn`); one with span or field
+/// filters, which EnvFilter would take, means the default level. Without
+/// EnvFilter the runner's binary has no regex engine, a sixth of its code
+/// and so of the pages each slot maps.
+pub fn init_runner_logging(verbose: bool) {
+    init_with(runner_filter(
+        std::env::var("RUST_LOG").ok().as_deref(),
+        verbose,
+    ));
+}
+
+fn runner_filter(rust_log: Option<&str>, verbose: bool) -> Targets {
+    let default = if verbose { Level::DEBUG } else { Level::INFO };
+    rust_log
+        .filter(|v| !v.trim().is_empty())
+        .and_then(|v| v.parse::<Targets>().ok())
+        .unwrap_or_else(|| Targets::new().with_default(default))
+}
+
+fn init_with<F: Layer<Registry> + Send + Sync + 'static>(filter: F) {
     let registry = tracing_subscriber::registry().with(filter);
     if stderr_is_journal() {
         match tracing_journald::layer() {
@@ -340,6 +366,25 @@ fn encode_field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 mod tests {
     use super::*;
     use std::io::Read;
+
+    #[test]
+    fn runner_log_levels_come_from_rust_log_targets() {
+        let on = |f: &Targets, target: &str, level| f.would_enable(target, &level);
+        let f = runner_filter(None, false);
+        assert!(on(&f, "slotman::slot", Level::INFO) && !on(&f, "slotman::slot", Level::DEBUG));
+        assert!(on(&runner_filter(None, true), "x", Level::DEBUG));
+        let f = runner_filter(Some("warn,slotman::slot=trace"), false);
+        assert!(on(&f, "slotman::slot::runner", Level::TRACE));
+        assert!(!on(&f, "slotman::manager", Level::INFO));
+        // EnvFilter-only syntax, or nothing: the default.
+        for odd in ["[job{id=1}]=debug", "", "  "] {
+            let f = runner_filter(Some(odd), false);
+            assert!(
+                on(&f, "slotman", Level::INFO) && !on(&f, "slotman", Level::DEBUG),
+                "{odd:?}"
+            );
+        }
+    }
 
     #[test]
     fn header() {
