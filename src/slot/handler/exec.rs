@@ -279,9 +279,10 @@ impl Launcher {
         // (clone(CLONE_VM|CLONE_VFORK)) to fork(), which copies the runner's
         // page tables and costs ~130 µs per exec job (bench/profile --kind
         // exec). PR_SET_PDEATHSIG used to be set here; the guarantee "a
-        // handler never outlives its runner" must now come from the
-        // placement: the manager kills the handler's process group when the
-        // runner exits (the runner reports it), or the slot's scope does.
+        // handler never outlives its runner" comes from the placement
+        // instead: runners lead their own session, and the manager kills
+        // what is left in it when a runner dies by a signal
+        // (placement::child::kill_session), or the slot's scope goes.
         Ok(cmd)
     }
 }
