@@ -317,7 +317,7 @@ async fn a_stream_of_short_jobs_is_reported_in_batches_with_exact_counts() {
             Report::Done { jobs, idle } => {
                 done += jobs.total();
                 failed += jobs.functions.iter().map(|f| f.fail).sum::<u64>();
-                assert_eq!(jobs.buckets.iter().sum::<u64>(), jobs.total());
+                assert_eq!(jobs.durations.counts.iter().sum::<u64>(), jobs.total());
                 if idle {
                     break;
                 }

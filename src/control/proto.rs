@@ -62,6 +62,15 @@ pub struct FunctionStats {
     pub exception: u64,
 }
 
+impl FunctionStats {
+    /// Adds `other`'s counts (same function).
+    pub fn merge(&mut self, other: &FunctionStats) {
+        self.complete += other.complete;
+        self.fail += other.fail;
+        self.exception += other.exception;
+    }
+}
+
 /// A fixed-bucket histogram. `counts[i]` counts observations `<= bounds_secs[i]`
 /// and above the previous bound; the last entry of `counts` (one longer than
 /// `bounds_secs`) counts those above every bound. Not cumulative.
@@ -103,13 +112,13 @@ impl Histogram {
         self.count += 1;
     }
 
-    /// Adds `count` observations already bucketed by the same bounds.
-    pub fn merge(&mut self, buckets: &[u64], sum_secs: f64, count: u64) {
-        for (c, n) in self.counts.iter_mut().zip(buckets) {
+    /// Adds `other`'s observations (same bounds: both use the default).
+    pub fn merge(&mut self, other: &Histogram) {
+        for (c, n) in self.counts.iter_mut().zip(&other.counts) {
             *c += n;
         }
-        self.sum_secs += sum_secs;
-        self.count += count;
+        self.sum_secs += other.sum_secs;
+        self.count += other.count;
     }
 }
 

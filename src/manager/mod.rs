@@ -380,7 +380,7 @@ impl Manager {
                         let worker = w.clone();
                         tokio::spawn(async move {
                             for unit in units {
-                                if let Err(e) = placement.set_limits(Some(&unit), &worker).await {
+                                if let Err(e) = placement.set_limits(&unit, &worker).await {
                                     tracing::warn!(worker = %worker.name, "cannot set the new limits on {unit}: {e}; it keeps the old ones until it is replaced");
                                 }
                             }
@@ -499,17 +499,15 @@ impl Manager {
                 let n = jobs.total();
                 slot.jobs_done += n;
                 pool.rate.add_n(now, n);
-                pool.durations.merge(&jobs.buckets, jobs.sum_secs, n);
+                pool.durations.merge(&jobs.durations);
                 for c in &jobs.functions {
-                    let f = pool.functions.entry(c.name.clone()).or_insert_with(|| {
-                        crate::control::proto::FunctionStats {
+                    pool.functions
+                        .entry(c.name.clone())
+                        .or_insert_with(|| crate::control::proto::FunctionStats {
                             name: c.name.clone(),
                             ..Default::default()
-                        }
-                    });
-                    f.complete += c.complete;
-                    f.fail += c.fail;
-                    f.exception += c.exception;
+                        })
+                        .merge(c);
                     pool.counters.jobs_complete += c.complete;
                     pool.counters.jobs_failed += c.fail;
                     pool.counters.jobs_exception += c.exception;

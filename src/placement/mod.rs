@@ -254,18 +254,14 @@ impl Placement {
 
     /// Applies a worker's new resource limits to a running slot (reload).
     /// Plain child processes have none to change.
-    pub async fn set_limits(
-        &self,
-        unit: Option<&str>,
-        worker: &WorkerConfig,
-    ) -> Result<(), String> {
-        match (self, unit) {
-            (Placement::Systemd(sd), Some(unit)) => sd
+    pub async fn set_limits(&self, unit: &str, worker: &WorkerConfig) -> Result<(), String> {
+        match self {
+            Placement::Systemd(sd) => sd
                 .bus
                 .set_limits(unit, &limits(worker))
                 .await
                 .map_err(|e| e.to_string()),
-            _ => Ok(()),
+            Placement::Child => Ok(()),
         }
     }
 

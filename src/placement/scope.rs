@@ -659,11 +659,7 @@ impl Systemd {
             .await;
         match started {
             Err(PlacementError::UnitExists(_)) => {
-                let props = limits.properties(true);
-                self.manager
-                    .set_unit_properties(&slice, true, &props)
-                    .await
-                    .map_err(|e| call_error(&slice, e))?;
+                self.set_limits(&slice, limits).await?;
                 Ok(slice)
             }
             Err(e) => Err(e),

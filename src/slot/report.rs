@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::proto::DURATION_BOUNDS;
+use crate::control::proto::{FunctionStats, Histogram};
 
 use crate::config::WorkerConfig;
 
@@ -100,67 +100,43 @@ pub const SHORT_JOB: Duration = Duration::from_millis(10);
 /// A slot that stays busy reports at least this often.
 pub const REPORT_EVERY: Duration = Duration::from_secs(1);
 
-/// Finished jobs, counted in the slot between two `done` reports.
+/// Finished jobs, counted in the slot between two `done` reports, in the
+/// shapes the manager keeps them in (so merging is adding).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobCounts {
     /// Per function as registered (with prefix); few per worker.
-    pub functions: Vec<FunctionCount>,
-    /// Durations, bucketed by [`DURATION_BOUNDS`] (one more bucket for the rest).
-    pub buckets: Vec<u64>,
-    pub sum_secs: f64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct FunctionCount {
-    pub name: String,
-    pub complete: u64,
-    pub fail: u64,
-    pub exception: u64,
-}
-
-impl FunctionCount {
-    pub fn total(&self) -> u64 {
-        self.complete + self.fail + self.exception
-    }
+    pub functions: Vec<FunctionStats>,
+    pub durations: Histogram,
 }
 
 impl JobCounts {
     pub fn add(&mut self, function: &str, result: JobResult, took: Duration) {
-        let i = match self.functions.iter().position(|f| f.name == function) {
-            Some(i) => i,
+        let f = match self.functions.iter_mut().position(|f| f.name == function) {
+            Some(i) => &mut self.functions[i],
             None => {
-                self.functions.push(FunctionCount {
+                self.functions.push(FunctionStats {
                     name: function.to_owned(),
                     ..Default::default()
                 });
-                self.functions.len() - 1
+                let last = self.functions.len() - 1;
+                &mut self.functions[last]
             }
         };
-        let f = &mut self.functions[i];
         match result {
             JobResult::Complete => f.complete += 1,
             JobResult::Fail => f.fail += 1,
             JobResult::Exception => f.exception += 1,
         }
-        let secs = took.as_secs_f64();
-        if self.buckets.is_empty() {
-            self.buckets = vec![0; DURATION_BOUNDS.len() + 1];
-        }
-        let b = DURATION_BOUNDS
-            .iter()
-            .position(|b| secs <= *b)
-            .unwrap_or(DURATION_BOUNDS.len());
-        self.buckets[b] += 1;
-        self.sum_secs += secs;
+        self.durations.observe(took.as_secs_f64());
     }
 
     /// Jobs counted.
     pub fn total(&self) -> u64 {
-        self.functions.iter().map(FunctionCount::total).sum()
+        self.durations.count
     }
 
     pub fn is_empty(&self) -> bool {
-        self.functions.is_empty()
+        self.durations.count == 0
     }
 }
 

@@ -33,8 +33,9 @@ struct Jobs {
     drain: CancellationToken,
     /// Tells the stderr forwarder which job lines belong to.
     log_marks: Option<mpsc::UnboundedSender<crate::systemd::journal::JobMark>>,
-    /// Set when the OOM killer took a handler.
-    oom: std::sync::atomic::AtomicBool,
+    /// Why the slot leaves on its own (OOM kill, workleft, recycle_rss),
+    /// once one of them happened: the first one counts.
+    leaving: std::sync::Mutex<Option<ExitReason>>,
     /// The cgroup's OOM-kill count when last read (at start, then after each
     /// job whose handler died): read on failure only, never per job.
     ooms_seen: std::sync::Mutex<Option<u64>>,
@@ -42,8 +43,6 @@ struct Jobs {
     told: std::sync::Mutex<Told>,
     /// `recycle_rss`, when set.
     rss_check: std::sync::Mutex<Option<RssCheck>>,
-    /// Set when the handler passed `recycle_rss`.
-    over_rss: std::sync::atomic::AtomicBool,
 }
 
 /// Reports go out on transitions, not per job (see [`Report::Busy`]): the
@@ -76,7 +75,7 @@ impl Jobs {
 
     /// Reports the start of `job` when the manager's view would otherwise
     /// be stale (queued with the counts so far: one write, one wake-up).
-    /// Returns whether it did (or it was not needed).
+    /// Returns whether it reported.
     fn report_busy(&self, job: &Job, now: Instant, force: bool) -> bool {
         let mut told = self.told();
         if !force && told.busy && told.last_short && now.duration_since(told.at) < REPORT_EVERY {
@@ -107,9 +106,19 @@ impl Jobs {
             let _ = tokio::time::timeout(std::time::Duration::from_millis(200), done).await;
         }
     }
-}
 
-impl Jobs {
+    /// The slot exits after the job in hand, for `reason`. The gate closes
+    /// while this job still holds the permit, so no other connection can
+    /// grab one more.
+    fn leave(&self, reason: ExitReason) {
+        self.leaving
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_or_insert(reason);
+        self.gate.close();
+        self.drain.cancel();
+    }
+
     /// After a job: a handler above `recycle_rss` is replaced, the slot
     /// exits once this job is answered (the manager starts its successor).
     fn check_rss(&self, pid: Option<u32>, long_job: bool) {
@@ -123,9 +132,7 @@ impl Jobs {
                 crate::config::values::format_size(rss),
                 crate::config::values::format_size(check.limit())
             );
-            self.over_rss.store(true, Ordering::SeqCst);
-            self.gate.close();
-            self.drain.cancel();
+            self.leave(ExitReason::Memory);
         }
     }
 }
@@ -183,9 +190,7 @@ impl JobRunner for Jobs {
                             "job failed: the kernel OOM killer killed the handler (memory_max {}); replacing this slot",
                             self.spec.worker.memory_max.map_or("-".into(), |m| m.to_string())
                         );
-                        self.oom.store(true, Ordering::SeqCst);
-                        self.gate.close();
-                        self.drain.cancel();
+                        self.leave(ExitReason::OomKilled);
                     } else {
                         tracing::warn!(
                             gearman_function = %job.gearman_function,
@@ -199,13 +204,12 @@ impl JobRunner for Jobs {
             let done = self.done.fetch_add(1, Ordering::SeqCst) + 1;
             let workleft = self.spec.worker.workleft;
             if workleft > 0 && done >= workleft {
-                // Closed while this job still holds the permit, so no other
-                // connection can grab one more.
-                self.gate.close();
-                self.drain.cancel();
+                self.leave(ExitReason::Workleft);
             }
             let took = started.elapsed();
-            self.check_rss(handler_pid, took >= SHORT_JOB);
+            if !self.gate.is_closed() {
+                self.check_rss(handler_pid, took >= SHORT_JOB);
+            }
             {
                 let mut told = self.told();
                 told.counts.add(&job.gearman_function, result, took);
@@ -264,10 +268,9 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         gate: gate.clone(),
         drain: drain.clone(),
         log_marks,
-        oom: Default::default(),
+        leaving: Default::default(),
         ooms_seen: std::sync::Mutex::new(oom_kills()),
         rss_check: std::sync::Mutex::new(RssCheck::new(spec.worker.recycle_rss)),
-        over_rss: Default::default(),
         told: std::sync::Mutex::new(Told {
             counts: JobCounts::default(),
             busy: false,
@@ -325,16 +328,11 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
     });
     while tasks.join_next().await.is_some() {}
 
-    let workleft = spec.worker.workleft;
-    let reason = if jobs.oom.load(Ordering::SeqCst) {
-        ExitReason::OomKilled
-    } else if jobs.over_rss.load(Ordering::SeqCst) {
-        ExitReason::Memory
-    } else if workleft > 0 && jobs.done.load(Ordering::SeqCst) >= workleft {
-        ExitReason::Workleft
-    } else {
-        ExitReason::Drained
-    };
+    let reason = jobs
+        .leaving
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or(ExitReason::Drained);
     jobs.report_idle();
     let _ = reports.send(Report::Exiting { reason });
     if let Ok(jobs) = Arc::try_unwrap(jobs) {

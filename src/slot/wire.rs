@@ -89,8 +89,13 @@ pub struct Wire<F: AsRawFd> {
 }
 
 impl<F: AsRawFd + AsFd> Wire<F> {
-    /// `file` must be in non-blocking mode. Needs the runtime's context.
+    /// Puts `file` in non-blocking mode and registers it with the runtime
+    /// (so it needs the runtime's context).
     pub fn new(file: F) -> io::Result<Wire<F>> {
+        let fd = file.as_raw_fd();
+        let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
+        nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
         // SAFETY: `file` owns its descriptor and the Wire owns `file`, so it
         // stays open and the same for as long as it is registered.
         let io = unsafe { AsyncFd::register(file) }.map_err(|e| e.into_parts().1)?;

@@ -12,9 +12,8 @@ use std::io;
 use std::pin::pin;
 use std::process::Stdio;
 
-use std::os::fd::AsRawFd;
 use tokio::io::AsyncWriteExt;
-use tokio::process::{ChildStdin, ChildStdout};
+use tokio::process::ChildStdin;
 use tokio::time::timeout as within;
 
 use crate::slot::wire::Wire;
@@ -236,14 +235,7 @@ impl Process {
             child.kill_and_reap().await;
             return Err(spawn_error(io::Error::other("no pipes to the handler")));
         };
-        let nonblocking = |stdout: ChildStdout| -> io::Result<std::os::fd::OwnedFd> {
-            let fd = stdout.into_owned_fd()?;
-            let flags = nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_GETFL)?;
-            let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
-            nix::fcntl::fcntl(fd.as_raw_fd(), nix::fcntl::FcntlArg::F_SETFL(flags))?;
-            Ok(fd)
-        };
-        let frames = match nonblocking(stdout).and_then(Wire::new) {
+        let frames = match stdout.into_owned_fd().and_then(Wire::new) {
             Ok(wire) => Frames {
                 wire,
                 codec: SlotmanCodec::new(max_size),
