@@ -679,9 +679,17 @@ async fn box_oom() {
     let slice = sd.ensure_slice("t", &Limits::default()).await.unwrap();
     // The shell stands for the slot runner, the pipeline for a handler: tail
     // keeps all input that has no newline, so it grows until OOM-killed.
+    // oom_score_adj pins the victim: with everything at 0 the kernel, when
+    // a second OOM hits while tail's memory is still being freed, may pick
+    // the tiny shell instead (seen once in CI), and the test would fail for
+    // a reason that has nothing to do with slotman.
     let mut child = tokio::process::Command::new("/bin/sh")
         .arg("-c")
-        .arg("read go; head -c 400M /dev/zero | tail >/dev/null; echo \"survived $?\"; read end")
+        .arg(
+            "echo -1000 >/proc/self/oom_score_adj; read go; \
+             head -c 400M /dev/zero | sh -c 'echo 1000 >/proc/self/oom_score_adj; exec tail' >/dev/null; \
+             echo \"survived $?\"; read end",
+        )
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
