@@ -156,13 +156,22 @@ impl JobRunner for Jobs {
                 } else {
                     // Unreported start in a stream of short jobs: if this one
                     // turns out long, the manager hears of it (and of the jobs
-                    // before it) now, not when it ends.
+                    // before it) now, not when it ends. The first poll often
+                    // finishes the job (wire.rs may block for the answer), and
+                    // then no timer is set: arming one costs the runtime a
+                    // wake-up of its own driver.
                     tokio::pin!(run);
-                    tokio::select! {
-                        outcome = &mut run => outcome,
-                        () = tokio::time::sleep(SHORT_JOB) => {
-                            self.report_busy(&job, Instant::now(), true);
-                            run.await
+                    match futures::poll!(&mut run) {
+                        std::task::Poll::Ready(outcome) => outcome,
+                        std::task::Poll::Pending => {
+                            let left = SHORT_JOB.saturating_sub(started.elapsed());
+                            tokio::select! {
+                                outcome = &mut run => outcome,
+                                () = tokio::time::sleep(left) => {
+                                    self.report_busy(&job, Instant::now(), true);
+                                    run.await
+                                }
+                            }
                         }
                     }
                 };
