@@ -5,7 +5,7 @@ S1-style comparison on one gearmand, one loadgen, interleaved repetitions:
   plain_py        N plain persistent Python workers (bench/workers)
   slotman_stdio   N slotman stdio slots (Python handler), the binary under test
   floor_MODE      N floor-relay + handler pairs (bench/floor/src/main.rs), one
-                  case per --modes entry (block, poll, epoll, spin)
+                  case per --modes entry (block, sockblock, poll, epoll, spin)
 All handlers are bench/handlers/echo_stdio.py under /usr/bin/python3; trivial
 `echo` jobs, 8-byte payload, window max(16, 2N), as bench/run's S1.
 
@@ -128,6 +128,8 @@ def main():
     ap.add_argument("--spin-us", type=int, default=30)
     ap.add_argument("--no-slotman", action="store_true")
     ap.add_argument("--slotman", default=os.environ.get("SLOTMAN", os.path.join(B.ROOT, "target", "release", "slotman")))
+    ap.add_argument("--slotman-b", default=None,
+                    help="a second slotman build, measured in the same run as case slotman_b (A/B)")
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--max-foreign", type=float, default=0.2, help="cores of other work above which a measurement is repeated")
@@ -152,11 +154,18 @@ def main():
     R = {"command": " ".join(["bench/floor/measure.py"] + sys.argv[1:]), "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime()),
          "warmup": a.warmup, "duration": a.duration, "max_foreign": a.max_foreign, "spin_us": a.spin_us}
     if not a.no_slotman:
-        ctx.slotman = os.path.join(ctx.out, "slotman")
-        shutil.copy2(os.path.abspath(a.slotman), ctx.slotman)
+        # with slotman-slot, if it is next to it (the runner bench/run measures)
+        ctx.slotman, _ = B.copy_slotman(os.path.abspath(a.slotman), ctx.out)
         with open(ctx.slotman, "rb") as f:
             R["slotman"] = {"path": os.path.abspath(a.slotman), "sha256": hashlib.sha256(f.read()).hexdigest()[:16],
                             "mtime": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(os.path.getmtime(a.slotman)))}
+    ctx_b = None
+    if a.slotman_b:
+        ctx_b = Ctx()
+        ctx_b.out = os.path.join(ctx.out, "b")
+        os.makedirs(os.path.join(ctx_b.out, "rt"), exist_ok=True)
+        ctx_b.slotman, _ = B.copy_slotman(os.path.abspath(a.slotman_b), ctx_b.out)
+        R["slotman_b"] = {"path": os.path.abspath(a.slotman_b)}
     R["git_head"] = subprocess.run(["git", "-C", B.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                                    text=True).stdout.strip()
     modes = [m for m in a.modes.split(",") if m]
@@ -171,7 +180,14 @@ def main():
             if not a.no_slotman:
                 st = B.Slotman(ctx, "floor%d" % n, g.port, "stdio", [B.PY, B.H_PY], list(FUNCTIONS), n, n)
                 st.start()
+            st_b = None
+            if ctx_b:
+                st_b = B.Slotman(ctx_b, "floorb%d" % n, g.port, "stdio", [B.PY, B.H_PY], list(FUNCTIONS), n, n,
+                                 worker="b")
+                st_b.start()
             ok = [g.wait_count("plain:", "p::echo", n, 30)]
+            if st_b:
+                ok.append(g.wait_count(st_b.prefix, "b::echo", n, 30))
             ok += [g.wait_count("floor-%s:" % m, "f%s::echo" % m, n, 30) for m in modes]
             if st:
                 ok.append(g.wait_count(st.prefix, "w::echo", n, 30))
@@ -184,6 +200,9 @@ def main():
             if st:
                 cases["slotman_stdio"] = ("w::echo", {"runners": st.runners(kids), "manager": [st.pid],
                                                       "handlers": st.handlers(kids)})
+            if st_b:
+                cases["slotman_b"] = ("b::echo", {"runners": st_b.runners(kids), "manager": [st_b.pid],
+                                                  "handlers": st_b.handlers(kids)})
             for m in modes:
                 cases["floor_" + m] = ("f%s::echo" % m, {"relays": [p.pid for p in relays[m]],
                                                         "handlers": [h for p in relays[m] for h in B.descendants(p.pid, kids)]})
@@ -204,8 +223,9 @@ def main():
                             runs[name].append(r)
                             break
                         dropped[name].append(r)
-            if st:
-                st.stop()
+            for sm in (st, st_b):
+                if sm:
+                    sm.stop()
             B.stop_procs(plain + [p for ps in relays.values() for p in ps])
             g.stop()
             S = {name: dict(summarize(rs), dropped_noisy=len(dropped[name]), kept_noisy=sum(r["noisy"] for r in rs))

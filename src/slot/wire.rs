@@ -1,22 +1,18 @@
 //! The runner's two byte streams (gearmand's socket, the stdio handler's
-//! stdout socket), read into their own buffers so that a wait can be either
-//! a blocking receive or the runtime's.
+//! stdout), read into their own buffers so that a wait can be either a
+//! blocking poll(2) or the runtime's.
 //!
 //! While a stream of jobs flows, every job needs two waits: for the
 //! handler's answer and for gearmand's next assignment. Through the runtime
 //! each wait is a failed read, a park in epoll_wait and a wake-up of the task;
-//! a blocking recv(2) is the least a wait can cost: one system call
-//! (bench/floor measured ~4 µs per job between the two). So both streams
-//! are sockets left in blocking mode with a receive timeout of
-//! [`MAX_BLOCK`]: a fast wait is a plain recv, and every other read and
-//! write passes MSG_DONTWAIT, so nothing the runtime drives ever blocks.
-//! The [`Pace`] keeps the blocking waits from starving the runtime's other
-//! tasks (reports, signals, the manager's messages): the thread blocks at
-//! most [`MAX_BLOCK`] at a time and yields to the runtime at least every
-//! [`SLICE`].
+//! a blocking poll(2) followed by one read is the least a wait can cost
+//! (bench/floor measured ~4 µs per job between the two). The [`Pace`] keeps
+//! that from starving the runtime's other tasks (reports, signals, the
+//! manager's messages): the thread blocks at most [`MAX_BLOCK`] at a time and
+//! yields to the runtime at least every [`SLICE`].
 
-use std::io;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
@@ -64,8 +60,7 @@ impl Pace {
         self.turned.store(self.now(), Ordering::Relaxed);
     }
 
-    /// Whether the next wait may block the thread, or must first let the
-    /// runtime have its turn.
+    /// What the next wait may be.
     fn next_wait(&self, fast: bool) -> Wait {
         if !fast || !self.enabled.load(Ordering::Relaxed) {
             return Wait::Runtime;
@@ -76,37 +71,31 @@ impl Pace {
         if since >= SLICE.as_micros() as u64 {
             Wait::Yield
         } else {
-            Wait::Block
+            Wait::Block(MAX_BLOCK)
         }
     }
 }
 
-#[derive(Clone, Copy, PartialEq)]
 enum Wait {
-    /// A recv that blocks for at most [`MAX_BLOCK`].
-    Block,
+    Block(Duration),
     Yield,
     Runtime,
 }
 
-/// One stream socket with a read buffer.
+/// One non-blocking file (socket or pipe) with a read buffer.
 pub struct Wire<F: AsRawFd> {
     io: AsyncFd<F>,
     pub buf: BytesMut,
 }
 
 impl<F: AsRawFd + AsFd> Wire<F> {
-    /// Puts the socket `file` in blocking mode with a receive timeout of
-    /// [`MAX_BLOCK`] and registers it with the runtime (so it needs the
-    /// runtime's context). Only this module's calls may use it from then on:
-    /// they pass MSG_DONTWAIT wherever a wait is not wanted.
+    /// Puts `file` in non-blocking mode and registers it with the runtime
+    /// (so it needs the runtime's context).
     pub fn new(file: F) -> io::Result<Wire<F>> {
         let fd = file.as_raw_fd();
         let flags = nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_GETFL)?;
-        let flags = nix::fcntl::OFlag::from_bits_retain(flags) - nix::fcntl::OFlag::O_NONBLOCK;
+        let flags = nix::fcntl::OFlag::from_bits_retain(flags) | nix::fcntl::OFlag::O_NONBLOCK;
         nix::fcntl::fcntl(fd, nix::fcntl::FcntlArg::F_SETFL(flags))?;
-        let limit = nix::sys::time::TimeVal::new(0, MAX_BLOCK.as_micros() as _);
-        nix::sys::socket::setsockopt(&file, nix::sys::socket::sockopt::ReceiveTimeout, &limit)?;
         // SAFETY: `file` owns its descriptor and the Wire owns `file`, so it
         // stays open and the same for as long as it is registered.
         let io = unsafe { AsyncFd::register(file) }.map_err(|e| e.into_parts().1)?;
@@ -118,6 +107,11 @@ impl<F: AsRawFd + AsFd> Wire<F> {
 
     pub fn get_ref(&self) -> &F {
         self.io.get_ref()
+    }
+
+    /// One read into the buffer: `Ok(0)` at EOF.
+    fn read_some(&mut self) -> io::Result<usize> {
+        read_into(self.io.get_ref().as_raw_fd(), &mut self.buf)
     }
 
     /// The next item, reading and waiting as needed; `None` at a clean EOF.
@@ -135,24 +129,26 @@ impl<F: AsRawFd + AsFd> Wire<F> {
                 Ok(None) => {}
                 Err(e) => return Some(Err(e)),
             }
-            let wait = pace.next_wait(fast);
-            if wait == Wait::Yield {
-                tokio::task::yield_now().await;
-                pace.turned();
-                continue;
-            }
-            let fd = self.io.get_ref().as_raw_fd();
-            match recv_into(fd, &mut self.buf, wait == Wait::Block) {
+            match self.read_some() {
                 Ok(0) => return codec.decode_eof(&mut self.buf).transpose(),
                 Ok(_) => continue,
-                // A signal: the runtime sees it at its next turn.
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Some(Err(e.into())),
             }
-            // Nothing within MAX_BLOCK (or not allowed to block): the
-            // runtime waits.
-            self.wait_runtime().await;
+            match pace.next_wait(fast) {
+                Wait::Block(limit) => {
+                    if poll_in(self.io.get_ref().as_fd(), limit) {
+                        continue;
+                    }
+                    self.wait_runtime().await;
+                }
+                Wait::Yield => {
+                    tokio::task::yield_now().await;
+                    pace.turned();
+                }
+                Wait::Runtime => self.wait_runtime().await,
+            }
         }
     }
 
@@ -180,60 +176,54 @@ impl<F: AsRawFd + AsFd> Wire<F> {
             return Ok(None);
         };
         // A readiness that turns out stale is cleared by try_io.
-        match guard?.try_io(|inner| recv_into(inner.as_raw_fd(), buf, false)) {
+        match guard?.try_io(|inner| read_into(inner.as_raw_fd(), buf)) {
             Ok(read) => read.map(Some),
             Err(_would_block) => Ok(None),
         }
     }
 }
 
-impl<F: AsRawFd + AsFd> Wire<F> {
+impl<F: AsRawFd + AsFd> Wire<F>
+where
+    for<'a> &'a F: Write,
+{
     /// Writes all of `data`.
     pub async fn write_all(&self, mut data: &[u8]) -> io::Result<()> {
-        let fd = self.io.get_ref().as_raw_fd();
         while !data.is_empty() {
-            // SAFETY: send(2) reads at most `data.len()` bytes of `data`.
-            let n = unsafe {
-                libc::send(
-                    fd,
-                    data.as_ptr().cast(),
-                    data.len(),
-                    libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-                )
-            };
-            if n >= 0 {
-                if n == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
+            match self.io.get_ref().write(data) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.io.writable().await?.clear_ready();
                 }
-                data = &data[n as usize..];
-                continue;
-            }
-            let e = io::Error::last_os_error();
-            match e.kind() {
-                io::ErrorKind::Interrupted => {}
-                io::ErrorKind::WouldBlock => self.io.writable().await?.clear_ready(),
-                _ => return Err(e),
+                Err(e) => return Err(e),
             }
         }
         Ok(())
     }
 }
 
-/// One recv(2) into the spare capacity of `buf`: `Ok(0)` at EOF. With
-/// `block`, it waits up to the socket's receive timeout ([`MAX_BLOCK`]),
-/// then fails with `WouldBlock`.
-fn recv_into(fd: RawFd, buf: &mut BytesMut, block: bool) -> io::Result<usize> {
+/// One read(2) into the spare capacity of `buf`: `Ok(0)` at EOF.
+fn read_into(fd: std::os::fd::RawFd, buf: &mut BytesMut) -> io::Result<usize> {
     if buf.capacity() - buf.len() < 4096 {
         buf.reserve(8 * 1024);
     }
     let spare = buf.spare_capacity_mut();
-    let flags = if block { 0 } else { libc::MSG_DONTWAIT };
-    // SAFETY: recv(2) writes at most `spare.len()` bytes into the spare
+    // SAFETY: read(2) writes at most `spare.len()` bytes into the spare
     // capacity, and `set_len` only covers what it wrote.
-    let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), spare.len(), flags) };
+    let n = unsafe { libc::read(fd, spare.as_mut_ptr().cast(), spare.len()) };
     if n < 0 {
         return Err(io::Error::last_os_error());
     }
     unsafe { buf.set_len(buf.len() + n as usize) };
     Ok(n as usize)
+}
+
+/// poll(2) for input on one file: true when there is input (or EOF, or an
+/// error, which the next read reports), false after `limit`.
+fn poll_in(fd: std::os::fd::BorrowedFd<'_>, limit: Duration) -> bool {
+    let mut pfd = [nix::poll::PollFd::new(fd, nix::poll::PollFlags::POLLIN)];
+    let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+    matches!(nix::poll::poll(&mut pfd, ms), Ok(n) if n > 0)
 }

@@ -30,7 +30,7 @@
 //!          to show what the second sleep costs.
 //!
 //! usage: floor-relay --server HOST:PORT --prefix P:: --function F [--function G]
-//!        [--id ID] [--mode block|poll|epoll|spin|prefetch] [--timeout-ms 30000]
+//!        [--id ID] [--mode block|sockblock|poll|epoll|spin|prefetch] [--timeout-ms 30000]
 //!        [--spin-us 50] -- HANDLER [ARGS...]
 //!
 //! std + libc only.
@@ -73,13 +73,15 @@ struct Opts {
     mode: Mode,
     timeout_ms: i32,
     spin_us: u64,
+    /// The handler's stdout is a Unix socketpair, not a pipe (as slotman's).
+    socket: bool,
     handler: Vec<String>,
 }
 
 fn usage() -> ! {
     eprintln!(
         "usage: floor-relay --server HOST:PORT --prefix P:: --function F... [--id ID] \
-         [--mode block|poll|epoll|spin|prefetch] [--timeout-ms 30000] [--spin-us 50] -- HANDLER [ARGS...]"
+         [--mode block|sockblock|poll|epoll|spin|prefetch] [--timeout-ms 30000] [--spin-us 50] -- HANDLER [ARGS...]"
     );
     std::process::exit(2)
 }
@@ -93,6 +95,7 @@ fn parse() -> Opts {
         mode: Mode::Block,
         timeout_ms: 30_000,
         spin_us: 50,
+        socket: false,
         handler: vec![],
     };
     let mut args = std::env::args().skip(1);
@@ -112,6 +115,10 @@ fn parse() -> Opts {
             "--mode" => {
                 o.mode = match v.as_str() {
                     "block" => Mode::Block,
+                    "sockblock" => {
+                        o.socket = true;
+                        Mode::Block
+                    }
                     "poll" => Mode::Poll,
                     "epoll" => Mode::Epoll,
                     "spin" => Mode::Spin,
@@ -144,7 +151,13 @@ struct Waiter {
 
 impl Waiter {
     /// `watch`: the fds read from (epoll set); `nonblock`: every fd of the hop.
-    fn new(mode: Mode, timeout_ms: i32, spin_us: u64, watch: &[RawFd], nonblock: &[RawFd]) -> Waiter {
+    fn new(
+        mode: Mode,
+        timeout_ms: i32,
+        spin_us: u64,
+        watch: &[RawFd],
+        nonblock: &[RawFd],
+    ) -> Waiter {
         let mut p = [0 as RawFd; 2];
         if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
             die("pipe", io::Error::last_os_error());
@@ -157,7 +170,10 @@ impl Waiter {
                 die("epoll_create1", io::Error::last_os_error());
             }
             for &fd in watch.iter().chain(std::iter::once(&p[0])) {
-                let mut ev = libc::epoll_event { events: libc::EPOLLIN as u32, u64: fd as u64 };
+                let mut ev = libc::epoll_event {
+                    events: libc::EPOLLIN as u32,
+                    u64: fd as u64,
+                };
                 if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
                     die("epoll_ctl", io::Error::last_os_error());
                 }
@@ -171,15 +187,29 @@ impl Waiter {
                 }
             }
         }
-        Waiter { mode, ctl: p[0], epfd, timeout_ms, spin_us }
+        Waiter {
+            mode,
+            ctl: p[0],
+            epfd,
+            timeout_ms,
+            spin_us,
+        }
     }
 
     /// `timeout`: waiting for the handler's answer is bounded (a runner
     /// fails the job on its timeout); waiting for gearmand is not.
     fn poll(&self, fd: RawFd, timeout: bool) {
         let mut pfd = [
-            libc::pollfd { fd, events: libc::POLLIN, revents: 0 },
-            libc::pollfd { fd: self.ctl, events: libc::POLLIN, revents: 0 },
+            libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.ctl,
+                events: libc::POLLIN,
+                revents: 0,
+            },
         ];
         loop {
             let t = if timeout { self.timeout_ms } else { -1 };
@@ -273,7 +303,11 @@ fn write_all(fd: RawFd, mut buf: &[u8]) {
         match e.kind() {
             io::ErrorKind::Interrupted => {}
             io::ErrorKind::WouldBlock => {
-                let mut pfd = libc::pollfd { fd, events: libc::POLLOUT, revents: 0 };
+                let mut pfd = libc::pollfd {
+                    fd,
+                    events: libc::POLLOUT,
+                    revents: 0,
+                };
                 unsafe { libc::poll(&mut pfd, 1, -1) };
             }
             _ => die("write", e),
@@ -291,7 +325,12 @@ struct Stream {
 
 impl Stream {
     fn new(fd: RawFd) -> Stream {
-        Stream { fd, buf: vec![0; 64 * 1024], start: 0, end: 0 }
+        Stream {
+            fd,
+            buf: vec![0; 64 * 1024],
+            start: 0,
+            end: 0,
+        }
     }
 
     fn avail(&self) -> &[u8] {
@@ -362,8 +401,14 @@ fn read_frame(s: &mut Stream, w: &Waiter) -> (Vec<u8>, Vec<u8>) {
         let a = s.avail();
         if let Some(nl) = a.iter().position(|&b| b == b'\n') {
             let header = a[..nl].to_vec();
-            let word_end = header.iter().position(|&b| b == b' ').unwrap_or(header.len());
-            let sized = matches!(&header[..word_end], b"COMPLETE" | b"DATA" | b"WARNING" | b"EXCEPTION");
+            let word_end = header
+                .iter()
+                .position(|&b| b == b' ')
+                .unwrap_or(header.len());
+            let sized = matches!(
+                &header[..word_end],
+                b"COMPLETE" | b"DATA" | b"WARNING" | b"EXCEPTION"
+            );
             let size = if sized {
                 std::str::from_utf8(&header[word_end + 1..])
                     .ok()
@@ -382,10 +427,21 @@ fn read_frame(s: &mut Stream, w: &Waiter) -> (Vec<u8>, Vec<u8>) {
     }
 }
 
+// The handler dies with the relay (PDEATHSIG); nothing is left to reap.
+#[allow(clippy::zombie_processes)]
 fn main() {
     let o = parse();
     let mut cmd = Command::new(&o.handler[0]);
-    cmd.args(&o.handler[1..]).stdin(Stdio::piped()).stdout(Stdio::piped());
+    cmd.args(&o.handler[1..]).stdin(Stdio::piped());
+    let ours = if o.socket {
+        let (ours, theirs) =
+            std::os::unix::net::UnixStream::pair().unwrap_or_else(|e| die("socketpair", e));
+        cmd.stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+        Some(ours)
+    } else {
+        cmd.stdout(Stdio::piped());
+        None
+    };
     unsafe {
         cmd.pre_exec(|| {
             libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
@@ -394,11 +450,22 @@ fn main() {
     }
     let mut child = cmd.spawn().unwrap_or_else(|e| die("spawn handler", e));
     let hin = child.stdin.take().unwrap();
-    let hout = child.stdout.take().unwrap();
+    drop(cmd);
+    let hout: std::os::fd::OwnedFd = match ours {
+        Some(sock) => sock.into(),
+        None => child.stdout.take().unwrap().into(),
+    };
     let sock = TcpStream::connect(&o.server).unwrap_or_else(|e| die("connect", e));
-    sock.set_nodelay(true).unwrap_or_else(|e| die("TCP_NODELAY", e));
+    sock.set_nodelay(true)
+        .unwrap_or_else(|e| die("TCP_NODELAY", e));
     let (sfd, hin_fd, hout_fd) = (sock.as_raw_fd(), hin.as_raw_fd(), hout.as_raw_fd());
-    let w = Waiter::new(o.mode, o.timeout_ms, o.spin_us, &[sfd, hout_fd], &[sfd, hout_fd, hin_fd]);
+    let w = Waiter::new(
+        o.mode,
+        o.timeout_ms,
+        o.spin_us,
+        &[sfd, hout_fd],
+        &[sfd, hout_fd, hin_fd],
+    );
     let mut hs = Stream::new(hout_fd);
     let (h, _) = read_frame(&mut hs, &w);
     if h != b"READY" {
@@ -447,7 +514,9 @@ fn main() {
         let function = parts.next().unwrap_or_default();
         let unique = parts.next().unwrap_or_default();
         let payload = parts.next().unwrap_or_default();
-        let function = function.strip_prefix(o.prefix.as_bytes()).unwrap_or(function);
+        let function = function
+            .strip_prefix(o.prefix.as_bytes())
+            .unwrap_or(function);
         let unique: &[u8] = if unique.is_empty() { b"-" } else { unique };
         job.clear();
         job.extend_from_slice(b"JOB ");
@@ -456,7 +525,7 @@ fn main() {
         job.extend_from_slice(handle);
         job.push(b' ');
         job.extend_from_slice(unique);
-        write!(job, " {}\n", payload.len()).unwrap();
+        writeln!(job, " {}", payload.len()).unwrap();
         job.extend_from_slice(payload);
         write_all(hin_fd, &job);
         if prefetch {

@@ -215,14 +215,7 @@ impl Process {
         let mut cmd = launcher
             .command(&[])
             .map_err(|why| spawn_error(io::Error::other(why)))?;
-        // stdout is a socket, not a pipe: the runner waits for answers with
-        // a recv that has a timeout (wire.rs). Handlers see what systemd
-        // gives services whose output goes to the journal.
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().map_err(spawn_error)?;
-        // Only the handler may write answers: nothing travels the other way.
-        let _ = theirs.shutdown(std::net::Shutdown::Read);
-        cmd.stdin(Stdio::piped())
-            .stdout(Stdio::from(std::os::fd::OwnedFd::from(theirs)));
+        cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         // A long-running handler never outlives its runner, even a SIGKILLed
         // one (the runner forks from its one thread, so "parent thread exits"
         // is "runner exits"). Spawned once per handler, so the fork that a
@@ -236,16 +229,13 @@ impl Process {
                 Ok(())
             });
         }
-        let spawned = GroupChild::spawn(&mut cmd);
-        // The command holds our copy of the handler's end of stdout: with it
-        // open, the handler's exit would never read as EOF.
-        drop(cmd);
-        let mut child = spawned.map_err(spawn_error)?;
-        let Some(stdin) = child.child.stdin.take() else {
+        let mut child = GroupChild::spawn(&mut cmd).map_err(spawn_error)?;
+        let (Some(stdin), Some(stdout)) = (child.child.stdin.take(), child.child.stdout.take())
+        else {
             child.kill_and_reap().await;
-            return Err(spawn_error(io::Error::other("no pipe to the handler")));
+            return Err(spawn_error(io::Error::other("no pipes to the handler")));
         };
-        let frames = match Wire::new(std::os::fd::OwnedFd::from(ours)) {
+        let frames = match stdout.into_owned_fd().and_then(Wire::new) {
             Ok(wire) => Frames {
                 wire,
                 codec: SlotmanCodec::new(max_size),
