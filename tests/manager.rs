@@ -50,6 +50,7 @@ impl Service {
             .arg(self.dir.path())
             .env("RECORD_FILE", self.dir.path().join("record.log"))
             .stdin(Stdio::null())
+            .stderr(std::fs::File::create(self.log_path()).expect("manager log"))
             .spawn()
             .expect("start slotman run");
         self.child = Some(child);
@@ -103,6 +104,15 @@ impl Service {
             .expect("worker in status")
     }
 
+    fn log_path(&self) -> PathBuf {
+        self.dir.path().join("manager.log")
+    }
+
+    /// What the manager logged so far (its stderr).
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
     fn record(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("record.log")).unwrap_or_default()
     }
@@ -110,6 +120,9 @@ impl Service {
 
 impl Drop for Service {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- the manager's log ---\n{}", self.log());
+        }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
@@ -197,6 +210,14 @@ fn a_burst_grows_the_pool_to_max_and_idle_shrinks_it_back() {
     // follows the load instead of a timer.
     let reached = reached_max_at.expect("pool reached max while jobs were still waiting");
     eprintln!("pool reached 4 slots {reached:?} after the burst landed");
+    // And in one step from the queue depth (scale_on_queue), not a slot at
+    // a time as each new one turned busy.
+    let log = svc.log();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("scale up w") && l.contains("jobs queued")),
+        "no scale-up from the queue depth in the manager's log:\n{log}"
+    );
     // Back to min once idle_timeout has passed.
     wait_until("pool back to 1 slot", Duration::from_secs(15), || {
         svc.worker("w").slots.len() == 1

@@ -85,6 +85,8 @@ pub struct Manager {
     /// Next admin `status` poll, while some pool is saturated.
     queue_poll: Option<Instant>,
     queue_inflight: bool,
+    /// When the job servers' queues were last read.
+    queue_polled: Option<Instant>,
     /// Pools an event touched since the policy last ran on them: the policy
     /// runs per event only where something changed.
     dirty: std::collections::BTreeSet<String>,
@@ -123,6 +125,7 @@ impl Manager {
             started: Instant::now(),
             queue_poll: None,
             queue_inflight: false,
+            queue_polled: None,
             dirty: Default::default(),
             pool_wake: BTreeMap::new(),
             status_sent: None,
@@ -207,12 +210,19 @@ impl Manager {
     fn schedule_queue_poll(&mut self) {
         let saturated = self.saturated();
         if saturated.is_empty() {
-            self.queue_poll = None;
+            // A poll already due stays due (poll_queues looks again): while
+            // a pool grows, each new slot is idle only until it grabs its
+            // first job, and cancelling here pushed the poll back with every
+            // new slot, so a burst was absorbed one slot at a time.
             for p in self.pools.values_mut() {
                 p.queued = 0;
             }
         } else if self.queue_poll.is_none() && !self.queue_inflight {
-            self.queue_poll = Some(Instant::now() + QUEUE_POLL);
+            // The first look is at once (a burst has just landed); then at
+            // most one every QUEUE_POLL.
+            let now = Instant::now();
+            let next = self.queue_polled.map_or(now, |t| t + QUEUE_POLL);
+            self.queue_poll = Some(next.max(now));
         }
     }
 
@@ -223,6 +233,7 @@ impl Manager {
             return;
         }
         self.queue_inflight = true;
+        self.queue_polled = Some(Instant::now());
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
             let mut servers: Vec<&String> = saturated.iter().flat_map(|(_, s, _)| s).collect();
