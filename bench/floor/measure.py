@@ -5,7 +5,7 @@ S1-style comparison on one gearmand, one loadgen, interleaved repetitions:
   plain_py        N plain persistent Python workers (bench/workers)
   slotman_stdio   N slotman stdio slots (Python handler), the binary under test
   floor_MODE      N floor-relay + handler pairs (bench/floor/src/main.rs), one
-                  case per --modes entry (block, sockblock, poll, epoll, spin)
+                  case per --modes entry (block, sockblock, epollblock, poll, epoll, spin)
 All handlers are bench/handlers/echo_stdio.py under /usr/bin/python3; trivial
 `echo` jobs, 8-byte payload, window max(16, 2N), as bench/run's S1.
 

@@ -30,7 +30,7 @@
 //!          to show what the second sleep costs.
 //!
 //! usage: floor-relay --server HOST:PORT --prefix P:: --function F [--function G]
-//!        [--id ID] [--mode block|sockblock|poll|epoll|spin|prefetch] [--timeout-ms 30000]
+//!        [--id ID] [--mode block|sockblock|epollblock|poll|epoll|spin|prefetch] [--timeout-ms 30000]
 //!        [--spin-us 50] -- HANDLER [ARGS...]
 //!
 //! std + libc only.
@@ -59,6 +59,9 @@ const JOB_ASSIGN_UNIQ: u32 = 31;
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Block,
+    /// Blocking reads, with the fds also in an (unused) epoll set, as a
+    /// tokio runner that blocks keeps them registered.
+    EpollBlock,
     Poll,
     Epoll,
     Spin,
@@ -81,7 +84,7 @@ struct Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: floor-relay --server HOST:PORT --prefix P:: --function F... [--id ID] \
-         [--mode block|sockblock|poll|epoll|spin|prefetch] [--timeout-ms 30000] [--spin-us 50] -- HANDLER [ARGS...]"
+         [--mode block|sockblock|epollblock|poll|epoll|spin|prefetch] [--timeout-ms 30000] [--spin-us 50] -- HANDLER [ARGS...]"
     );
     std::process::exit(2)
 }
@@ -119,6 +122,7 @@ fn parse() -> Opts {
                         o.socket = true;
                         Mode::Block
                     }
+                    "epollblock" => Mode::EpollBlock,
                     "poll" => Mode::Poll,
                     "epoll" => Mode::Epoll,
                     "spin" => Mode::Spin,
@@ -164,14 +168,19 @@ impl Waiter {
         }
         // p[1] stays open (never written): ctl never becomes readable.
         let mut epfd = -1;
-        if mode == Mode::Epoll {
+        if mode == Mode::Epoll || mode == Mode::EpollBlock {
             epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
             if epfd < 0 {
                 die("epoll_create1", io::Error::last_os_error());
             }
             for &fd in watch.iter().chain(std::iter::once(&p[0])) {
+                let edge = if mode == Mode::EpollBlock {
+                    (libc::EPOLLET | libc::EPOLLRDHUP) as u32
+                } else {
+                    0
+                };
                 let mut ev = libc::epoll_event {
-                    events: libc::EPOLLIN as u32,
+                    events: libc::EPOLLIN as u32 | edge,
                     u64: fd as u64,
                 };
                 if unsafe { libc::epoll_ctl(epfd, libc::EPOLL_CTL_ADD, fd, &mut ev) } != 0 {
@@ -231,7 +240,7 @@ impl Waiter {
     fn read(&self, fd: RawFd, buf: &mut [u8], timeout: bool) -> usize {
         let raw = |buf: &mut [u8]| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         match self.mode {
-            Mode::Block | Mode::Prefetch => loop {
+            Mode::Block | Mode::EpollBlock | Mode::Prefetch => loop {
                 let n = raw(buf);
                 if n >= 0 {
                     return n as usize;
