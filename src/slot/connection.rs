@@ -31,14 +31,16 @@ use crate::slot::handler::{Job, JobEvent, Outcome};
 pub type Gate = Arc<Semaphore>;
 
 /// Runs one job through the handler; given by the runner so that this module
-/// knows nothing of handler processes.
-pub trait JobRunner: Send + Sync {
+/// knows nothing of handler processes. Generic, not `dyn`: a boxed future
+/// per job was a heap allocation large enough to make glibc consolidate its
+/// free lists on every job.
+pub trait JobRunner: Send + Sync + 'static {
     /// Runs `job`, sending progress to `events`; returns how it ended.
-    fn run<'a>(
-        &'a self,
+    fn run(
+        &self,
         job: Job,
         events: mpsc::Sender<JobEvent>,
-    ) -> futures::future::BoxFuture<'a, Outcome>;
+    ) -> impl std::future::Future<Output = Outcome> + Send;
 
     /// The connection found no job and goes to sleep.
     fn idle(&self) {}
@@ -109,11 +111,11 @@ enum SessionEnd {
 /// Serves one job server until the gate closes. `first_attempt` is signalled
 /// once, after the first connect attempt succeeded or failed, so the runner can
 /// report ready without waiting for a server that is down.
-pub async fn serve(
+pub async fn serve<R: JobRunner>(
     spec: ConnectionSpec,
     gate: Gate,
     drain: CancellationToken,
-    runner: Arc<dyn JobRunner>,
+    runner: Arc<R>,
     first_attempt: mpsc::Sender<()>,
 ) {
     let mut first_attempt = Some(first_attempt);
@@ -199,13 +201,15 @@ async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
     Ok(conn)
 }
 
-async fn session(
+async fn session<R: JobRunner>(
     spec: &ConnectionSpec,
     mut conn: Conn,
     gate: &Gate,
     drain: &CancellationToken,
-    runner: &dyn JobRunner,
+    runner: &R,
 ) -> SessionEnd {
+    // One progress channel for the session's jobs, not one per job.
+    let mut events = mpsc::channel(16);
     // A fresh connection may have jobs waiting: start awake.
     let mut awake = true;
     // The permit, when GRAB_JOB_UNIQ already went out with the last answer.
@@ -280,7 +284,7 @@ async fn session(
             continue;
         };
         // The answer is queued, not yet sent.
-        let result = run_job(spec, &mut conn, assign, runner).await;
+        let result = run_job(spec, &mut conn, assign, runner, &mut events).await;
         // The permit is released only after the runner has had the chance to
         // close the gate on workleft.
         drop(permit);
@@ -303,11 +307,12 @@ async fn session(
 }
 
 /// Turns a JOB_ASSIGN* into a [`Job`], runs it, forwards progress, answers.
-async fn run_job(
+async fn run_job<R: JobRunner>(
     spec: &ConnectionSpec,
     conn: &mut Conn,
     assign: Packet,
-    runner: &dyn JobRunner,
+    runner: &R,
+    (tx, rx): &mut (mpsc::Sender<JobEvent>, mpsc::Receiver<JobEvent>),
 ) -> Result<(), String> {
     let handle = Bytes::copy_from_slice(assign.arg(0));
     let gearman_function = String::from_utf8_lossy(assign.arg(1)).into_owned();
@@ -331,9 +336,8 @@ async fn run_job(
         payload,
     };
 
-    let (tx, mut rx) = mpsc::channel(16);
     let outcome = {
-        let run = runner.run(job, tx);
+        let run = runner.run(job, tx.clone());
         tokio::pin!(run);
         loop {
             tokio::select! {

@@ -10,7 +10,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::future::BoxFuture;
 use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
@@ -142,8 +141,12 @@ impl JobRunner for Jobs {
         self.report_idle();
     }
 
-    fn run<'a>(&'a self, job: Job, events: mpsc::Sender<JobEvent>) -> BoxFuture<'a, Outcome> {
-        Box::pin(async move {
+    fn run(
+        &self,
+        job: Job,
+        events: mpsc::Sender<JobEvent>,
+    ) -> impl std::future::Future<Output = Outcome> + Send {
+        async move {
             let started = Instant::now();
             let reported = self.report_busy(&job, started, false);
             self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())))
@@ -229,7 +232,7 @@ impl JobRunner for Jobs {
                 self.report_idle();
             }
             outcome
-        })
+        }
     }
 }
 
@@ -312,7 +315,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
             cspec,
             gate.clone(),
             drain.clone(),
-            jobs.clone() as Arc<dyn JobRunner>,
+            jobs.clone(),
             first_tx.clone(),
         ));
     }
