@@ -141,98 +141,92 @@ impl JobRunner for Jobs {
         self.report_idle();
     }
 
-    fn run(
-        &self,
-        job: Job,
-        events: mpsc::Sender<JobEvent>,
-    ) -> impl std::future::Future<Output = Outcome> + Send {
-        async move {
-            let started = Instant::now();
-            let reported = self.report_busy(&job, started, false);
-            self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())))
-                .await;
-            let (outcome, handler_pid) = {
-                let mut handler = self.handler.lock().await;
-                let run = handler.run(&job, &events, self.spec.worker.timeout);
-                let outcome = if reported {
-                    run.await
-                } else {
-                    // Unreported start in a stream of short jobs: if this one
-                    // turns out long, the manager hears of it (and of the jobs
-                    // before it) now, not when it ends. The first poll often
-                    // finishes the job (wire.rs may block for the answer), and
-                    // then no timer is set: arming one costs the runtime a
-                    // wake-up of its own driver.
-                    tokio::pin!(run);
-                    match futures::poll!(&mut run) {
-                        std::task::Poll::Ready(outcome) => outcome,
-                        std::task::Poll::Pending => {
-                            let left = SHORT_JOB.saturating_sub(started.elapsed());
-                            tokio::select! {
-                                outcome = &mut run => outcome,
-                                () = tokio::time::sleep(left) => {
-                                    self.report_busy(&job, Instant::now(), true);
-                                    run.await
-                                }
+    async fn run(&self, job: Job, events: mpsc::Sender<JobEvent>) -> Outcome {
+        let started = Instant::now();
+        let reported = self.report_busy(&job, started, false);
+        self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())))
+            .await;
+        let (outcome, handler_pid) = {
+            let mut handler = self.handler.lock().await;
+            let run = handler.run(&job, &events, self.spec.worker.timeout);
+            let outcome = if reported {
+                run.await
+            } else {
+                // Unreported start in a stream of short jobs: if this one
+                // turns out long, the manager hears of it (and of the jobs
+                // before it) now, not when it ends. The first poll often
+                // finishes the job (wire.rs may block for the answer), and
+                // then no timer is set: arming one costs the runtime a
+                // wake-up of its own driver.
+                tokio::pin!(run);
+                match futures::poll!(&mut run) {
+                    std::task::Poll::Ready(outcome) => outcome,
+                    std::task::Poll::Pending => {
+                        let left = SHORT_JOB.saturating_sub(started.elapsed());
+                        tokio::select! {
+                            outcome = &mut run => outcome,
+                            () = tokio::time::sleep(left) => {
+                                self.report_busy(&job, Instant::now(), true);
+                                run.await
                             }
                         }
                     }
-                };
-                (outcome, handler.pid())
-            };
-            self.mark_job(None).await;
-            let result = match &outcome {
-                Outcome::Complete(_) => JobResult::Complete,
-                Outcome::Exception(_) => JobResult::Exception,
-                Outcome::Fail(why) => {
-                    let oom = matches!(why, FailReason::Died(_)) && {
-                        let now = oom_kills();
-                        let mut seen = self.ooms_seen.lock().unwrap_or_else(|e| e.into_inner());
-                        let grew = matches!((*seen, now), (Some(a), Some(b)) if b > a);
-                        if now.is_some() {
-                            *seen = now;
-                        }
-                        grew
-                    };
-                    if oom {
-                        tracing::error!(
-                            gearman_function = %job.gearman_function,
-                            gearman_handle = %job.handle,
-                            reason = "oom",
-                            "job failed: the kernel OOM killer killed the handler (memory_max {}); replacing this slot",
-                            self.spec.worker.memory_max.map_or("-".into(), |m| m.to_string())
-                        );
-                        self.leave(ExitReason::OomKilled);
-                    } else {
-                        tracing::warn!(
-                            gearman_function = %job.gearman_function,
-                            gearman_handle = %job.handle,
-                            "job failed: {why}"
-                        );
-                    }
-                    JobResult::Fail
                 }
             };
-            let done = self.done.fetch_add(1, Ordering::SeqCst) + 1;
-            let workleft = self.spec.worker.workleft;
-            if workleft > 0 && done >= workleft {
-                self.leave(ExitReason::Workleft);
+            (outcome, handler.pid())
+        };
+        self.mark_job(None).await;
+        let result = match &outcome {
+            Outcome::Complete(_) => JobResult::Complete,
+            Outcome::Exception(_) => JobResult::Exception,
+            Outcome::Fail(why) => {
+                let oom = matches!(why, FailReason::Died(_)) && {
+                    let now = oom_kills();
+                    let mut seen = self.ooms_seen.lock().unwrap_or_else(|e| e.into_inner());
+                    let grew = matches!((*seen, now), (Some(a), Some(b)) if b > a);
+                    if now.is_some() {
+                        *seen = now;
+                    }
+                    grew
+                };
+                if oom {
+                    tracing::error!(
+                        gearman_function = %job.gearman_function,
+                        gearman_handle = %job.handle,
+                        reason = "oom",
+                        "job failed: the kernel OOM killer killed the handler (memory_max {}); replacing this slot",
+                        self.spec.worker.memory_max.map_or("-".into(), |m| m.to_string())
+                    );
+                    self.leave(ExitReason::OomKilled);
+                } else {
+                    tracing::warn!(
+                        gearman_function = %job.gearman_function,
+                        gearman_handle = %job.handle,
+                        "job failed: {why}"
+                    );
+                }
+                JobResult::Fail
             }
-            let took = started.elapsed();
-            if !self.gate.is_closed() {
-                self.check_rss(handler_pid, took >= SHORT_JOB);
-            }
-            {
-                let mut told = self.told();
-                told.counts.add(&job.gearman_function, result, took);
-                told.last_short = took < SHORT_JOB;
-            }
-            if self.gate.is_closed() {
-                // Exiting next: the manager hears of this job now.
-                self.report_idle();
-            }
-            outcome
+        };
+        let done = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        let workleft = self.spec.worker.workleft;
+        if workleft > 0 && done >= workleft {
+            self.leave(ExitReason::Workleft);
         }
+        let took = started.elapsed();
+        if !self.gate.is_closed() {
+            self.check_rss(handler_pid, took >= SHORT_JOB);
+        }
+        {
+            let mut told = self.told();
+            told.counts.add(&job.gearman_function, result, took);
+            told.last_short = took < SHORT_JOB;
+        }
+        if self.gate.is_closed() {
+            // Exiting next: the manager hears of this job now.
+            self.report_idle();
+        }
+        outcome
     }
 }
 
