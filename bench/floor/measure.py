@@ -26,7 +26,6 @@ import importlib.machinery
 import importlib.util
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

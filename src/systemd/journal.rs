@@ -332,13 +332,8 @@ impl JournalSender {
             }
             encode_field(&mut entry, name, value);
         }
-        loop {
-            match self.socket.send(&entry) {
-                // A signal landed before anything was sent: send again.
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                other => return other.map(drop),
-            }
-        }
+        self.socket.send(&entry)?;
+        Ok(())
     }
 }
 

@@ -240,18 +240,10 @@ impl Waiter {
     fn read(&self, fd: RawFd, buf: &mut [u8], timeout: bool) -> usize {
         let raw = |buf: &mut [u8]| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         match self.mode {
-            Mode::Block | Mode::EpollBlock | Mode::Prefetch => loop {
-                let n = raw(buf);
-                if n >= 0 {
-                    return n as usize;
+            Mode::Block | Mode::EpollBlock | Mode::Prefetch | Mode::Poll => {
+                if self.mode == Mode::Poll {
+                    self.poll(fd, timeout);
                 }
-                let e = io::Error::last_os_error();
-                if e.kind() != io::ErrorKind::Interrupted {
-                    die("read", e);
-                }
-            },
-            Mode::Poll => {
-                self.poll(fd, timeout);
                 loop {
                     let n = raw(buf);
                     if n >= 0 {
