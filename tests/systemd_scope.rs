@@ -19,9 +19,7 @@ use slotman::placement::scope::{
     escape_unit_component, scope_name, scope_pattern, slice_name, ActiveState, Limits,
     PlacementError, Systemd, UnitResult,
 };
-use slotman::systemd::journal::{
-    forward_handler_output, journal_stream, JobMark, JournalSender, Priority,
-};
+use slotman::systemd::journal::{forward_handler_output, journal_stream, JournalSender, Priority};
 use slotman::systemd::notify::Notifier;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -296,6 +294,29 @@ fn systemd_in_box() {
     assert!(
         forwarded.contains(&format!("_SYSTEMD_UNIT={scope}")),
         "{forwarded}"
+    );
+    // Lines carry the job that was in hand when they were written: the
+    // unterminated one too, and none from before or after it.
+    assert!(
+        forwarded.contains(&format!("partial {token}")),
+        "{forwarded}"
+    );
+    assert!(
+        !forwarded.contains(&format!("before {token}"))
+            && !forwarded.contains(&format!("after {token}")),
+        "{forwarded}"
+    );
+    let all = sh_ok(
+        &t.sdbox,
+        &format!("journalctl --no-pager -o cat -u '{scope}' SLOTMAN_WORKER=fwd"),
+    );
+    let order: Vec<_> = ["before", "forwarded", "partial", "after"]
+        .iter()
+        .map(|w| all.find(&format!("{w} {token}")))
+        .collect();
+    assert!(
+        order.iter().all(Option::is_some) && order.windows(2).all(|p| p[0] < p[1]),
+        "lines lost or out of order: {all}"
     );
     let priorities = sh_ok(
         &t.sdbox,
@@ -816,20 +837,20 @@ fn box_journal_child() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (pipe, marks) = forward_handler_output("t", "fwd", 5).unwrap();
-        let marks = marks.expect("job marks when logging to the journal");
-        let mark = |job: Option<(String, String)>| {
-            let (ack, done) = tokio::sync::oneshot::channel();
-            marks.send(JobMark { job, ack }).unwrap();
-            done
-        };
-        mark(Some(("reverse".into(), "H:fwd:1".into())))
-            .await
-            .unwrap();
+        let (pipe, tags) = forward_handler_output("t", "fwd", 5).unwrap();
+        let tags = tags.expect("job tags when logging to the journal");
         let mut pipe = std::fs::File::from(pipe);
+        writeln!(pipe, "before {token}").unwrap();
+        tags.switch(Some(("reverse".into(), "H:fwd:1".into())));
         writeln!(pipe, "forwarded {token}").unwrap();
-        // Ending the job passes on what the pipe holds, with the job's fields.
-        mark(None).await.unwrap();
+        // An unterminated line ends with its job.
+        write!(pipe, "partial {token}").unwrap();
+        // Ending the job passes on what the pipe holds, with the job's fields;
+        // what follows has none.
+        tags.switch(None);
+        writeln!(pipe, "after {token}").unwrap();
+        // Let the forwarder task run.
+        tokio::time::sleep(Duration::from_millis(100)).await;
     });
     // The forwarder thread sends on its own time; wait until journald has
     // it (bounded), or this process could exit first.
@@ -839,10 +860,10 @@ fn box_journal_child() {
             .args(["--no-pager", "-o", "cat", "SLOTMAN_WORKER=fwd"])
             .output()
             .unwrap();
-        if String::from_utf8_lossy(&out.stdout).contains(&token) {
+        if String::from_utf8_lossy(&out.stdout).contains(&format!("after {token}")) {
             break;
         }
-        assert!(Instant::now() < deadline, "forwarded line never arrived");
+        assert!(Instant::now() < deadline, "forwarded lines never arrived");
         std::thread::sleep(Duration::from_millis(50));
     }
     let journal = JournalSender::connect().unwrap();

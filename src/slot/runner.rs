@@ -30,8 +30,8 @@ struct Jobs {
     done: AtomicU64,
     gate: Gate,
     drain: CancellationToken,
-    /// Tells the stderr forwarder which job lines belong to.
-    log_marks: Option<mpsc::UnboundedSender<crate::systemd::journal::JobMark>>,
+    /// Tags the handler's stderr lines with the job in hand.
+    log_tags: Option<crate::systemd::journal::JobTags>,
     /// Why the slot leaves on its own (OOM kill, workleft, recycle_rss),
     /// once one of them happened: the first one counts.
     leaving: std::sync::Mutex<Option<ExitReason>>,
@@ -92,17 +92,10 @@ impl Jobs {
         });
         true
     }
-    /// Switches the handler's log lines to `job`, after the forwarder has
-    /// passed on what the previous job wrote (bounded: logging never holds
-    /// up a job for long).
-    async fn mark_job(&self, job: Option<(String, String)>) {
-        let Some(marks) = &self.log_marks else { return };
-        let (ack, done) = tokio::sync::oneshot::channel();
-        if marks
-            .send(crate::systemd::journal::JobMark { job, ack })
-            .is_ok()
-        {
-            let _ = tokio::time::timeout(std::time::Duration::from_millis(200), done).await;
+    /// Switches the handler's log lines to `job`.
+    fn mark_job(&self, job: crate::systemd::journal::JobTag) {
+        if let Some(tags) = &self.log_tags {
+            tags.switch(job);
         }
     }
 
@@ -144,8 +137,7 @@ impl JobRunner for Jobs {
     async fn run(&self, job: Job, events: mpsc::Sender<JobEvent>) -> Outcome {
         let started = Instant::now();
         let reported = self.report_busy(&job, started, false);
-        self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())))
-            .await;
+        self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())));
         let (outcome, handler_pid) = {
             let mut handler = self.handler.lock().await;
             let run = handler.run(&job, &events, self.spec.worker.timeout);
@@ -175,7 +167,7 @@ impl JobRunner for Jobs {
             };
             (outcome, handler.pid())
         };
-        self.mark_job(None).await;
+        self.mark_job(None);
         let result = match &outcome {
             Outcome::Complete(_) => JobResult::Complete,
             Outcome::Exception(_) => JobResult::Exception,
@@ -238,14 +230,14 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         worker: spec.worker.name.clone(),
         slot: spec.slot,
     };
-    let log_marks = match crate::systemd::journal::forward_handler_output(
+    let log_tags = match crate::systemd::journal::forward_handler_output(
         &spec.service,
         &spec.worker.name,
         spec.slot,
     ) {
-        Ok((fd, marks)) => {
+        Ok((fd, tags)) => {
             super::handler::set_handler_stderr(fd);
-            marks
+            tags
         }
         Err(e) => {
             tracing::warn!("handler stderr is not forwarded: {e}");
@@ -273,7 +265,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         done: AtomicU64::new(0),
         gate: gate.clone(),
         drain: drain.clone(),
-        log_marks,
+        log_tags,
         leaving: Default::default(),
         ooms_seen: std::sync::Mutex::new(oom_kills()),
         rss_check: std::sync::Mutex::new(RssCheck::new(spec.worker.recycle_rss)),

@@ -20,6 +20,7 @@
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
+use std::sync::Arc;
 
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
@@ -144,33 +145,87 @@ fn stream_header(identifier: &str) -> Vec<u8> {
     format!("{identifier}\n\n6\n1\n0\n0\n0\n").into_bytes()
 }
 
-/// Tells the forwarder which job the handler's next lines belong to. The
-/// forwarder first drains what the pipe already holds (lines written under
-/// the previous job), then switches, then acknowledges: a handler writes its
-/// stderr before its answer, so every line of a job carries that job's
-/// `GEARMAN_FUNCTION` / `GEARMAN_HANDLE`, however fast jobs follow each other.
-pub struct JobMark {
-    /// (function, handle) of the job starting; `None` when one ended.
-    pub job: Option<(String, String)>,
-    pub ack: tokio::sync::oneshot::Sender<()>,
+/// The job a handler line belongs to: (`GEARMAN_FUNCTION`, `GEARMAN_HANDLE`).
+pub type JobTag = Option<(String, String)>;
+
+/// Tags the handlers' stderr lines with the job in hand, for a slot runner
+/// logging to the journal.
+///
+/// A handler writes its stderr before its answer, so at a switch the pipe
+/// holds exactly the lines of the job that ended. [`JobTags::switch`] reads
+/// them itself (one failed read(2) when there are none, the usual case) and
+/// hands them to the forwarder already tagged: no round trip to the
+/// forwarder task per job. The lock orders the runner's reads and switches
+/// against the forwarder's reads, so a line always carries the tag that was
+/// current when it left the pipe, and lines reach the journal in order.
+pub struct JobTags {
+    shared: Arc<Shared>,
+    /// The pipe's read end (a dup of the forwarder's; non-blocking).
+    pipe: OwnedFd,
+}
+
+struct Shared {
+    tags: std::sync::Mutex<Tags>,
+    /// Wakes the forwarder for bytes in `handed`.
+    wake: tokio::sync::Notify,
+}
+
+struct Tags {
+    current: JobTag,
+    /// Bytes the runner read at switches, with the tag they were read under;
+    /// the forwarder sends them before anything it reads itself.
+    handed: Vec<(Vec<u8>, JobTag)>,
+    /// The forwarder holds an unterminated line, read under `current`.
+    partial: bool,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Tags> {
+        self.tags.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl JobTags {
+    /// The handler's next lines belong to `job` (`None`: to no job).
+    pub fn switch(&self, job: JobTag) {
+        let mut tags = self.shared.lock();
+        let mut read = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while let Ok(n @ 1..) = nix::unistd::read(self.pipe.as_raw_fd(), &mut chunk) {
+            read.extend_from_slice(&chunk[..n]);
+        }
+        // An unterminated line ends with its job, as an entry of its own.
+        if !read.is_empty() || tags.partial {
+            let tag = tags.current.clone();
+            tags.handed.push((read, tag));
+            tags.partial = false;
+            self.shared.wake.notify_one();
+        }
+        tags.current = job;
+    }
 }
 
 /// Creates the pipe handlers write their stderr to and starts forwarding
 /// it: each line becomes a journal entry with the slot's fields (and the
-/// current job's) when this process logs to the journal, else a line on our
-/// stderr prefixed with `WORKER#SLOT`. Returns the pipe's write end, for the
-/// handlers' stderr, and the channel for [`JobMark`]s (when logging to the
-/// journal). Call it inside the
-/// slot's scope, within a tokio runtime.
+/// current job's, see [`JobTags`]) when this process logs to the journal,
+/// else a line on our stderr prefixed with `WORKER#SLOT`. Returns the pipe's
+/// write end, for the handlers' stderr, and the job tagger (when logging to
+/// the journal). Call it inside the slot's scope, within a tokio runtime.
 pub fn forward_handler_output(
     service: &str,
     worker: &str,
     slot: u32,
-) -> io::Result<(OwnedFd, Option<tokio::sync::mpsc::UnboundedSender<JobMark>>)> {
+) -> io::Result<(OwnedFd, Option<JobTags>)> {
     // Close-on-exec: the read end must not leak into handlers, and only the
-    // copy dup'ed onto a handler's fd 2 may keep the write end open.
+    // copy dup'ed onto a handler's fd 2 may keep the write end open. Only
+    // the read end is non-blocking (handlers write to a blocking pipe).
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
-    let mut pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
+    nix::fcntl::fcntl(
+        read.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
+    )?;
+    let own_read = read.try_clone()?;
+    let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
     let journal = if stderr_is_journal() {
         JournalSender::connect().ok()
     } else {
@@ -186,45 +241,56 @@ pub fn forward_handler_output(
         ],
         prefix: format!("{worker}#{slot}"),
     };
-    let (tx, mut marks) = tokio::sync::mpsc::unbounded_channel::<JobMark>();
-    // Job fields exist only in the journal; without it, no job marks (and
-    // no round trip per job).
-    let tx = out.journal.is_some().then_some(tx);
+    let shared = Arc::new(Shared {
+        tags: std::sync::Mutex::new(Tags {
+            current: None,
+            handed: Vec::new(),
+            partial: false,
+        }),
+        wake: tokio::sync::Notify::new(),
+    });
+    // Job fields exist only in the journal; without it, lines are never
+    // tagged (and a job costs no read of the pipe).
+    let tagger = out.journal.is_some().then(|| JobTags {
+        shared: shared.clone(),
+        pipe: own_read,
+    });
     tokio::spawn(async move {
-        use tokio::io::AsyncReadExt;
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 8192];
-        let mut current: Option<(String, String)> = None;
-        let mut marking = true;
         loop {
             tokio::select! {
-                r = pipe.read(&mut chunk) => match r {
-                    Ok(0) | Err(_) => return,
+                r = pipe.readable() => if r.is_err() { return },
+                () = shared.wake.notified() => {}
+            }
+            let mut tags = shared.lock();
+            for (bytes, tag) in std::mem::take(&mut tags.handed) {
+                buf.extend_from_slice(&bytes);
+                out.emit_lines(&mut buf, &tag, true);
+            }
+            let mut open = true;
+            loop {
+                match pipe.try_read(&mut chunk) {
+                    Ok(0) => open = false,
                     Ok(n) => {
                         buf.extend_from_slice(&chunk[..n]);
-                        out.emit_lines(&mut buf, &current, false);
-                    }
-                },
-                m = marks.recv(), if marking => {
-                    let Some(mark) = m else {
-                        marking = false;
                         continue;
-                    };
-                    // What is in the pipe now was written under the old job.
-                    // A plain non-blocking read(2): tokio's try_read trusts its
-                    // cached readiness and may not look at the pipe at all.
-                    let fd = std::os::fd::AsRawFd::as_raw_fd(&pipe);
-                    while let Ok(n @ 1..) = nix::unistd::read(fd, &mut chunk) {
-                        buf.extend_from_slice(&chunk[..n]);
                     }
-                    out.emit_lines(&mut buf, &current, true);
-                    current = mark.job;
-                    let _ = mark.ack.send(());
+                    // try_read clears the readiness on WouldBlock.
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(_) => open = false,
                 }
+                break;
+            }
+            out.emit_lines(&mut buf, &tags.current, !open);
+            tags.partial = !buf.is_empty();
+            if !open {
+                return;
             }
         }
     });
-    Ok((write, tx))
+    Ok((write, tagger))
 }
 
 /// Where forwarded lines go.
