@@ -391,6 +391,54 @@ fn jobs_survive_a_killed_handler_a_reload_a_stop_and_a_restart() {
     assert!(svc.stop());
 }
 
+/// (process group, session) of a process, from /proc/PID/stat.
+fn group_and_session(pid: u32) -> (u32, u32) {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
+    // After the command's closing parenthesis: state, ppid, pgrp, session.
+    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
+    let f: Vec<u32> = rest
+        .split_whitespace()
+        .skip(2)
+        .take(2)
+        .map(|v| v.parse().expect("number"))
+        .collect();
+    (f[0], f[1])
+}
+
+#[test]
+fn runners_lead_their_process_group_and_only_exec_runners_a_session() {
+    let Some(g) = Gearmand::start() else { return };
+    // A new session is also a scheduler autogroup on Linux, which would
+    // share CPU between slots as if each were a logged-in user.
+    let mut svc = Service::new(&format!(
+        "[workers.s]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"pid\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 1\n\n\
+         [workers.x]\nkind = \"exec\"\ncommand = [\"/bin/cat\"]\nfunctions = [\"cat\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 1\n",
+        handler(),
+        g.addr,
+        g.addr
+    ));
+    svc.start();
+    wait_until("slots ready", Duration::from_secs(10), || {
+        svc.worker("s").idle == 1 && svc.worker("x").idle == 1
+    });
+    let (_, manager_session) = group_and_session(svc.pid() as u32);
+    let stdio = svc.worker("s").slots[0].pid.expect("runner pid");
+    assert_eq!(group_and_session(stdio), (stdio, manager_session));
+    let exec = svc.worker("x").slots[0].pid.expect("runner pid");
+    assert_eq!(group_and_session(exec), (exec, exec));
+    // The stdio handler leads a group of its own (a timeout kills its tree),
+    // in the same session.
+    let handler =
+        std::fs::read_to_string(format!("/proc/{stdio}/task/{stdio}/children")).expect("children");
+    let handler: u32 = handler
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("handler pid");
+    assert_eq!(group_and_session(handler), (handler, manager_session));
+    assert!(svc.stop());
+}
+
 #[test]
 fn an_exec_handler_dies_with_its_sigkilled_runner() {
     let Some(g) = Gearmand::start() else { return };
@@ -454,6 +502,47 @@ fn an_exec_handler_dies_with_its_sigkilled_runner() {
     wait_until("second handler gone", Duration::from_secs(10), || {
         !pid_alive(second)
     });
+}
+
+#[test]
+fn what_a_stdio_handler_started_dies_with_its_sigkilled_runner() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new("");
+    let script = svc.dir.path().join("handler.sh");
+    // Leaves a process of its own behind; the handler itself dies with the
+    // runner (PR_SET_PDEATHSIG), its child would not.
+    std::fs::write(
+        &script,
+        "sleep 300 </dev/null >/dev/null 2>&1 &\necho $! >> \"$(dirname \"$0\")/started\"\n\
+         echo READY\nwhile read -r w f h u size; do head -c \"$size\" >/dev/null; printf 'COMPLETE 2\\nok'; done\n",
+    )
+    .expect("write handler");
+    svc.write_config(&format!(
+        "[workers.s]\nkind = \"stdio\"\ncommand = [\"/bin/sh\", {script:?}]\nfunctions = [\"f\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 1\n",
+        g.addr
+    ));
+    svc.start();
+    wait_until("slot ready", Duration::from_secs(10), || {
+        svc.worker("s").idle == 1
+    });
+    let runner = svc.worker("s").slots[0].pid.expect("runner pid");
+    let left: u32 = std::fs::read_to_string(svc.dir.path().join("started"))
+        .expect("started")
+        .trim()
+        .parse()
+        .expect("pid");
+    assert!(pid_alive(left));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(runner as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill runner");
+    wait_until(
+        "the handler's child gone with the runner",
+        Duration::from_secs(10),
+        || !pid_alive(left),
+    );
+    assert!(svc.stop());
 }
 
 #[test]

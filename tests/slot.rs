@@ -72,6 +72,8 @@ struct Slot {
     child: tokio::process::Child,
     reports: mpsc::UnboundedReceiver<Report>,
     _control: tokio::net::unix::OwnedWriteHalf,
+    /// Handler process groups the runner reported (`Report::Handler`).
+    handlers: Vec<u32>,
 }
 
 impl Slot {
@@ -84,7 +86,9 @@ impl Slot {
     }
 
     async fn start_with(spec: &SlotSpec, runner: &RunnerCommand) -> Slot {
-        let runner = spawn_runner(runner).expect("spawn slot");
+        // As the manager starts it outside systemd.
+        let own_session = spec.worker.kind == slotman::config::HandlerKind::Exec;
+        let runner = spawn_runner(runner, own_session).expect("spawn slot");
         let (read, mut write) = runner.control.into_split();
         write
             .write_all(&report::encode(&ToSlot::Start(Box::new(spec.clone()))))
@@ -105,19 +109,32 @@ impl Slot {
             child: runner.child,
             reports: rx,
             _control: write,
+            handlers: Vec::new(),
         };
         match slot.next().await {
             Report::Ready { pid } => assert_eq!(pid, slot.pid),
             other => panic!("expected ready, got {other:?}"),
         }
+        // A long-running handler is reported before ready: the manager's
+        // cleanup needs its group should the runner be killed.
+        if spec.worker.kind == slotman::config::HandlerKind::Stdio {
+            assert_eq!(slot.handlers.len(), 1, "no handler report before ready");
+        }
         slot
     }
 
+    /// The next report, after any `Report::Handler`s (kept in `handlers`).
     async fn next(&mut self) -> Report {
-        tokio::time::timeout(Duration::from_secs(20), self.reports.recv())
-            .await
-            .expect("a report within 20s")
-            .expect("slot report channel open")
+        loop {
+            let r = tokio::time::timeout(Duration::from_secs(20), self.reports.recv())
+                .await
+                .expect("a report within 20s")
+                .expect("slot report channel open");
+            match r {
+                Report::Handler { pid } => self.handlers.push(pid),
+                r => return r,
+            }
+        }
     }
 
     async fn wait(&mut self) -> std::process::ExitStatus {

@@ -550,6 +550,8 @@ impl Manager {
                     slot.state = SlotState::Idle { since: now };
                 }
             }
+            // Kept by the slot task (slot_task.rs).
+            Report::Handler { .. } => {}
             Report::Exiting { reason } => {
                 match reason {
                     ExitReason::HandlerFailed => slot.exit_expected = false,

@@ -45,11 +45,17 @@ pub async fn run(
         .await;
     let mut reading = true;
     let mut cmds_open = true;
+    // The runner's long-running handler's process group, for cleanup.
+    let mut handler_group = None;
+    let relay = |r: Report, handler_group: &mut Option<u32>| match r {
+        Report::Handler { pid } => *handler_group = Some(pid),
+        r => send(SlotEvent::Report(r)),
+    };
     let status = loop {
         tokio::select! {
             line = lines.next_line(), if reading => match line {
                 Ok(Some(line)) if line.len() <= MAX_LINE => match report::decode::<Report>(line.as_bytes()) {
-                    Ok(r) => send(SlotEvent::Report(r)),
+                    Ok(r) => relay(r, &mut handler_group),
                     Err(e) => tracing::warn!(worker = %worker, slot = id, "bad report from slot: {e}"),
                 },
                 _ => reading = false,
@@ -71,14 +77,19 @@ pub async fn run(
         match next {
             Ok(Ok(Some(line))) => {
                 if let Ok(r) = report::decode::<Report>(line.as_bytes()) {
-                    send(SlotEvent::Report(r));
+                    relay(r, &mut handler_group);
                 }
             }
             _ => reading = false,
         }
     }
     placement
-        .cleanup(placed.pid, placed.unit.as_deref(), status.as_ref().ok())
+        .cleanup(
+            placed.pid,
+            placed.unit.as_deref(),
+            status.as_ref().ok(),
+            handler_group,
+        )
         .await;
     let status = match status {
         Ok(s) => s.to_string(),

@@ -1,8 +1,16 @@
 //! Starting a slot runner process (`slotman-slot`, or `slotman slot`) with
-//! its end of the manager socketpair as fd 3, in a session of its own: a
-//! terminal's Ctrl-C reaches the manager only, which then drains the slots
-//! in order, and whatever the runner starts stays findable by its session
-//! id after the runner is gone (see [`kill_session`]).
+//! its end of the manager socketpair as fd 3, as the leader of a process
+//! group of its own: a terminal's Ctrl-C reaches the manager only, which
+//! then drains the slots in order, and [`kill_group`] reaches what is left.
+//!
+//! Only a runner of exec handlers outside systemd leads a session too:
+//! each exec handler runs in a process group of its own (so a timeout kills
+//! its whole tree), and the session is how they are found if the runner
+//! dies first (see [`kill_session`]). Other runners stay out of new
+//! sessions because on Linux each session is also a scheduler autogroup:
+//! the kernel then shares CPU between slots as if each were a logged-in
+//! user, against gearmand and everything else on the host (BENCHMARKS.md,
+//! F22: ~12 % of stdio throughput at N = 4).
 
 use std::os::fd::AsRawFd;
 use std::os::unix::process::CommandExt;
@@ -21,9 +29,10 @@ pub struct Runner {
     pub control: tokio::net::UnixStream,
 }
 
-/// Spawns a runner. It waits for its `Start` message before it does
+/// Spawns a runner, with `own_session` as the leader of a new session (see
+/// the module doc). It waits for its `Start` message before it does
 /// anything, so the caller can place it (e.g. into a scope) first.
-pub fn spawn_runner(runner: &RunnerCommand) -> std::io::Result<Runner> {
+pub fn spawn_runner(runner: &RunnerCommand, own_session: bool) -> std::io::Result<Runner> {
     let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
     let mut cmd = std::process::Command::new(&runner.program);
     cmd.args(runner.args);
@@ -34,16 +43,29 @@ pub fn spawn_runner(runner: &RunnerCommand) -> std::io::Result<Runner> {
     cmd.env(CONTROL_FD_ENV, SLOT_FD.to_string())
         .stdin(Stdio::null());
     let fd = theirs.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (setsid, dup2, fcntl) between
-    // fork and exec.
+    // SAFETY: only async-signal-safe calls (setsid, setpgid, dup2, fcntl)
+    // between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
-            // A session of its own, which also makes it a process group
-            // leader (pgid = pid, for kill_group). Exec handlers are spawned
-            // without PR_SET_PDEATHSIG, in process groups of their own: the
-            // session is how they are found if the runner dies first.
-            if libc::setsid() < 0 {
+            // Either way the runner leads its process group (pgid = pid,
+            // for kill_group).
+            let led = if own_session {
+                libc::setsid()
+            } else {
+                libc::setpgid(0, 0)
+            };
+            if led < 0 {
                 return Err(std::io::Error::last_os_error());
+            }
+            // Outside a session of its own a runner is a background group of
+            // the manager's terminal, if it has one: its log lines must not
+            // stop it under `stty tostop`.
+            if !own_session {
+                let mut ignore: libc::sigaction = std::mem::zeroed();
+                ignore.sa_sigaction = libc::SIG_IGN;
+                if libc::sigaction(libc::SIGTTOU, &ignore, std::ptr::null_mut()) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             if fd == SLOT_FD {
                 // dup2 onto itself would keep FD_CLOEXEC set; clear it instead.

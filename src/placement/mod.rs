@@ -178,7 +178,10 @@ impl Placement {
     }
 
     pub async fn place(&self, spec: &SlotSpec) -> Result<Placed, PlaceError> {
-        let mut r = child::spawn_runner(runner()?)?;
+        // In a scope, the scope is what holds everything the runner starts.
+        let own_session = matches!(self, Placement::Child)
+            && spec.worker.kind == crate::config::HandlerKind::Exec;
+        let mut r = child::spawn_runner(runner()?, own_session)?;
         match self {
             Placement::Child => Ok(Placed {
                 child: r.child,
@@ -230,9 +233,16 @@ impl Placement {
         }
     }
 
-    /// After the runner exited (`exit`: its status, if known): make sure
-    /// nothing of it is left.
-    pub async fn cleanup(&self, pid: u32, unit: Option<&str>, exit: Option<&ExitStatus>) {
+    /// After the runner exited (`exit`: its status, if known; `handler`:
+    /// the process group of its long-running handler, if it reported one):
+    /// make sure nothing of it is left.
+    pub async fn cleanup(
+        &self,
+        pid: u32,
+        unit: Option<&str>,
+        exit: Option<&ExitStatus>,
+        handler: Option<u32>,
+    ) {
         match (self, unit) {
             (Placement::Systemd(sd), Some(unit)) => {
                 if let Err(e) = sd.bus.stop_unit(unit).await {
@@ -243,9 +253,15 @@ impl Placement {
                 child::kill_group(pid);
                 // A runner that returned has killed its handlers' groups;
                 // one killed by a signal (or not known to have returned) has
-                // not, and exec handlers have no PR_SET_PDEATHSIG: find them
-                // by the runner's session. Not on every exit: it scans /proc.
+                // not. Its stdio handler dies with it (PR_SET_PDEATHSIG) but
+                // not what that started: kill the handler's group. Exec
+                // handlers have no PR_SET_PDEATHSIG: find them by the
+                // runner's session (exec runners lead one; for others this
+                // finds nothing). Not on every exit: it scans /proc.
                 if exit.map_or(true, |s| s.code().is_none()) {
+                    if let Some(group) = handler {
+                        child::kill_group(group);
+                    }
                     child::kill_session(pid);
                 }
             }

@@ -92,6 +92,11 @@ pub enum Report {
     Done { jobs: JobCounts, idle: bool },
     /// About to exit.
     Exiting { reason: ExitReason },
+    /// A long-running handler started (again): it leads process group
+    /// `pid`. Outside systemd that group is how the manager finds what the
+    /// handler left behind when the runner died without cleaning up (the
+    /// slot task keeps it; the manager's state does not need it).
+    Handler { pid: u32 },
 }
 
 /// Below this a job counts as short: its start is not reported on its own.

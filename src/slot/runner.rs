@@ -42,6 +42,8 @@ struct Jobs {
     told: std::sync::Mutex<Told>,
     /// `recycle_rss`, when set.
     rss_check: std::sync::Mutex<Option<RssCheck>>,
+    /// The handler process the manager was last told of.
+    handler_told: std::sync::Mutex<Option<u32>>,
 }
 
 /// Reports go out on transitions, not per job (see [`Report::Busy`]): the
@@ -109,6 +111,16 @@ impl Jobs {
             .get_or_insert(reason);
         self.gate.close();
         self.drain.cancel();
+    }
+
+    /// Tells the manager of a handler process it has not heard of (the
+    /// first one, or one started after the last died).
+    fn tell_handler(&self, pid: Option<u32>) {
+        let mut told = self.handler_told.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pid) = pid.filter(|&p| *told != Some(p)) {
+            *told = Some(pid);
+            let _ = self.reports.send(Report::Handler { pid });
+        }
     }
 
     /// After a job: a handler above `recycle_rss` is replaced, the slot
@@ -206,6 +218,7 @@ impl JobRunner for Jobs {
             self.leave(ExitReason::Workleft);
         }
         let took = started.elapsed();
+        self.tell_handler(handler_pid);
         if !self.gate.is_closed() {
             self.check_rss(handler_pid, took >= SHORT_JOB);
         }
@@ -258,6 +271,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         }
     };
     let gate: Gate = Arc::new(Semaphore::new(1));
+    let handler_pid = handler.pid();
     let jobs = Arc::new(Jobs {
         handler: Mutex::new(handler),
         spec: spec.clone(),
@@ -275,7 +289,9 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
             at: Instant::now(),
             last_short: false,
         }),
+        handler_told: std::sync::Mutex::new(None),
     });
+    jobs.tell_handler(handler_pid);
     let pid = std::process::id();
     let client_id = format!(
         "slotman:{}:{}:{}:{}",
