@@ -5,7 +5,7 @@ S1-style comparison on one gearmand, one loadgen, interleaved repetitions:
   plain_py        N plain persistent Python workers (bench/workers)
   slotman_stdio   N slotman stdio slots (Python handler), the binary under test
   floor_MODE      N floor-relay + handler pairs (bench/floor/src/main.rs), one
-                  case per --modes entry (block, sockblock, epollblock, poll, epoll, spin)
+                  case per --modes entry (block, sockblock, epollblock, poll, polltick, epoll, spin)
 All handlers are bench/handlers/echo_stdio.py under /usr/bin/python3; trivial
 `echo` jobs, 8-byte payload, window max(16, 2N), as bench/run's S1.
 
@@ -101,6 +101,8 @@ def start_relays(port, n, mode, spin_us):
     for i in range(n):
         args = [RELAY, "--server", "127.0.0.1:%d" % port, "--prefix", "f%s::" % mode,
                 "--id", "floor-%s:%d" % (mode, i), "--mode", mode, "--spin-us", str(spin_us)]
+        if mode == "polltick":
+            args += ["--timeout-ms", "5"]  # slotman's MAX_BLOCK
         for f in FUNCTIONS:
             args += ["--function", f]
         procs.append(B.spawn(args + ["--", B.PY, B.H_PY]))

@@ -17,6 +17,8 @@
 //!          signal a real runner also watches; the timeout (--timeout-ms)
 //!          stands for the job timeout and applies to the handler's answer
 //!          only (waiting for gearmand is unbounded, as in a runner)
+//!   polltick  poll() with --timeout-ms on every wait (bench/floor/measure.py
+//!          passes 5, slotman's MAX_BLOCK), retried on timeout
 //!   epoll  non-blocking fds, read() first, on EAGAIN epoll_wait on an epoll
 //!          set holding socket, handler stdout and ctl, then read() again:
 //!          the shape of tokio's I/O driver, without the runtime
@@ -30,7 +32,7 @@
 //!          to show what the second sleep costs.
 //!
 //! usage: floor-relay --server HOST:PORT --prefix P:: --function F [--function G]
-//!        [--id ID] [--mode block|sockblock|epollblock|poll|epoll|spin|prefetch] [--timeout-ms 30000]
+//!        [--id ID] [--mode block|sockblock|epollblock|poll|polltick|epoll|spin|prefetch] [--timeout-ms 30000]
 //!        [--spin-us 50] -- HANDLER [ARGS...]
 //!
 //! std + libc only.
@@ -63,6 +65,10 @@ enum Mode {
     /// tokio runner that blocks keeps them registered.
     EpollBlock,
     Poll,
+    /// poll() with --timeout-ms on every wait, retried on timeout: slotman's
+    /// bounded blocking wait (wire.rs MAX_BLOCK), whose timer the kernel may
+    /// have to program when it is a CPU's earliest event.
+    PollTick,
     Epoll,
     Spin,
     Prefetch,
@@ -84,7 +90,7 @@ struct Opts {
 fn usage() -> ! {
     eprintln!(
         "usage: floor-relay --server HOST:PORT --prefix P:: --function F... [--id ID] \
-         [--mode block|sockblock|epollblock|poll|epoll|spin|prefetch] [--timeout-ms 30000] [--spin-us 50] -- HANDLER [ARGS...]"
+         [--mode block|sockblock|epollblock|poll|polltick|epoll|spin|prefetch] [--timeout-ms 30000] [--spin-us 50] -- HANDLER [ARGS...]"
     );
     std::process::exit(2)
 }
@@ -124,6 +130,7 @@ fn parse() -> Opts {
                     }
                     "epollblock" => Mode::EpollBlock,
                     "poll" => Mode::Poll,
+                    "polltick" => Mode::PollTick,
                     "epoll" => Mode::Epoll,
                     "spin" => Mode::Spin,
                     "prefetch" => Mode::Prefetch,
@@ -221,10 +228,14 @@ impl Waiter {
             },
         ];
         loop {
-            let t = if timeout { self.timeout_ms } else { -1 };
+            let tick = self.mode == Mode::PollTick;
+            let t = if timeout || tick { self.timeout_ms } else { -1 };
             let r = unsafe { libc::poll(pfd.as_mut_ptr(), 2, t) };
             if r > 0 {
                 return;
+            }
+            if r == 0 && tick {
+                continue;
             }
             if r == 0 {
                 die("poll", "timeout (a runner would fail the job here)");
@@ -240,8 +251,8 @@ impl Waiter {
     fn read(&self, fd: RawFd, buf: &mut [u8], timeout: bool) -> usize {
         let raw = |buf: &mut [u8]| unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
         match self.mode {
-            Mode::Block | Mode::EpollBlock | Mode::Prefetch | Mode::Poll => {
-                if self.mode == Mode::Poll {
+            Mode::Block | Mode::EpollBlock | Mode::Prefetch | Mode::Poll | Mode::PollTick => {
+                if matches!(self.mode, Mode::Poll | Mode::PollTick) {
                     self.poll(fd, timeout);
                 }
                 loop {
