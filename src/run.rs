@@ -26,6 +26,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
         other => anyhow::bail!("unknown placement {other:?} (auto, child, systemd)"),
     };
     tracing::info!("slots run as {}", placement.name());
+    // Pinned now, before an upgrade can replace it under us.
+    let runner = crate::placement::runner().context("finding the slot runner")?;
+    tracing::debug!(
+        "slot runner: {}",
+        runner.arg0.as_ref().unwrap_or(&runner.program).display()
+    );
     if matches!(placement, Placement::Child) {
         for w in &config.workers {
             let limits: Vec<String> = w

@@ -42,7 +42,12 @@ impl Service {
     }
 
     fn start(&mut self) {
-        let child = Command::new(slotman_bin())
+        self.start_bin(&slotman_bin());
+    }
+
+    /// Starts `bin run` (a copy of slotman, say).
+    fn start_bin(&mut self, bin: &Path) {
+        let child = Command::new(bin)
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
@@ -541,6 +546,57 @@ fn what_a_stdio_handler_started_dies_with_its_sigkilled_runner() {
         "the handler's child gone with the runner",
         Duration::from_secs(10),
         || !pid_alive(left),
+    );
+    assert!(svc.stop());
+}
+
+#[test]
+fn slots_started_after_an_upgrade_run_the_runner_the_manager_started_with() {
+    let Some(g) = Gearmand::start() else { return };
+    // A private install: the upgrade below must not touch the binaries the
+    // other tests run.
+    let install = tempfile::tempdir().expect("tempdir");
+    let built = slotman_bin();
+    let bin = install.path().join("slotman");
+    let runner_bin = install.path().join("slotman-slot");
+    std::fs::copy(&built, &bin).expect("copy slotman");
+    std::fs::copy(built.with_file_name("slotman-slot"), &runner_bin).expect("copy slotman-slot");
+    let mut svc = Service::new(&format!(
+        "[workers.w]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 1\n",
+        handler(),
+        g.addr
+    ));
+    svc.start_bin(&bin);
+    wait_until("slot ready", Duration::from_secs(10), || {
+        svc.worker("w").idle == 1
+    });
+    let first = svc.worker("w").slots[0].pid.expect("runner pid");
+    // The upgrade: a new file under the same name (as dpkg installs one),
+    // here one that cannot run a slot.
+    let new = install.path().join("slotman-slot.new");
+    std::fs::write(&new, "#!/bin/sh\nexit 1\n").expect("write");
+    std::fs::set_permissions(&new, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+        .expect("chmod");
+    std::fs::rename(&new, &runner_bin).expect("replace slotman-slot");
+    // The slot's replacement is started after the upgrade.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(first as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill runner");
+    wait_until("a new slot ready", Duration::from_secs(15), || {
+        let w = svc.worker("w");
+        w.idle == 1 && w.slots.iter().all(|s| s.pid.is_some_and(|p| p != first))
+    });
+    let reply = rt().block_on(async {
+        let mut c = Client::connect(&g.addr).await.expect("connect");
+        c.submit("w::echo", "after-upgrade", "still the old runner")
+            .await
+            .expect("submit")
+    });
+    assert_eq!(
+        reply.result,
+        JobResult::Complete(bytes::Bytes::from_static(b"still the old runner"))
     );
     assert!(svc.stop());
 }

@@ -195,6 +195,7 @@ async fn payloads_round_trip_through_both_handler_kinds() {
     let fallback = RunnerCommand {
         program: slotman_bin(),
         args: &["slot"],
+        arg0: None,
     };
     for (kind, runner) in [
         ("stdio", runner_for(&slotman_bin())),

@@ -35,6 +35,9 @@ pub struct Runner {
 pub fn spawn_runner(runner: &RunnerCommand, own_session: bool) -> std::io::Result<Runner> {
     let (mine, theirs) = std::os::unix::net::UnixStream::pair()?;
     let mut cmd = std::process::Command::new(&runner.program);
+    if let Some(arg0) = &runner.arg0 {
+        cmd.arg0(arg0);
+    }
     cmd.args(runner.args);
     // systemd's notify/watchdog variables are the manager's alone.
     for k in crate::slot::handler::SCRUBBED_ENV {

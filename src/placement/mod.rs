@@ -61,6 +61,8 @@ pub const RUNNER_BIN: &str = "slotman-slot";
 pub struct RunnerCommand {
     pub program: PathBuf,
     pub args: &'static [&'static str],
+    /// `argv[0]`, when `program` is not the name to show (a pinned binary).
+    pub arg0: Option<PathBuf>,
 }
 
 /// The runner for a manager whose executable is `exe`: [`RUNNER_BIN`] in the
@@ -73,23 +75,51 @@ pub fn runner_for(exe: &Path) -> RunnerCommand {
         true => RunnerCommand {
             program: small,
             args: &[],
+            arg0: None,
         },
         false => RunnerCommand {
             program: exe.to_path_buf(),
             args: &["slot"],
+            arg0: None,
         },
     }
 }
 
-/// [`runner_for`] this process, decided once: every slot of a manager runs
-/// the same runner, even if the files change under a running manager.
-fn runner() -> std::io::Result<&'static RunnerCommand> {
+/// [`runner_for`] this process, decided once and pinned: every slot of a
+/// manager runs the same runner binary, even after a package upgrade has
+/// replaced the files under the running manager (the new version starts
+/// with the next restart). Call it when the manager starts.
+pub fn runner() -> std::io::Result<&'static RunnerCommand> {
     static RUNNER: OnceLock<RunnerCommand> = OnceLock::new();
     if let Some(r) = RUNNER.get() {
         return Ok(r);
     }
     let exe = std::env::current_exe()?;
-    Ok(RUNNER.get_or_init(|| runner_for(&exe)))
+    Ok(RUNNER.get_or_init(|| pin(runner_for(&exe))))
+}
+
+/// The runner executed through a descriptor held open for the manager's
+/// lifetime (`/proc/self/fd/N`, resolved in the child before exec closes
+/// it), so a replaced file is not what runs. As it was if the file cannot
+/// be opened.
+fn pin(runner: RunnerCommand) -> RunnerCommand {
+    if !Path::new("/proc/self/fd").is_dir() {
+        return runner;
+    }
+    let file = match std::fs::File::open(&runner.program) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!("runner {} not pinned: {e}", runner.program.display());
+            return runner;
+        }
+    };
+    // Kept open for good: the OnceLock holding the command lives as long.
+    let fd = std::os::fd::IntoRawFd::into_raw_fd(file);
+    RunnerCommand {
+        program: PathBuf::from(format!("/proc/self/fd/{fd}")),
+        args: runner.args,
+        arg0: Some(runner.program),
+    }
 }
 
 /// The worker's resource keys as scope properties.
@@ -303,7 +333,8 @@ mod tests {
             runner_for(&exe),
             RunnerCommand {
                 program: exe.clone(),
-                args: &["slot"]
+                args: &["slot"],
+                arg0: None,
             }
         );
         // A directory of that name is no runner.
@@ -315,8 +346,36 @@ mod tests {
             runner_for(&exe),
             RunnerCommand {
                 program: dir.path().join(RUNNER_BIN),
-                args: &[]
+                args: &[],
+                arg0: None,
             }
         );
+    }
+
+    #[test]
+    fn a_pinned_runner_runs_the_file_it_was_pinned_to() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let program = dir.path().join("runner");
+        std::fs::write(&program, "#!/bin/sh\necho old\n").expect("write");
+        std::fs::set_permissions(
+            &program,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let pinned = pin(RunnerCommand {
+            program: program.clone(),
+            args: &[],
+            arg0: None,
+        });
+        assert_eq!(pinned.arg0.as_deref(), Some(program.as_path()));
+        // Replaced by rename, as an upgrade does.
+        let new = dir.path().join("runner.new");
+        std::fs::write(&new, "#!/bin/sh\necho new\n").expect("write");
+        std::fs::rename(&new, &program).expect("rename");
+        // A script through /proc/self/fd needs the fd open in the child
+        // after exec (the interpreter opens it), so read it instead: the
+        // pinned descriptor still holds the old file.
+        let text = std::fs::read_to_string(&pinned.program).expect("read pinned");
+        assert!(text.contains("old"), "{text}");
     }
 }

@@ -31,6 +31,7 @@ pub const EXIT_HANDLER_FAILED: i32 = 3;
 /// one-thread runtime (a slot runs one job at a time, and one thread keeps
 /// its footprint small), then [`process_main`]. Returns the exit status.
 pub fn main_entry(verbose: bool) -> i32 {
+    name_after_argv0();
     crate::systemd::journal::init_runner_logging(verbose);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -48,6 +49,25 @@ pub fn main_entry(verbose: bool) -> i32 {
             eprintln!("slotman: {e:#}");
             1
         }
+    }
+}
+
+/// A manager starts its runner through a pinned descriptor
+/// (`/proc/self/fd/N`, see `placement::runner`), which would make the
+/// process's name (`comm`: ps, top, journald's `_COMM`) "N"; the name
+/// comes from `argv[0]`, which the manager sets to the runner's path.
+fn name_after_argv0() {
+    let Some(arg0) = std::env::args_os().next() else {
+        return;
+    };
+    let path = std::path::Path::new(&arg0);
+    let Some(name) = path.file_name() else { return };
+    let mut bytes = std::os::unix::ffi::OsStrExt::as_bytes(name).to_vec();
+    bytes.truncate(15); // the kernel's limit, without the NUL
+    if let Ok(name) = std::ffi::CString::new(bytes) {
+        // SAFETY: PR_SET_NAME reads a NUL-terminated string of at most 16
+        // bytes from the pointer, which `name` keeps alive.
+        unsafe { libc::prctl(libc::PR_SET_NAME, name.as_ptr()) };
     }
 }
 
