@@ -59,6 +59,7 @@ fn worker(kind: HandlerKind, command: &[&str]) -> WorkerConfig {
         max_packet_size: 64 << 20,
         max_spawn_rate: 32,
         scale_on_queue: true,
+        prefetch: false,
     }
 }
 

@@ -447,3 +447,119 @@ async fn a_restarted_job_server_is_reconnected_while_another_keeps_serving() {
         JobResult::Complete(Bytes::from_static(b"a2"))
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_prefetch_jobs_stream_workleft_stays_exact_and_a_drain_runs_the_prefetched_job() {
+    let Some(g) = gearmand() else { return };
+    let fx = fixture();
+    // A stream: every job answered, with its own payload.
+    let mut slot = Slot::start(&spec(&fx, "stdio", &[&g.addr], "prefetch = true")).await;
+    let mut jobs = Vec::new();
+    for i in 0..40 {
+        let addr = g.addr.clone();
+        jobs.push(tokio::spawn(async move {
+            (i, submit(&addr, "echo", format!("p{i}")).await)
+        }));
+    }
+    for j in jobs {
+        let (i, reply) = j.await.expect("join");
+        assert_eq!(
+            reply.result,
+            JobResult::Complete(Bytes::from(format!("p{i}"))),
+            "job {i}"
+        );
+    }
+    // Exactly those 40 ran: the NO_JOB that ends the stream (the reply to
+    // the last prefetching grab) is no job.
+    let mut counted = 0;
+    while counted < 40 {
+        if let Report::Done { jobs, .. } = slot.next().await {
+            counted += jobs.total();
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        submit(&g.addr, "echo", "after").await.result,
+        JobResult::Complete(Bytes::from_static(b"after"))
+    );
+    loop {
+        if let Report::Done { jobs, .. } = slot.next().await {
+            counted += jobs.total();
+            break;
+        }
+    }
+    assert_eq!(counted, 41);
+    drop(slot);
+
+    // workleft: the last job is not prefetched past.
+    let Some(g) = gearmand() else { return };
+    let mut slot = Slot::start(&spec(
+        &fx,
+        "stdio",
+        &[&g.addr],
+        "prefetch = true\nworkleft = 5",
+    ))
+    .await;
+    let mut c = Client::connect(&g.addr).await.expect("connect");
+    for i in 0..8 {
+        c.submit_background("t::echo", &format!("wl-{i}"), "x")
+            .await
+            .expect("submit");
+    }
+    let mut done = 0;
+    loop {
+        match slot.next().await {
+            Report::Done { jobs, .. } => done += jobs.total(),
+            Report::Exiting { reason } => {
+                assert_eq!(reason, ExitReason::Workleft);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(done, 5);
+    assert!(slot.wait().await.success());
+    common::wait_until("3 jobs left in the queue", Duration::from_secs(5), || {
+        g.function_status("t::echo").0 == 3
+    });
+
+    // A drain while a prefetched job waits: both jobs are answered. Both
+    // are queued before the slot starts, so the grab that goes out with the
+    // first job gets the second.
+    let Some(g) = gearmand() else { return };
+    let addr = g.addr.clone();
+    let first = tokio::spawn(async move { submit(&addr, "sleep", "1.0").await });
+    common::wait_until("the first job queued", Duration::from_secs(5), || {
+        g.function_status("t::sleep").0 == 1
+    });
+    let addr = g.addr.clone();
+    let second = tokio::spawn(async move { submit(&addr, "echo", "second").await });
+    common::wait_until("the second job queued", Duration::from_secs(5), || {
+        g.function_status("t::echo").0 == 1
+    });
+    let mut slot = Slot::start(&spec(&fx, "stdio", &[&g.addr], "prefetch = true")).await;
+    loop {
+        if let Report::Busy { .. } = slot.next().await {
+            break;
+        }
+    }
+    common::wait_until(
+        "the second job assigned to the busy slot",
+        Duration::from_secs(5),
+        || g.function_status("t::echo").1 == 1,
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(slot.pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .expect("kill");
+    assert_eq!(
+        first.await.expect("join").result,
+        JobResult::Complete(Bytes::from_static(b"slept"))
+    );
+    assert_eq!(
+        second.await.expect("join").result,
+        JobResult::Complete(Bytes::from_static(b"second"))
+    );
+    assert!(slot.wait().await.success());
+}

@@ -131,6 +131,9 @@ def main():
     ap.add_argument("--slotman", default=os.environ.get("SLOTMAN", os.path.join(B.ROOT, "target", "release", "slotman")))
     ap.add_argument("--slotman-b", default=None,
                     help="a second slotman build, measured in the same run as case slotman_b (A/B)")
+    ap.add_argument("--config-b", default="",
+                    help="TOML lines added to case slotman_b's worker, e.g. 'prefetch = true' "
+                         "(with --slotman-b the same binary as --slotman: a config A/B)")
     ap.add_argument("--warmup", type=float, default=1.0)
     ap.add_argument("--duration", type=float, default=3.0)
     ap.add_argument("--max-foreign", type=float, default=0.2, help="cores of other work above which a measurement is repeated")
@@ -166,7 +169,7 @@ def main():
         ctx_b.out = os.path.join(ctx.out, "b")
         os.makedirs(os.path.join(ctx_b.out, "rt"), exist_ok=True)
         ctx_b.slotman, _ = B.copy_slotman(os.path.abspath(a.slotman_b), ctx_b.out)
-        R["slotman_b"] = {"path": os.path.abspath(a.slotman_b)}
+        R["slotman_b"] = {"path": os.path.abspath(a.slotman_b), "config": a.config_b}
     R["git_head"] = subprocess.run(["git", "-C", B.ROOT, "rev-parse", "--short", "HEAD"], capture_output=True,
                                    text=True).stdout.strip()
     modes = [m for m in a.modes.split(",") if m]
@@ -184,7 +187,7 @@ def main():
             st_b = None
             if ctx_b:
                 st_b = B.Slotman(ctx_b, "floorb%d" % n, g.port, "stdio", [B.PY, B.H_PY], list(FUNCTIONS), n, n,
-                                 worker="b")
+                                 worker="b", extra=a.config_b.replace("\\n", "\n") + "\n")
                 st_b.start()
             ok = [g.wait_count("plain:", "p::echo", n, 30)]
             if st_b:

@@ -164,6 +164,10 @@ pub struct WorkerConfig {
     /// Also grow on the job servers' queue depth (admin `status`), not only
     /// when every slot is busy; default true.
     pub scale_on_queue: bool,
+    /// Ask for the next job while one runs (Celery's prefetch, one deep):
+    /// more throughput for short jobs, but a job may wait behind a long
+    /// one in this slot while another slot is idle; default false.
+    pub prefetch: bool,
 }
 
 impl Config {
@@ -231,7 +235,7 @@ impl WorkerConfig {
     /// sets on their running scopes (systemd's SetUnitProperties). Anything
     /// else a slot was started with (command, kind, env, functions, prefix,
     /// job servers, user, group, directory, `workleft`, `timeout`,
-    /// `recycle_rss`, packet size) means replacing the slots.
+    /// `recycle_rss`, packet size, `prefetch`) means replacing the slots.
     pub fn same_processes(&self, other: &WorkerConfig) -> bool {
         // Destructured without `..` so that a new field has to be sorted into
         // one group or the other here before this compiles.
@@ -261,6 +265,7 @@ impl WorkerConfig {
             max_packet_size,
             max_spawn_rate: _,
             scale_on_queue: _,
+            prefetch,
         } = self;
         *name == other.name
             && *job_servers == other.job_servers
@@ -276,5 +281,6 @@ impl WorkerConfig {
             && *user == other.user
             && *group == other.group
             && *max_packet_size == other.max_packet_size
+            && *prefetch == other.prefetch
     }
 }

@@ -132,6 +132,7 @@ fn builtin_defaults_fill_every_key() {
         max_packet_size: 64 << 20,
         max_spawn_rate: 64,
         scale_on_queue: true,
+        prefetch: false,
     };
     assert_eq!(*w, want);
 }
@@ -224,6 +225,7 @@ fn every_worker_key_is_accepted_in_defaults() {
         ("max_packet_size", "\"1M\""),
         ("max_spawn_rate", "8"),
         ("scale_on_queue", "false"),
+        ("prefetch", "true"),
     ]
     .into_iter()
     .collect();

@@ -54,6 +54,7 @@ pub(crate) const WORKER_KEYS: &[&str] = &[
     "max_packet_size",
     "max_spawn_rate",
     "scale_on_queue",
+    "prefetch",
 ];
 
 /// Where handlers are looked up when neither the worker's `env` nor the
@@ -215,6 +216,7 @@ struct Keys {
     max_packet_size: Field<u32>,
     max_spawn_rate: Field<u32>,
     scale_on_queue: Field<bool>,
+    prefetch: Field<bool>,
 }
 
 fn build(ctx: &mut Ctx, root: &Loc, path: &Path, probe: Option<&dyn Probe>) -> Option<Config> {
@@ -456,16 +458,8 @@ fn read_keys(ctx: &mut Ctx, base: &str, entries: &[(Key, Loc)], table_line: usiz
                 let v = uint(ctx, &a, value, 1..=u64::from(u32::MAX));
                 k.max_spawn_rate = Field::new(v.map(|v| v as u32), at);
             }
-            "scale_on_queue" => {
-                let v = match &value.node {
-                    Node::Bool(b) => Some(*b),
-                    other => {
-                        expected(ctx, &a, "true or false", other);
-                        None
-                    }
-                };
-                k.scale_on_queue = Field::new(v, at);
-            }
+            "scale_on_queue" => k.scale_on_queue = Field::new(boolean(ctx, &a, value), at),
+            "prefetch" => k.prefetch = Field::new(boolean(ctx, &a, value), at),
             "max_packet_size" => {
                 let v =
                     size(ctx, &a, value, false).flatten().and_then(|bytes| {
@@ -631,6 +625,7 @@ fn finish(
             .or_builtin(super::DEFAULT_MAX_SPAWN_RATE)?
             .0,
         scale_on_queue: w.scale_on_queue.over(&d.scale_on_queue).or_builtin(true)?.0,
+        prefetch: w.prefetch.over(&d.prefetch).or_builtin(false)?.0,
     };
     Some((worker, places))
 }
@@ -753,6 +748,16 @@ fn string<'a>(ctx: &mut Ctx, at: &At, value: &'a Loc) -> Option<&'a str> {
         Node::Str(s) => Some(s),
         other => {
             expected(ctx, at, "a string", other);
+            None
+        }
+    }
+}
+
+fn boolean(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<bool> {
+    match &value.node {
+        Node::Bool(b) => Some(*b),
+        other => {
+            expected(ctx, at, "true or false", other);
             None
         }
     }

@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::Encoder;
+use tokio_util::codec::{Decoder, Encoder};
 use tokio_util::sync::CancellationToken;
 
 use super::wire::Wire;
@@ -44,6 +44,12 @@ pub trait JobRunner: Send + Sync + 'static {
 
     /// The connection found no job and goes to sleep.
     fn idle(&self) {}
+
+    /// Whether the connection may ask for the next job while the one about
+    /// to run is in hand (`prefetch`): not when that job is the slot's last.
+    fn may_prefetch(&self) -> bool {
+        false
+    }
 }
 
 /// What a connection needs to know.
@@ -53,6 +59,9 @@ pub struct ConnectionSpec {
     pub prefix: String,
     pub functions: Vec<String>,
     pub max_packet: u32,
+    /// Grab the next job while one runs (the worker's `prefetch`; only for
+    /// a slot with one job server).
+    pub prefetch: bool,
 }
 
 /// Back-off bounds for reconnecting to a job server.
@@ -86,6 +95,25 @@ impl Conn {
     async fn send(&mut self, packet: Packet) -> Result<(), String> {
         self.feed(packet)?;
         self.flush().await
+    }
+
+    /// The next packet if it is already here (buffered, or one
+    /// non-blocking read away), without waiting.
+    fn try_packet(&mut self) -> Result<Option<Packet>, String> {
+        loop {
+            match self.codec.decode(&mut self.wire.buf) {
+                Ok(Some(p)) => return Ok(Some(p)),
+                Ok(None) => {}
+                Err(e) => return Err(format!("protocol error: {e}")),
+            }
+            match self.wire.try_read() {
+                Ok(0) => return Err("closed by the job server".into()),
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
     }
 
     /// Reads the next packet; EOF and protocol errors end the session.
@@ -214,75 +242,77 @@ async fn session<R: JobRunner>(
     let mut awake = true;
     // The permit, when GRAB_JOB_UNIQ already went out with the last answer.
     let mut grabbed: Option<tokio::sync::OwnedSemaphorePermit> = None;
+    // A job assigned in answer to a prefetching grab: ours already, so it
+    // runs next even if the gate closed meanwhile (drain, workleft).
+    let mut prefetched: Option<Packet> = None;
     loop {
-        if !awake {
-            tokio::select! {
-                _ = drain.cancelled() => return SessionEnd::Closed,
-                p = conn.next_packet(false) => match p {
-                    Ok(p) if p.kind == PacketType::Noop => awake = true,
-                    Ok(p) => tracing::debug!(server = %spec.server, "ignoring {} while asleep", p.kind.name()),
-                    Err(why) => return SessionEnd::Broken(why),
-                },
-            }
-            continue;
-        }
-        let permit = match grabbed.take() {
-            Some(permit) => permit,
+        let (assign, permit) = match prefetched.take() {
+            Some(assign) => (assign, gate.clone().try_acquire_owned().ok()),
             None => {
-                // Awake: wait for the slot's permit while still watching the socket.
-                let permit = loop {
+                if !awake {
                     tokio::select! {
-                        permit = gate.clone().acquire_owned() => match permit {
-                            Ok(p) => break p,
-                            Err(_) => return SessionEnd::Closed,
-                        },
+                        _ = drain.cancelled() => return SessionEnd::Closed,
                         p = conn.next_packet(false) => match p {
-                            Ok(_) => {} // NOOPs while awake mean nothing new.
+                            Ok(p) if p.kind == PacketType::Noop => awake = true,
+                            Ok(p) => tracing::debug!(server = %spec.server, "ignoring {} while asleep", p.kind.name()),
                             Err(why) => return SessionEnd::Broken(why),
                         },
                     }
-                };
-                if let Err(e) = conn
-                    .send(Packet::req(PacketType::GrabJobUniq, vec![]))
-                    .await
-                {
-                    return SessionEnd::Broken(e);
+                    continue;
                 }
-                permit
+                let permit = match grabbed.take() {
+                    Some(permit) => permit,
+                    None => {
+                        // Awake: wait for the slot's permit while still watching the socket.
+                        let permit = loop {
+                            tokio::select! {
+                                permit = gate.clone().acquire_owned() => match permit {
+                                    Ok(p) => break p,
+                                    Err(_) => return SessionEnd::Closed,
+                                },
+                                p = conn.next_packet(false) => match p {
+                                    Ok(_) => {} // NOOPs while awake mean nothing new.
+                                    Err(why) => return SessionEnd::Broken(why),
+                                },
+                            }
+                        };
+                        if let Err(e) = conn
+                            .send(Packet::req(PacketType::GrabJobUniq, vec![]))
+                            .await
+                        {
+                            return SessionEnd::Broken(e);
+                        }
+                        permit
+                    }
+                };
+                // gearmand answers a grab at once: a wait that may block.
+                match grab_reply(spec, &mut conn).await {
+                    Ok(Some(assign)) => (assign, Some(permit)),
+                    Ok(None) => {
+                        runner.idle();
+                        drop(permit);
+                        if let Err(e) = conn.send(Packet::req(PacketType::PreSleep, vec![])).await {
+                            return SessionEnd::Broken(e);
+                        }
+                        awake = false;
+                        continue;
+                    }
+                    Err(why) => return SessionEnd::Broken(why),
+                }
             }
         };
-        let assigned = loop {
-            // gearmand answers a grab at once: a wait that may block.
-            match conn.next_packet(true).await {
-                Ok(p) => match p.kind {
-                    PacketType::Noop => continue,
-                    PacketType::NoJob => break None,
-                    PacketType::JobAssignUniq
-                    | PacketType::JobAssign
-                    | PacketType::JobAssignAll => break Some(p),
-                    PacketType::Error => {
-                        return SessionEnd::Broken(format!(
-                            "job server error {}: {}",
-                            String::from_utf8_lossy(p.arg(0)),
-                            String::from_utf8_lossy(p.arg(1))
-                        ))
-                    }
-                    other => {
-                        tracing::debug!(server = %spec.server, "unexpected {} while grabbing", other.name())
-                    }
-                },
-                Err(why) => return SessionEnd::Broken(why),
-            }
-        };
-        let Some(assign) = assigned else {
-            runner.idle();
-            drop(permit);
-            if let Err(e) = conn.send(Packet::req(PacketType::PreSleep, vec![])).await {
+        // Prefetch: ask for the next job before this one runs, in the same
+        // write as the answer to the one before (held back for it), so that
+        // gearmand's reply is usually waiting when this job ends.
+        let prefetching = spec.prefetch && runner.may_prefetch();
+        if prefetching {
+            if let Err(e) = conn.feed(Packet::req(PacketType::GrabJobUniq, vec![])) {
                 return SessionEnd::Broken(e);
             }
-            awake = false;
-            continue;
-        };
+        }
+        if let Err(e) = conn.flush().await {
+            return SessionEnd::Broken(e);
+        }
         // The answer is queued, not yet sent.
         let result = run_job(spec, &mut conn, assign, runner, &mut events).await;
         // The permit is released only after the runner has had the chance to
@@ -290,6 +320,40 @@ async fn session<R: JobRunner>(
         drop(permit);
         if let Err(why) = result {
             return SessionEnd::Broken(why);
+        }
+        if prefetching {
+            // The reply to the prefetching grab, if it is here already.
+            let mut reply = None;
+            while reply.is_none() {
+                match conn.try_packet() {
+                    Ok(Some(p)) => reply = as_grab_reply(spec, p),
+                    Ok(None) => break,
+                    Err(e) => reply = Some(Err(e)),
+                }
+            }
+            let reply = match reply {
+                Some(reply) => reply,
+                None => {
+                    // Not here yet: the answer must not wait for it.
+                    if let Err(e) = conn.flush().await {
+                        return SessionEnd::Broken(e);
+                    }
+                    grab_reply(spec, &mut conn).await
+                }
+            };
+            match reply {
+                // Its answer goes out with the next grab.
+                Ok(Some(assign)) => prefetched = Some(assign),
+                Ok(None) => {
+                    runner.idle();
+                    if let Err(e) = conn.send(Packet::req(PacketType::PreSleep, vec![])).await {
+                        return SessionEnd::Broken(e);
+                    }
+                    awake = false;
+                }
+                Err(why) => return SessionEnd::Broken(why),
+            }
+            continue;
         }
         // Ask for the next job in the same write as the answer when the permit
         // is free at once (the semaphore is fair: a connection to another job
@@ -302,6 +366,37 @@ async fn session<R: JobRunner>(
         }
         if let Err(e) = conn.flush().await {
             return SessionEnd::Broken(e);
+        }
+    }
+}
+
+/// gearmand's reply to a grab: a JOB_ASSIGN* (`Some`) or NO_JOB (`None`).
+async fn grab_reply(spec: &ConnectionSpec, conn: &mut Conn) -> Result<Option<Packet>, String> {
+    loop {
+        let p = conn.next_packet(true).await?;
+        if let Some(reply) = as_grab_reply(spec, p) {
+            return reply;
+        }
+    }
+}
+
+/// What `p` says in reply to a grab; `None` for a packet that is not the
+/// reply (NOOP, or something unexpected, which is logged).
+fn as_grab_reply(spec: &ConnectionSpec, p: Packet) -> Option<Result<Option<Packet>, String>> {
+    match p.kind {
+        PacketType::Noop => None,
+        PacketType::NoJob => Some(Ok(None)),
+        PacketType::JobAssignUniq | PacketType::JobAssign | PacketType::JobAssignAll => {
+            Some(Ok(Some(p)))
+        }
+        PacketType::Error => Some(Err(format!(
+            "job server error {}: {}",
+            String::from_utf8_lossy(p.arg(0)),
+            String::from_utf8_lossy(p.arg(1))
+        ))),
+        other => {
+            tracing::debug!(server = %spec.server, "unexpected {} while grabbing", other.name());
+            None
         }
     }
 }

@@ -146,6 +146,15 @@ impl JobRunner for Jobs {
         self.report_idle();
     }
 
+    fn may_prefetch(&self) -> bool {
+        if self.gate.is_closed() || self.drain.is_cancelled() {
+            return false;
+        }
+        // Jobs finished so far, not counting the one about to run.
+        let workleft = self.spec.worker.workleft;
+        workleft == 0 || self.done.load(Ordering::SeqCst) + 1 < workleft
+    }
+
     async fn run(&self, job: Job, events: mpsc::Sender<JobEvent>) -> Outcome {
         let started = Instant::now();
         let reported = self.report_busy(&job, started, false);
@@ -312,6 +321,9 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
             prefix: spec.worker.prefix.clone(),
             functions: spec.worker.functions.clone(),
             max_packet: spec.worker.max_packet_size,
+            // With two servers, the next job could come from either: the
+            // prefetching grab would hold the permit across both.
+            prefetch: spec.worker.prefetch && servers.len() == 1,
         };
         tasks.spawn(connection::serve(
             cspec,

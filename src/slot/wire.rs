@@ -114,6 +114,12 @@ impl<F: AsRawFd + AsFd> Wire<F> {
         read_into(self.io.get_ref().as_raw_fd(), &mut self.buf)
     }
 
+    /// One non-blocking read into the buffer, whatever the runtime has seen:
+    /// `Ok(0)` at EOF, `WouldBlock` when nothing is there.
+    pub fn try_read(&mut self) -> io::Result<usize> {
+        self.read_some()
+    }
+
     /// The next item, reading and waiting as needed; `None` at a clean EOF.
     /// With `fast`, waits may block the thread (see [`Pace`]). Cancel-safe:
     /// what was read stays in the buffer.
