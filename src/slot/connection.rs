@@ -351,7 +351,12 @@ async fn session<R: JobRunner>(
                     }
                     awake = false;
                 }
-                Err(why) => return SessionEnd::Broken(why),
+                Err(why) => {
+                    // The job's answer first, if the socket still takes it:
+                    // unanswered, gearmand would give the job to another worker.
+                    let _ = conn.flush().await;
+                    return SessionEnd::Broken(why);
+                }
             }
             continue;
         }
