@@ -46,8 +46,16 @@ pub fn spawn_runner(runner: &RunnerCommand, own_session: bool) -> std::io::Resul
     cmd.env(CONTROL_FD_ENV, SLOT_FD.to_string())
         .stdin(Stdio::null());
     let fd = theirs.as_raw_fd();
-    // SAFETY: only async-signal-safe calls (setsid, setpgid, dup2, fcntl)
-    // between fork and exec.
+    // Outside a session of its own a runner is a background group of the
+    // manager's terminal, if it has one (`slotman run` or `demo` in a shell):
+    // its log lines must not stop it under `stty tostop`. SIGTTOU is blocked
+    // in it for that (the kernel then lets the write through), and only
+    // then: under systemd there is no terminal, and nothing changes. Its
+    // handlers inherit the mask; they write to pipes, not the terminal.
+    // SAFETY: isatty only reads the fd's state.
+    let block_ttou = !own_session && unsafe { libc::isatty(2) } == 1;
+    // SAFETY: only async-signal-safe calls (setsid, setpgid, sigprocmask,
+    // dup2, fcntl) between fork and exec.
     unsafe {
         cmd.pre_exec(move || {
             // Either way the runner leads its process group (pgid = pid,
@@ -60,13 +68,11 @@ pub fn spawn_runner(runner: &RunnerCommand, own_session: bool) -> std::io::Resul
             if led < 0 {
                 return Err(std::io::Error::last_os_error());
             }
-            // Outside a session of its own a runner is a background group of
-            // the manager's terminal, if it has one: its log lines must not
-            // stop it under `stty tostop`.
-            if !own_session {
-                let mut ignore: libc::sigaction = std::mem::zeroed();
-                ignore.sa_sigaction = libc::SIG_IGN;
-                if libc::sigaction(libc::SIGTTOU, &ignore, std::ptr::null_mut()) < 0 {
+            if block_ttou {
+                let mut set: libc::sigset_t = std::mem::zeroed();
+                libc::sigemptyset(&mut set);
+                libc::sigaddset(&mut set, libc::SIGTTOU);
+                if libc::sigprocmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
             }

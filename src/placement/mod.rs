@@ -106,7 +106,12 @@ fn pin(runner: RunnerCommand) -> RunnerCommand {
     if !Path::new("/proc/self/fd").is_dir() {
         return runner;
     }
-    let file = match std::fs::File::open(&runner.program) {
+    // `slotman slot`: the running binary itself, even if already replaced.
+    let source = match runner.args {
+        [] => runner.program.clone(),
+        _ => PathBuf::from("/proc/self/exe"),
+    };
+    let file = match std::fs::File::open(&source) {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!("runner {} not pinned: {e}", runner.program.display());

@@ -161,6 +161,10 @@ impl JobRunner for Jobs {
         self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())));
         let (outcome, handler_pid) = {
             let mut handler = self.handler.lock().await;
+            // A handler replaced for this job is reported before the job
+            // runs: the manager's cleanup after a killed runner needs it.
+            handler.prepare().await;
+            self.tell_handler(handler.pid());
             let run = handler.run(&job, &events, self.spec.worker.timeout);
             let outcome = if reported {
                 run.await
@@ -227,7 +231,6 @@ impl JobRunner for Jobs {
             self.leave(ExitReason::Workleft);
         }
         let took = started.elapsed();
-        self.tell_handler(handler_pid);
         if !self.gate.is_closed() {
             self.check_rss(handler_pid, took >= SHORT_JOB);
         }

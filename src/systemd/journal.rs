@@ -33,6 +33,10 @@ const STDOUT_SOCKET: &str = "/run/systemd/journal/stdout";
 /// journald's socket for native-protocol datagrams.
 const NATIVE_SOCKET: &str = "/run/systemd/journal/socket";
 
+/// Most a job switch reads of a handler's stderr itself (a pipe's default
+/// capacity).
+const SWITCH_READ_MAX: usize = 64 * 1024;
+
 /// Longest handler line forwarded as one entry; longer lines are split.
 const MAX_LINE: usize = 16 * 1024;
 
@@ -168,6 +172,8 @@ struct Shared {
     tags: std::sync::Mutex<Tags>,
     /// Wakes the forwarder for bytes in `handed`.
     wake: tokio::sync::Notify,
+    /// The forwarder has stopped: nothing would take what `switch` reads.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 struct Tags {
@@ -188,11 +194,24 @@ impl Shared {
 impl JobTags {
     /// The handler's next lines belong to `job` (`None`: to no job).
     pub fn switch(&self, job: JobTag) {
+        if self
+            .shared
+            .closed
+            .load(std::sync::atomic::Ordering::Relaxed)
+        {
+            return;
+        }
         let mut tags = self.shared.lock();
         let mut read = Vec::new();
         let mut chunk = [0u8; 4096];
-        while let Ok(n @ 1..) = nix::unistd::read(self.pipe.as_raw_fd(), &mut chunk) {
-            read.extend_from_slice(&chunk[..n]);
+        // At most a pipe's worth: a handler whose helper writes stderr
+        // without pause must not hold up the switch (the rest is the
+        // forwarder's, under the new tag).
+        while read.len() < SWITCH_READ_MAX {
+            match nix::unistd::read(self.pipe.as_raw_fd(), &mut chunk) {
+                Ok(n @ 1..) => read.extend_from_slice(&chunk[..n]),
+                _ => break,
+            }
         }
         // An unterminated line ends with its job, as an entry of its own.
         if !read.is_empty() || tags.partial {
@@ -248,6 +267,7 @@ pub fn forward_handler_output(
             partial: false,
         }),
         wake: tokio::sync::Notify::new(),
+        closed: std::sync::atomic::AtomicBool::new(false),
     });
     // Job fields exist only in the journal; without it, lines are never
     // tagged (and a job costs no read of the pipe).
@@ -256,6 +276,16 @@ pub fn forward_handler_output(
         pipe: own_read,
     });
     tokio::spawn(async move {
+        // Marks the forwarder gone however it returns.
+        struct Closed(Arc<Shared>);
+        impl Drop for Closed {
+            fn drop(&mut self) {
+                self.0
+                    .closed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _closed = Closed(shared.clone());
         let mut buf: Vec<u8> = Vec::new();
         let mut chunk = vec![0u8; 8192];
         loop {

@@ -138,6 +138,14 @@ impl Handler {
         }
     }
 
+    /// Makes sure a long-running handler is up before a job, so that its
+    /// pid is known (and reported) before the job runs.
+    pub async fn prepare(&mut self) {
+        if let Handler::Stdio(h) = self {
+            h.prepare().await;
+        }
+    }
+
     /// PID of the long-running handler process, if there is one.
     pub fn pid(&self) -> Option<u32> {
         match self {

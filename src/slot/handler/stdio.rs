@@ -129,6 +129,12 @@ impl StdioHandler {
         }
     }
 
+    /// Starts a fresh process now if the current one cannot take a job (a
+    /// failure is left for the job's own attempt to report).
+    pub async fn prepare(&mut self) {
+        let _ = self.ready_process().await;
+    }
+
     /// The current process if it can take a job, else a fresh one.
     async fn ready_process(&mut self) -> Result<&mut Process, HandlerError> {
         let process = match self.process.take() {
