@@ -131,6 +131,8 @@ def main():
     ap.add_argument("--slotman", default=os.environ.get("SLOTMAN", os.path.join(B.ROOT, "target", "release", "slotman")))
     ap.add_argument("--slotman-b", default=None,
                     help="a second slotman build, measured in the same run as case slotman_b (A/B)")
+    ap.add_argument("--config-a", default="",
+                    help="TOML lines added to case slotman_stdio's worker (as --config-b for slotman_b)")
     ap.add_argument("--config-b", default="",
                     help="TOML lines added to case slotman_b's worker, e.g. 'prefetch = true' "
                          "(with --slotman-b the same binary as --slotman: a config A/B)")
@@ -182,7 +184,8 @@ def main():
             relays = {m: start_relays(g.port, n, m, a.spin_us) for m in modes}
             st = None
             if not a.no_slotman:
-                st = B.Slotman(ctx, "floor%d" % n, g.port, "stdio", [B.PY, B.H_PY], list(FUNCTIONS), n, n)
+                st = B.Slotman(ctx, "floor%d" % n, g.port, "stdio", [B.PY, B.H_PY], list(FUNCTIONS), n, n,
+                               extra=a.config_a.replace("\\n", "\n") + "\n")
                 st.start()
             st_b = None
             if ctx_b:

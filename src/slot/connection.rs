@@ -245,6 +245,11 @@ async fn session<R: JobRunner>(
     // A job assigned in answer to a prefetching grab: ours already, so it
     // runs next even if the gate closed meanwhile (drain, workleft).
     let mut prefetched: Option<Packet> = None;
+    // Whether jobs are queued beyond the one in hand, as far as the last
+    // grabs tell: a prefetching grab that finds nothing costs gearmand a
+    // NO_JOB / PRE_SLEEP / NOOP round, so after one the slot stops
+    // prefetching until a grab sent with an answer finds a job waiting.
+    let mut backlog = true;
     loop {
         let (assign, permit) = match prefetched.take() {
             Some(assign) => (assign, gate.clone().try_acquire_owned().ok()),
@@ -260,6 +265,7 @@ async fn session<R: JobRunner>(
                     }
                     continue;
                 }
+                let with_answer = grabbed.is_some();
                 let permit = match grabbed.take() {
                     Some(permit) => permit,
                     None => {
@@ -287,8 +293,13 @@ async fn session<R: JobRunner>(
                 };
                 // gearmand answers a grab at once: a wait that may block.
                 match grab_reply(spec, &mut conn).await {
-                    Ok(Some(assign)) => (assign, Some(permit)),
+                    Ok(Some(assign)) => {
+                        // A job found right after an answer was waiting.
+                        backlog |= with_answer;
+                        (assign, Some(permit))
+                    }
                     Ok(None) => {
+                        backlog = false;
                         runner.idle();
                         drop(permit);
                         if let Err(e) = conn.send(Packet::req(PacketType::PreSleep, vec![])).await {
@@ -304,7 +315,7 @@ async fn session<R: JobRunner>(
         // Prefetch: ask for the next job before this one runs, in the same
         // write as the answer to the one before (held back for it), so that
         // gearmand's reply is usually waiting when this job ends.
-        let prefetching = spec.prefetch && runner.may_prefetch();
+        let prefetching = spec.prefetch && backlog && runner.may_prefetch();
         if prefetching {
             if let Err(e) = conn.feed(Packet::req(PacketType::GrabJobUniq, vec![])) {
                 return SessionEnd::Broken(e);
@@ -345,6 +356,7 @@ async fn session<R: JobRunner>(
                 // Its answer goes out with the next grab.
                 Ok(Some(assign)) => prefetched = Some(assign),
                 Ok(None) => {
+                    backlog = false;
                     runner.idle();
                     if let Err(e) = conn.send(Packet::req(PacketType::PreSleep, vec![])).await {
                         return SessionEnd::Broken(e);
