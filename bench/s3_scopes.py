@@ -99,32 +99,13 @@ def one(B, ctx, box, work, k):
     try:
         if mgr.returncode != 0 or g.wait_count(prefix, "w::sleep", 1, 30) is None:
             return {"error": "the pool did not start (see %s.log)" % service}
-        time.sleep(0.5)
-        ctx.quiet.gate()
-        landed = B.gear.submit_bg(g.port, "w::sleep", [b"30"] * k)
-        first = reg = running = None
-        deadline = landed + 60
-        while time.monotonic() < deadline:
-            c = g.admin.count(prefix, "w::sleep")
-            now = time.monotonic()
-            if first is None and c >= 2:
-                first = now
-            if reg is None and c >= k:
-                reg = now
-            if reg is not None:
-                _q, run, _w = g.admin.status().get("w::sleep", (0, 0, 0))
-                if run >= k:
-                    running = time.monotonic()
-                    break
-            time.sleep(0.005)
+        r = B.burst_timing(ctx, g, prefix, k)
         scopes = subprocess.run(
             [SDBOX, "exec", box, "systemctl", "list-units", "--no-legend", "--plain",
              "slotman-%s-*.scope" % service], capture_output=True, text=True, timeout=30)
         n_scopes = sum(1 for line in scopes.stdout.splitlines() if ".scope" in line)
-        return {"first_new_s": first and round(first - landed, 3),
-                "all_registered_s": reg and round(reg - landed, 3),
-                "all_running_s": running and round(running - landed, 3),
-                "scopes": n_scopes}
+        r["scopes"] = n_scopes
+        return r
     finally:
         subprocess.run([SDBOX, "exec", box, "systemctl", "stop", unit], capture_output=True, timeout=60)
         log.close()

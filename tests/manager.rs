@@ -109,6 +109,14 @@ impl Service {
             .expect("worker in status")
     }
 
+    /// Waits until `worker`'s one slot is idle; its runner's pid.
+    fn one_slot_ready(&self, worker: &str) -> u32 {
+        wait_until("slot ready", Duration::from_secs(10), || {
+            self.worker(worker).idle == 1
+        });
+        self.worker(worker).slots[0].pid.expect("runner pid")
+    }
+
     fn log_path(&self) -> PathBuf {
         self.dir.path().join("manager.log")
     }
@@ -133,6 +141,14 @@ impl Drop for Service {
             let _ = c.wait();
         }
     }
+}
+
+fn sigkill(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
 }
 
 fn pid_alive(pid: u32) -> bool {
@@ -461,10 +477,7 @@ fn an_exec_handler_dies_with_its_sigkilled_runner() {
         g.addr
     ));
     svc.start();
-    wait_until("slot ready", Duration::from_secs(10), || {
-        svc.worker("x").idle == 1
-    });
-    let runner = svc.worker("x").slots[0].pid.expect("runner pid");
+    let runner = svc.one_slot_ready("x");
     submit_bg(&g.addr, "x::long", [("l1".to_string(), String::new())]);
     let handlers = svc.dir.path().join("handlers");
     let handler_pid = || -> Option<u32> {
@@ -480,11 +493,7 @@ fn an_exec_handler_dies_with_its_sigkilled_runner() {
     });
     let handler = handler_pid().expect("handler pid");
     assert!(pid_alive(handler));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(runner as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill runner");
+    sigkill(runner);
     wait_until(
         "handler gone with its runner",
         Duration::from_secs(10),
@@ -527,21 +536,14 @@ fn what_a_stdio_handler_started_dies_with_its_sigkilled_runner() {
         g.addr
     ));
     svc.start();
-    wait_until("slot ready", Duration::from_secs(10), || {
-        svc.worker("s").idle == 1
-    });
-    let runner = svc.worker("s").slots[0].pid.expect("runner pid");
+    let runner = svc.one_slot_ready("s");
     let left: u32 = std::fs::read_to_string(svc.dir.path().join("started"))
         .expect("started")
         .trim()
         .parse()
         .expect("pid");
     assert!(pid_alive(left));
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(runner as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill runner");
+    sigkill(runner);
     wait_until(
         "the handler's child gone with the runner",
         Duration::from_secs(10),
@@ -567,10 +569,7 @@ fn slots_started_after_an_upgrade_run_the_runner_the_manager_started_with() {
         g.addr
     ));
     svc.start_bin(&bin);
-    wait_until("slot ready", Duration::from_secs(10), || {
-        svc.worker("w").idle == 1
-    });
-    let first = svc.worker("w").slots[0].pid.expect("runner pid");
+    let first = svc.one_slot_ready("w");
     // The upgrade: a new file under the same name (as dpkg installs one),
     // here one that cannot run a slot.
     let new = install.path().join("slotman-slot.new");
@@ -579,11 +578,7 @@ fn slots_started_after_an_upgrade_run_the_runner_the_manager_started_with() {
         .expect("chmod");
     std::fs::rename(&new, &runner_bin).expect("replace slotman-slot");
     // The slot's replacement is started after the upgrade.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(first as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .expect("kill runner");
+    sigkill(first);
     wait_until("a new slot ready", Duration::from_secs(15), || {
         let w = svc.worker("w");
         w.idle == 1 && w.slots.iter().all(|s| s.pid.is_some_and(|p| p != first))

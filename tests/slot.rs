@@ -284,8 +284,14 @@ async fn a_failing_crashing_or_garbling_handler_fails_only_its_job() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn workleft_5_exits_after_exactly_5_jobs() {
     let Some(g) = gearmand() else { return };
-    let fx = fixture();
-    let mut slot = Slot::start(&spec(&fx, "stdio", &[&g.addr], "workleft = 5")).await;
+    workleft_5_of_8_jobs(&g, &fixture(), "").await;
+}
+
+/// A slot with `workleft = 5` (and `extra`) given 8 queued jobs runs exactly
+/// 5, exits for workleft, and leaves 3 in the queue for the next slot.
+async fn workleft_5_of_8_jobs(g: &Gearmand, fx: &Fixture, extra: &str) {
+    let config = format!("workleft = 5\n{extra}");
+    let mut slot = Slot::start(&spec(fx, "stdio", &[&g.addr], &config)).await;
     let mut c = Client::connect(&g.addr).await.expect("connect");
     for i in 0..8 {
         c.submit_background("t::echo", &format!("wl-{i}"), "x")
@@ -493,35 +499,7 @@ async fn with_prefetch_jobs_stream_workleft_stays_exact_and_a_drain_runs_the_pre
 
     // workleft: the last job is not prefetched past.
     let Some(g) = gearmand() else { return };
-    let mut slot = Slot::start(&spec(
-        &fx,
-        "stdio",
-        &[&g.addr],
-        "prefetch = true\nworkleft = 5",
-    ))
-    .await;
-    let mut c = Client::connect(&g.addr).await.expect("connect");
-    for i in 0..8 {
-        c.submit_background("t::echo", &format!("wl-{i}"), "x")
-            .await
-            .expect("submit");
-    }
-    let mut done = 0;
-    loop {
-        match slot.next().await {
-            Report::Done { jobs, .. } => done += jobs.total(),
-            Report::Exiting { reason } => {
-                assert_eq!(reason, ExitReason::Workleft);
-                break;
-            }
-            _ => {}
-        }
-    }
-    assert_eq!(done, 5);
-    assert!(slot.wait().await.success());
-    common::wait_until("3 jobs left in the queue", Duration::from_secs(5), || {
-        g.function_status("t::echo").0 == 3
-    });
+    workleft_5_of_8_jobs(&g, &fx, "prefetch = true").await;
 
     // A drain while a prefetched job waits: both jobs are answered. Both
     // are queued before the slot starts, so the grab that goes out with the

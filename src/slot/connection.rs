@@ -17,7 +17,7 @@ use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
-use tokio_util::codec::{Decoder, Encoder};
+use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
 use super::wire::Wire;
@@ -100,31 +100,26 @@ impl Conn {
     /// The next packet if it is already here (buffered, or one
     /// non-blocking read away), without waiting.
     fn try_packet(&mut self) -> Result<Option<Packet>, String> {
-        loop {
-            match self.codec.decode(&mut self.wire.buf) {
-                Ok(Some(p)) => return Ok(Some(p)),
-                Ok(None) => {}
-                Err(e) => return Err(format!("protocol error: {e}")),
-            }
-            match self.wire.try_read() {
-                Ok(0) => return Err("closed by the job server".into()),
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return Ok(None),
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.to_string()),
-            }
-        }
+        self.wire
+            .try_next(&mut self.codec)
+            .map(packet_or_end)
+            .transpose()
     }
 
     /// Reads the next packet; EOF and protocol errors end the session.
     /// `fast`: an answer is due at once (see [`Pace`](super::wire::Pace)).
     async fn next_packet(&mut self, fast: bool) -> Result<Packet, String> {
-        match self.wire.next(&mut self.codec, fast).await {
-            Some(Ok(p)) => Ok(p),
-            Some(Err(ProtocolError::Io(e))) => Err(e.to_string()),
-            Some(Err(e)) => Err(format!("protocol error: {e}")),
-            None => Err("closed by the job server".into()),
-        }
+        packet_or_end(self.wire.next(&mut self.codec, fast).await)
+    }
+}
+
+/// A packet, or why the session ends (EOF, I/O or protocol error).
+fn packet_or_end(next: Option<Result<Packet, ProtocolError>>) -> Result<Packet, String> {
+    match next {
+        Some(Ok(p)) => Ok(p),
+        Some(Err(ProtocolError::Io(e))) => Err(e.to_string()),
+        Some(Err(e)) => Err(format!("protocol error: {e}")),
+        None => Err("closed by the job server".into()),
     }
 }
 

@@ -42,8 +42,6 @@ struct Jobs {
     told: std::sync::Mutex<Told>,
     /// `recycle_rss`, when set.
     rss_check: std::sync::Mutex<Option<RssCheck>>,
-    /// The handler process the manager was last told of.
-    handler_told: std::sync::Mutex<Option<u32>>,
 }
 
 /// Reports go out on transitions, not per job (see [`Report::Busy`]): the
@@ -113,16 +111,6 @@ impl Jobs {
         self.drain.cancel();
     }
 
-    /// Tells the manager of a handler process it has not heard of (the
-    /// first one, or one started after the last died).
-    fn tell_handler(&self, pid: Option<u32>) {
-        let mut told = self.handler_told.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(pid) = pid.filter(|&p| *told != Some(p)) {
-            *told = Some(pid);
-            let _ = self.reports.send(Report::Handler { pid });
-        }
-    }
-
     /// After a job: a handler above `recycle_rss` is replaced, the slot
     /// exits once this job is answered (the manager starts its successor).
     fn check_rss(&self, pid: Option<u32>, long_job: bool) {
@@ -161,10 +149,6 @@ impl JobRunner for Jobs {
         self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())));
         let (outcome, handler_pid) = {
             let mut handler = self.handler.lock().await;
-            // A handler replaced for this job is reported before the job
-            // runs: the manager's cleanup after a killed runner needs it.
-            handler.prepare().await;
-            self.tell_handler(handler.pid());
             let run = handler.run(&job, &events, self.spec.worker.timeout);
             let outcome = if reported {
                 run.await
@@ -272,7 +256,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
     if spec.worker.kind == HandlerKind::Native {
         return super::native::run(&spec, &id, &reports, &drain).await;
     }
-    let handler = match Handler::start(&spec.worker, &id).await {
+    let mut handler = match Handler::start(&spec.worker, &id).await {
         Ok(h) => h,
         Err(e) => {
             tracing::error!(worker = %id.worker, slot = id.slot, "{e}");
@@ -282,8 +266,13 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
             return ExitReason::HandlerFailed;
         }
     };
+    // Every handler process is reported as it starts, before it gets a
+    // job: the manager's cleanup after a killed runner needs its group.
+    let told = reports.clone();
+    handler.on_process_start(Box::new(move |pid| {
+        let _ = told.send(Report::Handler { pid });
+    }));
     let gate: Gate = Arc::new(Semaphore::new(1));
-    let handler_pid = handler.pid();
     let jobs = Arc::new(Jobs {
         handler: Mutex::new(handler),
         spec: spec.clone(),
@@ -301,9 +290,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
             at: Instant::now(),
             last_short: false,
         }),
-        handler_told: std::sync::Mutex::new(None),
     });
-    jobs.tell_handler(handler_pid);
     let pid = std::process::id();
     let client_id = format!(
         "slotman:{}:{}:{}:{}",

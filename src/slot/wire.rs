@@ -114,10 +114,27 @@ impl<F: AsRawFd + AsFd> Wire<F> {
         read_into(self.io.get_ref().as_raw_fd(), &mut self.buf)
     }
 
-    /// One non-blocking read into the buffer, whatever the runtime has seen:
-    /// `Ok(0)` at EOF, `WouldBlock` when nothing is there.
-    pub fn try_read(&mut self) -> io::Result<usize> {
-        self.read_some()
+    /// The next item if it is here already (buffered, or read without
+    /// waiting, whatever the runtime has seen): `Some` as [`Wire::next`]
+    /// would return it, `None` when it would have to wait.
+    pub fn try_next<D: Decoder>(
+        &mut self,
+        codec: &mut D,
+    ) -> Option<Option<Result<D::Item, D::Error>>> {
+        loop {
+            match codec.decode(&mut self.buf) {
+                Ok(Some(item)) => return Some(Some(Ok(item))),
+                Ok(None) => {}
+                Err(e) => return Some(Some(Err(e))),
+            }
+            match self.read_some() {
+                Ok(0) => return Some(codec.decode_eof(&mut self.buf).transpose()),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return None,
+                Err(e) => return Some(Some(Err(e.into()))),
+            }
+        }
     }
 
     /// The next item, reading and waiting as needed; `None` at a clean EOF.
@@ -130,17 +147,8 @@ impl<F: AsRawFd + AsFd> Wire<F> {
     ) -> Option<Result<D::Item, D::Error>> {
         let pace = Pace::get();
         loop {
-            match codec.decode(&mut self.buf) {
-                Ok(Some(item)) => return Some(Ok(item)),
-                Ok(None) => {}
-                Err(e) => return Some(Err(e)),
-            }
-            match self.read_some() {
-                Ok(0) => return codec.decode_eof(&mut self.buf).transpose(),
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => return Some(Err(e.into())),
+            if let Some(next) = self.try_next(codec) {
+                return next;
             }
             match pace.next_wait(fast) {
                 Wait::Block(limit) => {

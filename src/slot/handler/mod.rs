@@ -111,6 +111,9 @@ pub enum Handler {
     Stdio(stdio::StdioHandler),
 }
 
+/// Told the pid of a long-running handler process when it starts.
+pub type OnStart = Box<dyn Fn(u32) + Send + Sync>;
+
 impl Handler {
     /// Prepares the handler; for `stdio` this spawns it and waits for `READY`.
     pub async fn start(worker: &WorkerConfig, id: &SlotIdentity) -> Result<Handler, HandlerError> {
@@ -138,11 +141,12 @@ impl Handler {
         }
     }
 
-    /// Makes sure a long-running handler is up before a job, so that its
-    /// pid is known (and reported) before the job runs.
-    pub async fn prepare(&mut self) {
+    /// Calls `f` with the pid of every long-running handler process, the
+    /// current one and each replacement as it starts (exec handlers, one
+    /// per job, have none).
+    pub fn on_process_start(&mut self, f: OnStart) {
         if let Handler::Stdio(h) = self {
-            h.prepare().await;
+            h.on_process_start(f);
         }
     }
 

@@ -44,6 +44,8 @@ pub struct StdioHandler {
     /// The running process; `None` once it broke and was killed, until the
     /// next job starts another. Boxed: it is big, and lives as long as the slot.
     process: Option<Box<Process>>,
+    /// Told the pid of every process started after it was set.
+    on_start: Option<super::OnStart>,
 }
 
 impl StdioHandler {
@@ -56,7 +58,26 @@ impl StdioHandler {
             launcher,
             max_size,
             process: Some(process),
+            on_start: None,
         })
+    }
+
+    /// Calls `f` with the pid of the current process, then of every one
+    /// started later.
+    pub fn on_process_start(&mut self, f: super::OnStart) {
+        if let Some(pid) = self.pid() {
+            f(pid);
+        }
+        self.on_start = Some(f);
+    }
+
+    /// A fresh process, announced to `on_start`.
+    async fn start_process(&self) -> Result<Box<Process>, HandlerError> {
+        let process = Process::start(&self.launcher, self.max_size).await?;
+        if let (Some(f), Some(pid)) = (&self.on_start, process.child.child.id()) {
+            f(pid);
+        }
+        Ok(process)
     }
 
     /// Runs one job. A handler that exited or misbehaved since the last job is
@@ -129,12 +150,6 @@ impl StdioHandler {
         }
     }
 
-    /// Starts a fresh process now if the current one cannot take a job (a
-    /// failure is left for the job's own attempt to report).
-    pub async fn prepare(&mut self) {
-        let _ = self.ready_process().await;
-    }
-
     /// The current process if it can take a job, else a fresh one.
     async fn ready_process(&mut self) -> Result<&mut Process, HandlerError> {
         let process = match self.process.take() {
@@ -147,10 +162,10 @@ impl StdioHandler {
                         self.launcher.program()
                     );
                     process.child.kill_and_reap().await;
-                    Process::start(&self.launcher, self.max_size).await?
+                    self.start_process().await?
                 }
             },
-            None => Process::start(&self.launcher, self.max_size).await?,
+            None => self.start_process().await?,
         };
         Ok(self.process.insert(process))
     }
