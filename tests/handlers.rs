@@ -60,6 +60,7 @@ fn worker(kind: HandlerKind, command: &[&str]) -> WorkerConfig {
         max_spawn_rate: 32,
         scale_on_queue: true,
         prefetch: false,
+        pin_cpu: true,
     }
 }
 

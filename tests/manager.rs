@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{slotman_bin, wait_until, Gearmand};
+use common::{cpus_allowed, skip, slotman_bin, wait_until, Gearmand};
 use slotman::control::proto::{ServiceStatus, WorkerStatus};
 use slotman::gearman::client::{Client, JobResult};
 
@@ -24,13 +24,19 @@ fn handler() -> String {
 struct Service {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Run the manager on these CPUs only (`taskset -c`).
+    cpus: Option<Vec<u32>>,
 }
 
 impl Service {
     fn new(config: &str) -> Service {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("svc.toml"), config).expect("write config");
-        Service { dir, child: None }
+        Service {
+            dir,
+            child: None,
+            cpus: None,
+        }
     }
 
     fn config_path(&self) -> PathBuf {
@@ -47,7 +53,16 @@ impl Service {
 
     /// Starts `bin run` (a copy of slotman, say).
     fn start_bin(&mut self, bin: &Path) {
-        let child = Command::new(bin)
+        let mut cmd = match &self.cpus {
+            Some(cpus) => {
+                let list: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
+                let mut cmd = Command::new("taskset");
+                cmd.arg("-c").arg(list.join(",")).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
             .arg("run")
             .arg("--config")
             .arg(self.config_path())
@@ -426,6 +441,16 @@ fn group_and_session(pid: u32) -> (u32, u32) {
     (f[0], f[1])
 }
 
+/// The long-running handler a stdio runner started (0 once it has exited).
+fn stdio_handler_of(runner: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{runner}/task/{runner}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn runners_lead_their_process_group_and_only_exec_runners_a_session() {
     let Some(g) = Gearmand::start() else { return };
@@ -449,13 +474,7 @@ fn runners_lead_their_process_group_and_only_exec_runners_a_session() {
     assert_eq!(group_and_session(exec), (exec, exec));
     // The stdio handler leads a group of its own (a timeout kills its tree),
     // in the same session.
-    let handler =
-        std::fs::read_to_string(format!("/proc/{stdio}/task/{stdio}/children")).expect("children");
-    let handler: u32 = handler
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .expect("handler pid");
+    let handler = stdio_handler_of(stdio);
     assert_eq!(group_and_session(handler), (handler, manager_session));
     assert!(svc.stop());
 }
@@ -764,5 +783,66 @@ fn a_native_worker_runs_as_the_configured_user_with_the_slot_environment() {
         .flatten()
         .expect("user nobody");
     assert_eq!(who.trim(), format!("{} n 1 m1", nobody.uid));
+    assert!(svc.stop());
+}
+
+#[test]
+fn with_more_slots_than_cpus_each_runner_shares_a_cpu_with_its_handler() {
+    let Some(g) = Gearmand::start() else { return };
+    let allowed = cpus_allowed(std::process::id());
+    if allowed.len() < 2 {
+        skip("cpu", "pinning needs two CPUs; this process may use one");
+        return;
+    }
+    let two = allowed[..2].to_vec();
+    let config = |n: u32| {
+        format!(
+            "[workers.s]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nmin = {n}\nmax = {n}\n",
+            handler(),
+            g.addr
+        )
+    };
+    let mut svc = Service::new(&config(3));
+    svc.cpus = Some(two.clone());
+    svc.start();
+    wait_until("3 slots ready", Duration::from_secs(10), || {
+        svc.worker("s").idle == 3
+    });
+    let runners: Vec<u32> = svc.worker("s").slots.iter().filter_map(|s| s.pid).collect();
+    let pairs = || -> Vec<(Vec<u32>, Vec<u32>)> {
+        runners
+            .iter()
+            .map(|&r| (cpus_allowed(r), cpus_allowed(stdio_handler_of(r))))
+            .collect()
+    };
+    // Three slots on two CPUs: each pair is pinned after its first short
+    // job (more jobs until every slot has had one).
+    let mut round = 0;
+    wait_until("every pair pinned", Duration::from_secs(20), || {
+        round += 1;
+        submit_bg(
+            &g.addr,
+            "s::echo",
+            (0..30).map(|i| (format!("{round}-{i}"), "x".into())),
+        );
+        std::thread::sleep(Duration::from_millis(100));
+        pairs().iter().all(|(r, h)| r.len() == 1 && r == h)
+    });
+    let used: BTreeSet<u32> = pairs().iter().map(|(r, _)| r[0]).collect();
+    assert_eq!(
+        used,
+        two.iter().copied().collect(),
+        "slots spread over both CPUs"
+    );
+    // Two slots on two CPUs: pinning goes off, the runners are told at once.
+    svc.write_config(&config(2));
+    svc.signal(nix::sys::signal::Signal::SIGHUP);
+    wait_until("pairs unpinned", Duration::from_secs(20), || {
+        let left: Vec<u32> = svc.worker("s").slots.iter().filter_map(|s| s.pid).collect();
+        left.len() == 2
+            && left
+                .iter()
+                .all(|&r| cpus_allowed(r) == two && cpus_allowed(stdio_handler_of(r)) == two)
+    });
     assert!(svc.stop());
 }

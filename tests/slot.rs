@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{skip, slotman_bin, Gearmand};
+use common::{cpus_allowed, skip, slotman_bin, Gearmand};
 use slotman::gearman::client::{Client, JobResult};
 use slotman::placement::child::spawn_runner;
 use slotman::placement::{runner_for, RunnerCommand};
@@ -63,6 +63,8 @@ fn spec(fx: &Fixture, kind: &str, servers: &[&str], extra: &str) -> SlotSpec {
         service: "svc".into(),
         slot: 1,
         worker: config.workers[0].clone(),
+        cpu: None,
+        pin: false,
     }
 }
 
@@ -540,4 +542,73 @@ async fn with_prefetch_jobs_stream_workleft_stays_exact_and_a_drain_runs_the_pre
         JobResult::Complete(Bytes::from_static(b"second"))
     );
     assert!(slot.wait().await.success());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_slot_shares_its_cpu_with_its_handler_except_during_a_long_job() {
+    let Some(g) = gearmand() else { return };
+    let allowed = cpus_allowed(std::process::id());
+    if allowed.len() < 2 {
+        skip("cpu", "pinning needs two CPUs; this process may use one");
+        return;
+    }
+    let fx = fixture();
+    let mut spec = spec(&fx, "stdio", &[&g.addr], "");
+    let cpu = allowed[1];
+    (spec.cpu, spec.pin) = (Some(cpu), true);
+    let mut slot = Slot::start(&spec).await;
+    let handler = slot.handlers[0];
+    let pair = |slot: &Slot| (cpus_allowed(slot.pid), cpus_allowed(handler));
+    // Nothing is pinned before a job has shown that jobs are short.
+    assert_eq!(pair(&slot), (allowed.clone(), allowed.clone()));
+    assert!(matches!(
+        submit(&g.addr, "echo", "a").await.result,
+        JobResult::Complete(_)
+    ));
+    assert_eq!(pair(&slot), (vec![cpu], vec![cpu]), "after a short job");
+    // A long job runs on every CPU: the pair is unpinned while it runs.
+    let addr = g.addr.clone();
+    let long = tokio::spawn(async move { submit(&addr, "sleep", "1").await });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        pair(&slot),
+        (allowed.clone(), allowed.clone()),
+        "during a long job"
+    );
+    assert!(matches!(
+        long.await.expect("join").result,
+        JobResult::Complete(_)
+    ));
+    assert!(matches!(
+        submit(&g.addr, "echo", "b").await.result,
+        JobResult::Complete(_)
+    ));
+    assert_eq!(
+        pair(&slot),
+        (vec![cpu], vec![cpu]),
+        "pinned again after a short job"
+    );
+    // The manager turns pinning off (fewer slots than CPUs now): at once.
+    slot._control
+        .write_all(&report::encode(&ToSlot::Pin { on: false }))
+        .await
+        .expect("send");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while pair(&slot) != (allowed.clone(), allowed.clone()) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still pinned: {:?}",
+            pair(&slot)
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(matches!(
+        submit(&g.addr, "echo", "c").await.result,
+        JobResult::Complete(_)
+    ));
+    assert_eq!(
+        pair(&slot),
+        (allowed.clone(), allowed.clone()),
+        "stays unpinned"
+    );
 }

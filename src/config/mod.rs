@@ -168,6 +168,10 @@ pub struct WorkerConfig {
     /// more throughput for short jobs, but a job may wait behind a long
     /// one in this slot while another slot is idle; default false.
     pub prefetch: bool,
+    /// Pin each slot's runner and stdio handler to one CPU while they
+    /// stream short jobs and the service has more slots than CPUs
+    /// (`slot/cpu.rs`); default true. Applied to running slots.
+    pub pin_cpu: bool,
 }
 
 impl Config {
@@ -230,7 +234,8 @@ impl WorkerConfig {
 
     /// Whether running slots may stay on a reload from `self` to `other`:
     /// true when at most the pool-sizing keys differ (`min`, `max`,
-    /// `idle_timeout`, `max_lifetime`, spawn rate, queue scaling), which the
+    /// `idle_timeout`, `max_lifetime`, spawn rate, queue scaling,
+    /// `pin_cpu`), which the
     /// manager applies to the slots it has, or the resource limits, which it
     /// sets on their running scopes (systemd's SetUnitProperties). Anything
     /// else a slot was started with (command, kind, env, functions, prefix,
@@ -266,6 +271,7 @@ impl WorkerConfig {
             max_spawn_rate: _,
             scale_on_queue: _,
             prefetch,
+            pin_cpu: _,
         } = self;
         *name == other.name
             && *job_servers == other.job_servers

@@ -133,6 +133,7 @@ fn builtin_defaults_fill_every_key() {
         max_spawn_rate: 64,
         scale_on_queue: true,
         prefetch: false,
+        pin_cpu: true,
     };
     assert_eq!(*w, want);
 }
@@ -226,6 +227,7 @@ fn every_worker_key_is_accepted_in_defaults() {
         ("max_spawn_rate", "8"),
         ("scale_on_queue", "false"),
         ("prefetch", "true"),
+        ("pin_cpu", "false"),
     ]
     .into_iter()
     .collect();
@@ -705,6 +707,8 @@ fn same_processes_ignores_pool_sizing_and_limits() {
         |w| w.max_lifetime = Some(Duration::from_secs(60)),
         |w| w.max_spawn_rate = 1,
         |w| w.scale_on_queue = false,
+        // Sent to the running slots.
+        |w| w.pin_cpu = false,
         // Set on the running scopes instead.
         |w| w.memory_max = None,
         |w| w.memory_high = Some(1),

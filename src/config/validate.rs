@@ -55,6 +55,7 @@ pub(crate) const WORKER_KEYS: &[&str] = &[
     "max_spawn_rate",
     "scale_on_queue",
     "prefetch",
+    "pin_cpu",
 ];
 
 /// Where handlers are looked up when neither the worker's `env` nor the
@@ -217,6 +218,7 @@ struct Keys {
     max_spawn_rate: Field<u32>,
     scale_on_queue: Field<bool>,
     prefetch: Field<bool>,
+    pin_cpu: Field<bool>,
 }
 
 fn build(ctx: &mut Ctx, root: &Loc, path: &Path, probe: Option<&dyn Probe>) -> Option<Config> {
@@ -460,6 +462,7 @@ fn read_keys(ctx: &mut Ctx, base: &str, entries: &[(Key, Loc)], table_line: usiz
             }
             "scale_on_queue" => k.scale_on_queue = Field::new(boolean(ctx, &a, value), at),
             "prefetch" => k.prefetch = Field::new(boolean(ctx, &a, value), at),
+            "pin_cpu" => k.pin_cpu = Field::new(boolean(ctx, &a, value), at),
             "max_packet_size" => {
                 let v =
                     size(ctx, &a, value, false).flatten().and_then(|bytes| {
@@ -626,6 +629,7 @@ fn finish(
             .0,
         scale_on_queue: w.scale_on_queue.over(&d.scale_on_queue).or_builtin(true)?.0,
         prefetch: w.prefetch.over(&d.prefetch).or_builtin(false)?.0,
+        pin_cpu: w.pin_cpu.over(&d.pin_cpu).or_builtin(true)?.0,
     };
     Some((worker, places))
 }

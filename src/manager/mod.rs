@@ -3,6 +3,7 @@
 //! [`Event`]; after each event [`policy::decide`] says what to do and the
 //! manager does it through [`crate::placement`].
 
+mod cpus;
 pub mod policy;
 pub mod pool;
 mod slot_task;
@@ -94,6 +95,12 @@ pub struct Manager {
     pool_wake: BTreeMap<String, Instant>,
     /// When STATUS= was last sent (it is sent at most once a second).
     status_sent: Option<Instant>,
+    /// Which CPU each new stdio slot gets (`pin_cpu`).
+    cpus: cpus::Cpus,
+    /// Pinning is on (more slots than CPUs); slots started now are told so.
+    pinning: bool,
+    /// A reload may have changed `pin_cpu`: tell every slot again.
+    pin_changed: bool,
 }
 
 impl Manager {
@@ -102,6 +109,7 @@ impl Manager {
         placement: Placement,
         events_tx: mpsc::UnboundedSender<Event>,
     ) -> Manager {
+        let cpus = cpus::Cpus::of_this_process(&config.service);
         let pools = config
             .workers
             .iter()
@@ -129,6 +137,9 @@ impl Manager {
             dirty: Default::default(),
             pool_wake: BTreeMap::new(),
             status_sent: None,
+            cpus,
+            pinning: false,
+            pin_changed: false,
         }
     }
 
@@ -147,6 +158,7 @@ impl Manager {
         self.dirty = self.pools.keys().cloned().collect();
         loop {
             let wake = self.apply_policy();
+            self.update_pinning();
             let status_wake = self.report_status();
             if self.stopping.is_some() && self.pools.values().all(|p| p.slots.is_empty()) {
                 break;
@@ -401,6 +413,7 @@ impl Manager {
                     }
                     pool.worker = Arc::new(w.clone());
                     pool.faults = pool::Faults::default();
+                    self.pin_changed = true;
                 }
             }
         }
@@ -435,7 +448,9 @@ impl Manager {
                 }
             }
             SlotEvent::PlaceFailed(why) => {
-                pool.slots.remove(&id);
+                if let Some(cpu) = pool.slots.remove(&id).and_then(|s| s.cpu) {
+                    self.cpus.give_back(cpu);
+                }
                 tracing::error!(worker, slot = id, "cannot start slot {worker}#{id}: {why}");
                 Self::failure(worker, pool, now);
             }
@@ -444,6 +459,9 @@ impl Manager {
                 let Some(slot) = pool.slots.remove(&id) else {
                     return;
                 };
+                if let Some(cpu) = slot.cpu {
+                    self.cpus.give_back(cpu);
+                }
                 if slot.exit_expected && slot.was_ready {
                     tracing::debug!(worker, slot = id, "slot {worker}#{id} left ({status})");
                 } else {
@@ -589,6 +607,35 @@ impl Manager {
 
     /// Runs the policy on every pool and carries out its actions. Returns the
     /// earliest instant it must run again without an event.
+    /// `pin_cpu`: pinning is on while the service has more slots than
+    /// CPUs; slots hear of it when that changes (or a reload changed the
+    /// key), not per event.
+    fn update_pinning(&mut self) {
+        let slots = self.pools.values().map(|p| p.slots.len()).sum();
+        let on = self.cpus.pinning(slots);
+        if on == self.pinning && !self.pin_changed {
+            return;
+        }
+        if on != self.pinning {
+            tracing::debug!(
+                slots,
+                "cpu pinning of stdio slots {}",
+                if on { "on" } else { "off" }
+            );
+        }
+        self.pinning = on;
+        self.pin_changed = false;
+        for pool in self.pools.values_mut() {
+            let want = on && pool.worker.pin_cpu;
+            for slot in pool.slots.values_mut() {
+                if slot.cpu.is_some() && slot.pinned != want {
+                    slot.pinned = want;
+                    let _ = slot.cmd.send(SlotCmd::Pin(want));
+                }
+            }
+        }
+    }
+
     fn apply_policy(&mut self) -> Option<Instant> {
         let now = Instant::now();
         let stopping = self.stopping.is_some();
@@ -643,9 +690,15 @@ impl Manager {
                             }
                         }
                         for _ in 0..count {
+                            let cpu = match pool.worker.kind {
+                                crate::config::HandlerKind::Stdio => self.cpus.take(),
+                                _ => None,
+                            };
+                            let pin = self.pinning && pool.worker.pin_cpu;
                             start_slot(
                                 &self.config.service,
                                 pool,
+                                (cpu, pin),
                                 &self.placement,
                                 &self.events_tx,
                             );
@@ -823,6 +876,7 @@ impl Manager {
 fn start_slot(
     service: &str,
     pool: &mut Pool,
+    (cpu, pin): (Option<u32>, bool),
     placement: &Arc<Placement>,
     events: &mpsc::UnboundedSender<Event>,
 ) {
@@ -849,6 +903,8 @@ fn start_slot(
             recycle_at,
             exit_expected: false,
             was_ready: false,
+            cpu,
+            pinned: pin,
             cmd: tx,
         },
     );
@@ -856,6 +912,8 @@ fn start_slot(
         service: service.to_string(),
         slot: id,
         worker: (*pool.worker).clone(),
+        cpu,
+        pin,
     };
     tokio::spawn(slot_task::run(placement.clone(), spec, events.clone(), rx));
 }

@@ -17,6 +17,8 @@ pub enum SlotCmd {
     Drain,
     /// SIGKILL (stop timeout passed).
     Kill,
+    /// CPU pinning (`pin_cpu`) on or off.
+    Pin(bool),
 }
 
 /// What a slot is doing, as the manager knows it.
@@ -63,6 +65,10 @@ pub struct Slot {
     pub exit_expected: bool,
     /// It registered at least once (an exit before that is a start failure).
     pub was_ready: bool,
+    /// The CPU it shares with its handler while pinned (`manager/cpus.rs`).
+    pub cpu: Option<u32>,
+    /// What it was last told about pinning.
+    pub pinned: bool,
     pub cmd: mpsc::UnboundedSender<SlotCmd>,
 }
 

@@ -65,6 +65,9 @@ pub async fn run(
                     let _ = write_half.write_all(&report::encode(&ToSlot::Drain)).await;
                 }
                 Some(SlotCmd::Kill) => placement.kill(placed.pid, placed.unit.as_deref()).await,
+                Some(SlotCmd::Pin(on)) => {
+                    let _ = write_half.write_all(&report::encode(&ToSlot::Pin { on })).await;
+                }
                 None => cmds_open = false,
             },
             status = placed.child.wait() => break status,

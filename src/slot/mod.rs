@@ -7,6 +7,7 @@
 //! it (used by tests).
 
 pub mod connection;
+pub mod cpu;
 pub mod handler;
 pub mod memory;
 pub mod native;
@@ -15,6 +16,7 @@ pub mod runner;
 pub mod wire;
 
 use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::Arc;
 
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
@@ -95,6 +97,7 @@ pub async fn process_main() -> anyhow::Result<i32> {
         Some(line) => match report::decode::<ToSlot>(&line)? {
             ToSlot::Start(spec) => *spec,
             ToSlot::Drain => return Ok(0),
+            ToSlot::Pin { .. } => anyhow::bail!("the manager's first message was not `start`"),
         },
         None => return Ok(0),
     };
@@ -108,16 +111,22 @@ pub async fn process_main() -> anyhow::Result<i32> {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         on_signal.cancel();
     });
+    let pin = spec.worker.kind == crate::config::HandlerKind::Stdio;
+    let cpu = Arc::new(match pin {
+        true => cpu::CpuPair::new(spec.cpu, spec.pin),
+        false => cpu::CpuPair::none(),
+    });
     // Messages from the manager; EOF means it is gone: drain as well.
     let on_msg = drain.clone();
+    let on_pin = cpu.clone();
     tokio::spawn(async move {
         loop {
             match read_line(&mut lines).await {
-                Ok(Some(line)) => {
-                    if let Ok(ToSlot::Drain) = report::decode::<ToSlot>(&line) {
-                        on_msg.cancel();
-                    }
-                }
+                Ok(Some(line)) => match report::decode::<ToSlot>(&line) {
+                    Ok(ToSlot::Drain) => on_msg.cancel(),
+                    Ok(ToSlot::Pin { on }) => on_pin.set_wanted(on),
+                    Ok(ToSlot::Start(_)) | Err(_) => {}
+                },
                 _ => {
                     on_msg.cancel();
                     return;
@@ -138,7 +147,7 @@ pub async fn process_main() -> anyhow::Result<i32> {
             }
         }
     });
-    let reason = runner::run(spec, tx, drain).await;
+    let reason = runner::run(spec, tx, drain, cpu).await;
     let _ = writer.await;
     Ok(match reason {
         ExitReason::HandlerFailed => EXIT_HANDLER_FAILED,

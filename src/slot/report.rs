@@ -8,7 +8,8 @@
 //! - manager → slot: first exactly one [`ToSlot::Start`] carrying the
 //!   worker's configuration (so a slot keeps the config it was started with
 //!   across reloads, and so under systemd the slot does nothing until its
-//!   scope exists); later [`ToSlot::Drain`].
+//!   scope exists); later [`ToSlot::Pin`] when CPU pinning turns on or
+//!   off, and [`ToSlot::Drain`].
 //! - slot → manager: [`Report`]s: `ready` once registered; `busy` when a
 //!   job starts and `done` with the jobs finished since the last one, both
 //!   on transitions (see [`Report::Busy`]), not per job; `exiting` with the
@@ -37,6 +38,13 @@ pub struct SlotSpec {
     pub service: String,
     pub slot: u32,
     pub worker: WorkerConfig,
+    /// The CPU this slot's runner and stdio handler share while pinned
+    /// (`pin_cpu`, see `slot/cpu.rs`); `None`: never pinned.
+    #[serde(default)]
+    pub cpu: Option<u32>,
+    /// Pinning is on when the slot starts (later: [`ToSlot::Pin`]).
+    #[serde(default)]
+    pub pin: bool,
 }
 
 /// manager → slot.
@@ -47,6 +55,8 @@ pub enum ToSlot {
     Start(Box<SlotSpec>),
     /// Stop taking jobs; finish the job in hand; exit.
     Drain,
+    /// Pinning to [`SlotSpec::cpu`] is on or off from now.
+    Pin { on: bool },
 }
 
 /// How a job ended, as the manager counts it.

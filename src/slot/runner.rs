@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, Mutex, Semaphore};
 use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, ConnectionSpec, Gate, JobRunner};
+use super::cpu::CpuPair;
 use super::handler::{FailReason, Handler, Job, JobEvent, Outcome, SlotIdentity};
 use super::memory::RssCheck;
 use super::report::{ExitReason, JobCounts, JobResult, Report, SlotSpec, REPORT_EVERY, SHORT_JOB};
@@ -42,6 +43,8 @@ struct Jobs {
     told: std::sync::Mutex<Told>,
     /// `recycle_rss`, when set.
     rss_check: std::sync::Mutex<Option<RssCheck>>,
+    /// `pin_cpu`: the runner and the handler on one CPU while jobs are short.
+    cpu: Arc<CpuPair>,
 }
 
 /// Reports go out on transitions, not per job (see [`Report::Busy`]): the
@@ -150,15 +153,16 @@ impl JobRunner for Jobs {
         let (outcome, handler_pid) = {
             let mut handler = self.handler.lock().await;
             let run = handler.run(&job, &events, self.spec.worker.timeout);
-            let outcome = if reported {
+            let outcome = if reported && !self.cpu.is_pinned() {
                 run.await
             } else {
-                // Unreported start in a stream of short jobs: if this one
-                // turns out long, the manager hears of it (and of the jobs
-                // before it) now, not when it ends. The first poll often
-                // finishes the job (wire.rs may block for the answer), and
-                // then no timer is set: arming one costs the runtime a
-                // wake-up of its own driver.
+                // Unreported start in a stream of short jobs, or a pinned
+                // pair: if this job turns out long, the manager hears of it
+                // (and of the jobs before it) now, not when it ends, and
+                // the pair is unpinned. The first poll often finishes the
+                // job (wire.rs may block for the answer), and then no timer
+                // is set: arming one costs the runtime a wake-up of its own
+                // driver.
                 tokio::pin!(run);
                 match futures::poll!(&mut run) {
                     std::task::Poll::Ready(outcome) => outcome,
@@ -167,7 +171,10 @@ impl JobRunner for Jobs {
                         tokio::select! {
                             outcome = &mut run => outcome,
                             () = tokio::time::sleep(left) => {
-                                self.report_busy(&job, Instant::now(), true);
+                                if !reported {
+                                    self.report_busy(&job, Instant::now(), true);
+                                }
+                                self.cpu.long_job();
                                 run.await
                             }
                         }
@@ -215,6 +222,9 @@ impl JobRunner for Jobs {
             self.leave(ExitReason::Workleft);
         }
         let took = started.elapsed();
+        if took < SHORT_JOB {
+            self.cpu.after_short_job();
+        }
         if !self.gate.is_closed() {
             self.check_rss(handler_pid, took >= SHORT_JOB);
         }
@@ -233,7 +243,12 @@ impl JobRunner for Jobs {
 
 /// Runs a slot until it drains. `drain` may be cancelled from outside
 /// (manager message, SIGTERM); the job in hand always finishes first.
-pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> ExitReason {
+pub async fn run(
+    spec: SlotSpec,
+    reports: Reports,
+    drain: CancellationToken,
+    cpu: Arc<CpuPair>,
+) -> ExitReason {
     let id = SlotIdentity {
         service: spec.service.clone(),
         worker: spec.worker.name.clone(),
@@ -269,7 +284,9 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
     // Every handler process is reported as it starts, before it gets a
     // job: the manager's cleanup after a killed runner needs its group.
     let told = reports.clone();
+    let pair = cpu.clone();
     handler.on_process_start(Box::new(move |pid| {
+        pair.set_handler(pid);
         let _ = told.send(Report::Handler { pid });
     }));
     let gate: Gate = Arc::new(Semaphore::new(1));
@@ -284,6 +301,7 @@ pub async fn run(spec: SlotSpec, reports: Reports, drain: CancellationToken) -> 
         leaving: Default::default(),
         ooms_seen: std::sync::Mutex::new(oom_kills()),
         rss_check: std::sync::Mutex::new(RssCheck::new(spec.worker.recycle_rss)),
+        cpu,
         told: std::sync::Mutex::new(Told {
             counts: JobCounts::default(),
             busy: false,

@@ -391,3 +391,24 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> std::io::Result<Child> {
     cmd.spawn()
 }
 pub mod sdbox;
+
+/// The CPUs a process (its main thread) may run on, from
+/// `Cpus_allowed_list` in /proc/PID/status ("0-3,6"); none once it has
+/// exited.
+pub fn cpus_allowed(pid: u32) -> Vec<u32> {
+    let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return Vec::new();
+    };
+    let list = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+        .expect("Cpus_allowed_list")
+        .trim();
+    let mut cpus = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (u32, u32) = (a.parse().expect("cpu"), b.parse().expect("cpu"));
+        cpus.extend(a..=b);
+    }
+    cpus
+}
