@@ -834,6 +834,14 @@ fn with_more_slots_than_cpus_each_runner_shares_a_cpu_with_its_handler() {
         two.iter().copied().collect(),
         "slots spread over both CPUs"
     );
+    // `slotman status` says which CPU each slot shares with its handler.
+    let shown: BTreeSet<u32> = svc
+        .worker("s")
+        .slots
+        .iter()
+        .filter_map(|s| s.pinned_cpu)
+        .collect();
+    assert_eq!(shown, used, "status shows the pinned CPUs");
     // Two slots on two CPUs: pinning goes off, the runners are told at once.
     svc.write_config(&config(2));
     svc.signal(nix::sys::signal::Signal::SIGHUP);
@@ -844,5 +852,6 @@ fn with_more_slots_than_cpus_each_runner_shares_a_cpu_with_its_handler() {
                 .iter()
                 .all(|&r| cpus_allowed(r) == two && cpus_allowed(stdio_handler_of(r)) == two)
     });
+    assert!(svc.worker("s").slots.iter().all(|s| s.pinned_cpu.is_none()));
     assert!(svc.stop());
 }

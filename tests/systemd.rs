@@ -1221,7 +1221,7 @@ memory_max = "64M"
             .find(|l| l.trim_end().ends_with(s.as_str()))
             .unwrap_or_else(|| panic!("no row for {s} in:\n{table}"));
         let cols: Vec<&str> = row.split_whitespace().collect();
-        // SLOT STATE PID UPTIME JOBS LEFT MEMORY CPU JOB UNIT
+        // SLOT STATE PID UPTIME JOBS LEFT MEMORY CPU PIN JOB UNIT
         let memory = cols.get(6).copied().unwrap_or("-");
         assert_ne!(memory, "-", "{s}: no memory in {row:?}");
     }

@@ -169,8 +169,8 @@ pub fn render(st: &ServiceStatus) -> String {
             opt(w.queued),
         ));
         out.push_str(&format!(
-            "  {:>4} {:<9} {:>8} {:>7} {:>6} {:>5} {:>8} {:>8} {:<40} UNIT\n",
-            "SLOT", "STATE", "PID", "UPTIME", "JOBS", "LEFT", "MEMORY", "CPU", "JOB"
+            "  {:>4} {:<9} {:>8} {:>7} {:>6} {:>5} {:>8} {:>8} {:>3} {:<40} UNIT\n",
+            "SLOT", "STATE", "PID", "UPTIME", "JOBS", "LEFT", "MEMORY", "CPU", "PIN", "JOB"
         ));
         for s in &w.slots {
             let job = s.job.as_ref().map_or("-".into(), |j| {
@@ -182,7 +182,7 @@ pub fn render(st: &ServiceStatus) -> String {
                 s.state.clone()
             };
             out.push_str(&format!(
-                "  {:>4} {:<9} {:>8} {:>7} {:>6} {:>5} {:>8} {:>8} {:<40} {}\n",
+                "  {:>4} {:<9} {:>8} {:>7} {:>6} {:>5} {:>8} {:>8} {:>3} {:<40} {}\n",
                 s.id,
                 state,
                 opt(s.pid),
@@ -192,6 +192,7 @@ pub fn render(st: &ServiceStatus) -> String {
                 bytes(s.memory_bytes),
                 s.cpu_usage_nsec
                     .map_or("-".into(), |n| format!("{:.2}s", n as f64 / 1e9)),
+                opt(s.pinned_cpu),
                 job,
                 opt(s.unit.as_deref()),
             ));

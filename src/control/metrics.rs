@@ -613,6 +613,7 @@ mod tests {
             cpu_usage_nsec: None,
             tasks: None,
             outdated: false,
+            pinned_cpu: None,
         }
     }
 

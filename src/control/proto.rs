@@ -140,6 +140,10 @@ pub struct SlotStatus {
     pub tasks: Option<u64>,
     /// Started under an older configuration (being replaced after a reload).
     pub outdated: bool,
+    /// The CPU its runner and stdio handler share while jobs are short
+    /// (`pin_cpu`, when pinning is on); `None` otherwise.
+    #[serde(default)]
+    pub pinned_cpu: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

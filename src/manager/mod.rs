@@ -855,6 +855,7 @@ impl Manager {
                             cpu_usage_nsec: None,
                             tasks: None,
                             outdated: s.generation != p.generation,
+                            pinned_cpu: s.cpu.filter(|_| s.pinned),
                         })
                         .collect(),
                 }
