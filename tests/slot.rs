@@ -27,8 +27,7 @@ case "$SLOTMAN_FUNCTION" in
 esac
 "#;
 
-const FUNCTIONS: &str =
-    r#"["echo", "progress", "fail", "exception", "crash", "garbage", "sleep", "pid", "env"]"#;
+const FUNCTIONS: &str = r#"["echo", "progress", "fail", "exception", "crash", "garbage", "sleep", "pid", "env", "spawn"]"#;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -544,6 +543,43 @@ async fn with_prefetch_jobs_stream_workleft_stays_exact_and_a_drain_runs_the_pre
     assert!(slot.wait().await.success());
 }
 
+/// The first child of `pid` (0 if none).
+fn first_child(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Short jobs until the slot's runner and its current handler are both on
+/// `cpu` alone (one job may take over 10 ms on a loaded host).
+async fn pin_by_short_jobs(addr: &str, runner: u32, cpu: u32) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let reply = submit(addr, "echo", "x").await;
+        assert!(matches!(reply.result, JobResult::Complete(_)));
+        let (r, h) = (cpus_allowed(runner), cpus_allowed(first_child(runner)));
+        if r == vec![cpu] && h == vec![cpu] {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not pinned: runner {r:?}, handler {h:?}"
+        );
+    }
+}
+
+/// Waits until `check` holds, for up to 10 s.
+async fn eventually(what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !check() {
+        assert!(std::time::Instant::now() < deadline, "{what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pinned_slot_shares_its_cpu_with_its_handler_except_during_a_long_job() {
     let Some(g) = gearmand() else { return };
@@ -556,59 +592,55 @@ async fn a_pinned_slot_shares_its_cpu_with_its_handler_except_during_a_long_job(
     let mut spec = spec(&fx, "stdio", &[&g.addr], "");
     let cpu = allowed[1];
     (spec.cpu, spec.pin) = (Some(cpu), true);
-    let mut slot = Slot::start(&spec).await;
-    let handler = slot.handlers[0];
-    let pair = |slot: &Slot| (cpus_allowed(slot.pid), cpus_allowed(handler));
+    let slot = Slot::start(&spec).await;
+    let runner = slot.pid;
+    let all = || (allowed.clone(), allowed.clone());
+    let pair = || (cpus_allowed(runner), cpus_allowed(first_child(runner)));
     // Nothing is pinned before a job has shown that jobs are short.
-    assert_eq!(pair(&slot), (allowed.clone(), allowed.clone()));
-    assert!(matches!(
-        submit(&g.addr, "echo", "a").await.result,
-        JobResult::Complete(_)
-    ));
-    assert_eq!(pair(&slot), (vec![cpu], vec![cpu]), "after a short job");
-    // A long job runs on every CPU: the pair is unpinned while it runs.
+    assert_eq!(pair(), all());
+    pin_by_short_jobs(&g.addr, runner, cpu).await;
+    // A long job runs on every CPU, and so does what its handler starts at
+    // its beginning (forked while the pair was still pinned).
     let addr = g.addr.clone();
-    let long = tokio::spawn(async move { submit(&addr, "sleep", "1").await });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    assert_eq!(
-        pair(&slot),
-        (allowed.clone(), allowed.clone()),
-        "during a long job"
-    );
+    let long = tokio::spawn(async move { submit(&addr, "spawn", "1").await });
+    eventually("unpinned during a long job, its child too", || {
+        let child = first_child(first_child(runner));
+        child != 0 && pair() == all() && cpus_allowed(child) == allowed
+    })
+    .await;
     assert!(matches!(
         long.await.expect("join").result,
         JobResult::Complete(_)
     ));
+    pin_by_short_jobs(&g.addr, runner, cpu).await;
+    // A handler replaced inside a job that turns long: the new one was
+    // forked from the pinned runner, and gets the unpinned mask.
     assert!(matches!(
-        submit(&g.addr, "echo", "b").await.result,
+        submit(&g.addr, "crash", "").await.result,
+        JobResult::Fail
+    ));
+    let addr = g.addr.clone();
+    let long = tokio::spawn(async move { submit(&addr, "sleep", "1").await });
+    eventually("a replaced handler unpinned during a long job", || {
+        let h = first_child(runner);
+        h != 0 && h != slot.handlers[0] && pair() == all()
+    })
+    .await;
+    assert!(matches!(
+        long.await.expect("join").result,
         JobResult::Complete(_)
     ));
-    assert_eq!(
-        pair(&slot),
-        (vec![cpu], vec![cpu]),
-        "pinned again after a short job"
-    );
+    pin_by_short_jobs(&g.addr, runner, cpu).await;
     // The manager turns pinning off (fewer slots than CPUs now): at once.
+    let mut slot = slot;
     slot._control
         .write_all(&report::encode(&ToSlot::Pin { on: false }))
         .await
         .expect("send");
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while pair(&slot) != (allowed.clone(), allowed.clone()) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "still pinned: {:?}",
-            pair(&slot)
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    eventually("unpinned by the manager", || pair() == all()).await;
     assert!(matches!(
         submit(&g.addr, "echo", "c").await.result,
         JobResult::Complete(_)
     ));
-    assert_eq!(
-        pair(&slot),
-        (allowed.clone(), allowed.clone()),
-        "stays unpinned"
-    );
+    assert_eq!(pair(), all(), "stays unpinned");
 }

@@ -13,8 +13,9 @@
 //! says when pinning is on: only while the service has more slots than
 //! CPUs. With fewer, the pair gains more from running on two CPUs at once.
 //! A job that runs for [`SHORT_JOB`](super::report::SHORT_JOB) unpins the
-//! pair, so long jobs are balanced by the kernel as usual; the next short
-//! job pins it again. Pinning costs two sched_setaffinity(2) calls, on
+//! pair, with every thread and descendant of the handler (a child forked
+//! at the job's start inherited the pinned mask), so long jobs are
+//! balanced by the kernel as usual; the next short job pins it again. Pinning costs two sched_setaffinity(2) calls, on
 //! those transitions only.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -77,9 +78,18 @@ impl CpuPair {
         }
     }
 
-    /// A handler process started (it inherited the runner's affinity).
+    /// A handler process started. It inherited the runner's mask when it
+    /// was forked, which may have changed since (a handler is replaced
+    /// inside a job, and the job may have turned long meanwhile): it gets
+    /// the pair's current one.
     pub fn set_handler(&self, pid: u32) {
+        let Some((one, original)) = &self.allowed else {
+            return;
+        };
+        let _serial = self.change.lock().unwrap_or_else(|e| e.into_inner());
         self.handler.store(pid, Ordering::Relaxed);
+        let set = if self.is_pinned() { one } else { original };
+        set_affinity(pid, set);
     }
 
     pub fn is_pinned(&self) -> bool {
@@ -108,22 +118,90 @@ impl CpuPair {
             return;
         };
         let _serial = self.change.lock().unwrap_or_else(|e| e.into_inner());
-        let set = if pin { one } else { original };
-        // The handler first: a handler started later inherits the runner's
-        // mask, so the runner's is the one that must be right last.
         let handler = self.handler.load(Ordering::Relaxed);
-        if handler != 0 {
-            let pid = handler;
-            if let Err(e) = sched_setaffinity(Pid::from_raw(pid as i32), set) {
-                // It may have just died; its successor inherits the runner's.
-                tracing::debug!("cpu affinity of handler {pid}: {e}");
+        // A pid is touched only while it is our child: a handler that died
+        // and was reaped may have left its pid to an unrelated process.
+        let handler = (handler != 0 && is_child(handler)).then_some(handler);
+        if pin {
+            // The main thread only: that is the one a job hands over to.
+            if let Some(pid) = handler {
+                set_affinity(pid, one);
+            }
+            if let Err(e) = sched_setaffinity(Pid::from_raw(0), one) {
+                tracing::debug!("cpu affinity of the runner: {e}");
+                // Both or neither.
+                if let Some(pid) = handler {
+                    set_affinity(pid, original);
+                }
+                return;
+            }
+        } else {
+            // Every thread of the handler and everything it started while
+            // pinned (a child forked at a long job's start inherited the
+            // pinned mask): a long job runs on every CPU.
+            if let Some(pid) = handler {
+                unpin_tree(pid, original);
+            }
+            if let Err(e) = sched_setaffinity(Pid::from_raw(0), original) {
+                tracing::debug!("cpu affinity of the runner: {e}");
             }
         }
-        if let Err(e) = sched_setaffinity(Pid::from_raw(0), set) {
-            tracing::debug!("cpu affinity of the runner: {e}");
-            return;
-        }
         self.pinned.store(pin, Ordering::Relaxed);
+    }
+}
+
+fn set_affinity(tid: u32, set: &CpuSet) {
+    if let Err(e) = sched_setaffinity(Pid::from_raw(tid as i32), set) {
+        // It may have just exited.
+        tracing::debug!("cpu affinity of {tid}: {e}");
+    }
+}
+
+/// Whether `pid` is a child of this process (/proc/PID/stat's ppid).
+fn is_child(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // The command name may hold spaces and parentheses: fields follow the
+    // last ')'.
+    let ppid = stat
+        .rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+        .and_then(|p| p.parse::<u32>().ok());
+    ppid == Some(std::process::id())
+}
+
+/// Sets `set` on every thread of `pid` and of its descendants
+/// (`/proc/PID/task/TID/children`); bounded, as a fork bomb must not hold
+/// the runner.
+fn unpin_tree(pid: u32, set: &CpuSet) {
+    let mut todo = vec![pid];
+    let mut seen = 0;
+    while let Some(pid) = todo.pop() {
+        seen += 1;
+        if seen > 256 {
+            break;
+        }
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            let Some(tid) = task
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            set_affinity(tid, set);
+            if let Ok(children) = std::fs::read_to_string(task.path().join("children")) {
+                todo.extend(
+                    children
+                        .split_whitespace()
+                        .filter_map(|c| c.parse::<u32>().ok()),
+                );
+            }
+        }
     }
 }
 
