@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{cpus_allowed, skip, slotman_bin, wait_until, Gearmand};
+use common::{cpus_allowed, first_child, skip, slotman_bin, wait_until, Gearmand};
 use slotman::control::proto::{ServiceStatus, WorkerStatus};
 use slotman::gearman::client::{Client, JobResult};
 
@@ -441,16 +441,6 @@ fn group_and_session(pid: u32) -> (u32, u32) {
     (f[0], f[1])
 }
 
-/// The long-running handler a stdio runner started (0 once it has exited).
-fn stdio_handler_of(runner: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{runner}/task/{runner}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
-}
-
 #[test]
 fn runners_lead_their_process_group_and_only_exec_runners_a_session() {
     let Some(g) = Gearmand::start() else { return };
@@ -474,7 +464,7 @@ fn runners_lead_their_process_group_and_only_exec_runners_a_session() {
     assert_eq!(group_and_session(exec), (exec, exec));
     // The stdio handler leads a group of its own (a timeout kills its tree),
     // in the same session.
-    let handler = stdio_handler_of(stdio);
+    let handler = first_child(stdio);
     assert_eq!(group_and_session(handler), (handler, manager_session));
     assert!(svc.stop());
 }
@@ -812,7 +802,7 @@ fn with_more_slots_than_cpus_each_runner_shares_a_cpu_with_its_handler() {
     let pairs = || -> Vec<(Vec<u32>, Vec<u32>)> {
         runners
             .iter()
-            .map(|&r| (cpus_allowed(r), cpus_allowed(stdio_handler_of(r))))
+            .map(|&r| (cpus_allowed(r), cpus_allowed(first_child(r))))
             .collect()
     };
     // Three slots on two CPUs: each pair is pinned after its first short
@@ -850,7 +840,7 @@ fn with_more_slots_than_cpus_each_runner_shares_a_cpu_with_its_handler() {
         left.len() == 2
             && left
                 .iter()
-                .all(|&r| cpus_allowed(r) == two && cpus_allowed(stdio_handler_of(r)) == two)
+                .all(|&r| cpus_allowed(r) == two && cpus_allowed(first_child(r)) == two)
     });
     assert!(svc.worker("s").slots.iter().all(|s| s.pinned_cpu.is_none()));
     assert!(svc.stop());

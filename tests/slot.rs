@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
-use common::{cpus_allowed, skip, slotman_bin, Gearmand};
+use common::{cpus_allowed, first_child, skip, slotman_bin, Gearmand};
 use slotman::gearman::client::{Client, JobResult};
 use slotman::placement::child::spawn_runner;
 use slotman::placement::{runner_for, RunnerCommand};
@@ -541,16 +541,6 @@ async fn with_prefetch_jobs_stream_workleft_stays_exact_and_a_drain_runs_the_pre
         JobResult::Complete(Bytes::from_static(b"second"))
     );
     assert!(slot.wait().await.success());
-}
-
-/// The first child of `pid` (0 if none).
-fn first_child(pid: u32) -> u32 {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .next()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0)
 }
 
 /// Short jobs until the slot's runner and its current handler are both on

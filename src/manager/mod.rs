@@ -605,8 +605,6 @@ impl Manager {
         }
     }
 
-    /// Runs the policy on every pool and carries out its actions. Returns the
-    /// earliest instant it must run again without an event.
     /// `pin_cpu`: pinning is on while the service has more slots than
     /// CPUs; slots hear of it when that changes (or a reload changed the
     /// key), not per event.
@@ -636,6 +634,8 @@ impl Manager {
         }
     }
 
+    /// Runs the policy on every pool and carries out its actions. Returns the
+    /// earliest instant it must run again without an event.
     fn apply_policy(&mut self) -> Option<Instant> {
         let now = Instant::now();
         let stopping = self.stopping.is_some();

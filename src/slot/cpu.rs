@@ -15,8 +15,9 @@
 //! A job that runs for [`SHORT_JOB`](super::report::SHORT_JOB) unpins the
 //! pair, with every thread and descendant of the handler (a child forked
 //! at the job's start inherited the pinned mask), so long jobs are
-//! balanced by the kernel as usual; the next short job pins it again. Pinning costs two sched_setaffinity(2) calls, on
-//! those transitions only.
+//! balanced by the kernel as usual; the next short job pins it again.
+//! sched_setaffinity(2) runs on those transitions only; a job in a stream
+//! costs two atomic loads.
 
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Mutex;
@@ -62,11 +63,6 @@ impl CpuPair {
             handler: AtomicU32::new(0),
             change: Mutex::new(()),
         }
-    }
-
-    /// A slot that never pins.
-    pub fn none() -> CpuPair {
-        CpuPair::new(None, false)
     }
 
     /// The manager's word: off applies at once, on at the next short
@@ -251,7 +247,7 @@ mod tests {
         let pair = CpuPair::new(Some(CpuSet::count() as u32 + 1), true);
         pair.after_short_job();
         assert!(!pair.is_pinned());
-        let none = CpuPair::none();
+        let none = CpuPair::new(None, false);
         none.set_wanted(true);
         none.after_short_job();
         assert!(!none.is_pinned());

@@ -111,11 +111,8 @@ pub async fn process_main() -> anyhow::Result<i32> {
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
         on_signal.cancel();
     });
-    let pin = spec.worker.kind == crate::config::HandlerKind::Stdio;
-    let cpu = Arc::new(match pin {
-        true => cpu::CpuPair::new(spec.cpu, spec.pin),
-        false => cpu::CpuPair::none(),
-    });
+    // The manager gives a CPU to stdio slots only.
+    let cpu = Arc::new(cpu::CpuPair::new(spec.cpu, spec.pin));
     // Messages from the manager; EOF means it is gone: drain as well.
     let on_msg = drain.clone();
     let on_pin = cpu.clone();

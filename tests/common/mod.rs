@@ -392,6 +392,17 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> std::io::Result<Child> {
 }
 pub mod sdbox;
 
+/// The first child of `pid`, e.g. a stdio runner's handler (0 if none, or
+/// once it has exited).
+pub fn first_child(pid: u32) -> u32 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0)
+}
+
 /// The CPUs a process (its main thread) may run on, from
 /// `Cpus_allowed_list` in /proc/PID/status ("0-3,6"); none once it has
 /// exited.
