@@ -203,7 +203,7 @@ async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
     let _ = stream.set_nodelay(true);
     let stream = stream.into_std().map_err(|e| e.to_string())?;
     let mut conn = Conn {
-        wire: Wire::new(stream).map_err(|e| e.to_string())?,
+        wire: Wire::socket(stream).map_err(|e| e.to_string())?,
         codec: PacketCodec::new(spec.max_packet),
         out: BytesMut::new(),
     };
