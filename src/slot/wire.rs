@@ -95,7 +95,7 @@ pub struct Wire<F: AsRawFd> {
 
 /// How a [`Wire`]'s file is read and written without waiting, and how a
 /// blocking wait is done.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy)]
 enum Kind {
     /// `O_NONBLOCK`; a blocking wait is poll(2), then a read.
     Pipe,
@@ -208,8 +208,8 @@ impl<F: AsRawFd + AsFd> Wire<F> {
         let pace = Pace::get();
         // A `fast` answer was asked for a moment ago, and the other process
         // has yet to run (on this CPU, when pinned): a read now would fail,
-        // so a blocking wait comes first. poll(2) is level-triggered, so it
-        // returns at once for anything already here.
+        // so a blocking wait comes first. It (poll(2), or recv(2) on a
+        // socket) returns at once for anything already here.
         let mut read_first = !fast;
         loop {
             let wait = pace.next_wait(fast);
