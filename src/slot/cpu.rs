@@ -155,16 +155,10 @@ fn set_affinity(tid: u32, set: &CpuSet) {
 
 /// Whether `pid` is a child of this process (/proc/PID/stat's ppid).
 fn is_child(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // The command name may hold spaces and parentheses: fields follow the
-    // last ')'.
-    let ppid = stat
-        .rsplit_once(')')
-        .and_then(|(_, rest)| rest.split_whitespace().nth(1))
-        .and_then(|p| p.parse::<u32>().ok());
-    ppid == Some(std::process::id())
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| crate::control::stats::parse_stat(&stat, 0, 0))
+        .is_some_and(|info| info.ppid == std::process::id())
 }
 
 /// Sets `set` on every thread of `pid` and of its descendants

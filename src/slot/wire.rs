@@ -212,15 +212,19 @@ impl<F: AsRawFd + AsFd> Wire<F> {
         // socket) returns at once for anything already here.
         let mut read_first = !fast;
         loop {
-            let wait = pace.next_wait(fast);
-            if read_first || !matches!(wait, Wait::Block(_)) {
+            if read_first {
                 if let Some(next) = self.try_next(codec) {
                     return next;
                 }
             } else if let Some(item) = codec.decode(&mut self.buf).transpose() {
                 return Some(item);
             }
-            read_first = true;
+            let wait = pace.next_wait(fast);
+            if !std::mem::replace(&mut read_first, true) && !matches!(wait, Wait::Block(_)) {
+                // Only poll(2) or recv(2) may go first: the runtime's
+                // readiness is edge-triggered and may not show what is here.
+                continue;
+            }
             match wait {
                 Wait::Block(limit) => match self.block(limit) {
                     Ok(true) => {}
