@@ -350,7 +350,14 @@ impl Manager {
         self.killed = true;
         for (name, pool) in &self.pools {
             for slot in pool.slots.values() {
-                tracing::warn!(worker = %name, slot = slot.id, "stop_timeout passed: killing slot {name}#{} (its job goes back to the job server)", slot.id);
+                match &slot.job {
+                    Some((function, handle, _)) => {
+                        tracing::warn!(worker = %name, slot = slot.id, "stop_timeout passed: killing slot {name}#{} (its job {function} {handle} goes back to the job server)", slot.id)
+                    }
+                    None => {
+                        tracing::warn!(worker = %name, slot = slot.id, "stop_timeout passed: killing slot {name}#{}, which holds no job", slot.id)
+                    }
+                }
                 let _ = slot.cmd.send(SlotCmd::Kill);
             }
         }

@@ -6,17 +6,29 @@
 //! servers can never hand the slot two jobs at once. Between jobs a
 //! connection that got NO_JOB sends PRE_SLEEP and waits for NOOP: no polling.
 //!
-//! A server that is down, refuses us or goes away is retried with capped,
-//! jittered exponential back-off; only the first failure of a streak is logged
-//! at WARN, so a dead server does not flood the journal.
+//! A server that is down, refuses us, goes away or stops answering is
+//! retried with capped, jittered exponential back-off; only the first failure
+//! of a streak is logged at WARN, so a dead server does not flood the journal.
+//!
+//! A server that hangs (SIGSTOPped, overloaded to a standstill) or a
+//! connection that goes silent without closing (a partition, a NAT that
+//! forgot the flow) must not stall the slot: the permit is only ever taken
+//! by a connection whose server has just proven it answers (ECHO after
+//! registering), every reply the slot waits for has a deadline
+//! ([`REPLY_TIMEOUT`]), and a sleeping connection checks its server with an
+//! ECHO every [`KEEPALIVE_EVERY`]. A silent server is so noticed within
+//! `KEEPALIVE_EVERY + REPLY_TIMEOUT` when idle, `REPLY_TIMEOUT` when a grab
+//! is outstanding; its connection is dropped (gearmand re-queues a job it
+//! had assigned to it) and the other servers keep the slot busy meanwhile.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
+use tokio::time::Instant;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
@@ -71,6 +83,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(5);
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long to wait for the TCP connect itself.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a reply the slot waits for may take (ECHO_RES, the answer to a
+/// grab). gearmand answers both from memory at once; a server that takes
+/// this long is treated as gone. Errs long: a false alarm only costs a
+/// reconnect, while the job a hung grab holds up waits at most this long.
+pub const REPLY_TIMEOUT: Duration = Duration::from_secs(5);
+/// A sleeping connection that heard nothing for this long asks its server
+/// for an ECHO: how a connection that went silent is found.
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
 
 /// A job-server connection: the socket with its read buffer, and the
 /// packets queued to go out in one write.
@@ -143,7 +163,11 @@ pub async fn serve<R: JobRunner>(
 ) {
     let mut first_attempt = Some(first_attempt);
     let mut backoff = BACKOFF_MIN;
+    // Attempts in a row that gave no stable session (a failed connect, or a
+    // session lost within STABLE_AFTER): only the first is logged at WARN.
     let mut failures: u32 = 0;
+    // The last failure was a failed connect (not a lost session).
+    let mut unreachable = false;
     loop {
         if gate.is_closed() {
             return;
@@ -160,25 +184,32 @@ pub async fn serve<R: JobRunner>(
         }
         match attempt {
             Ok(conn) => {
-                if failures > 0 {
+                if std::mem::take(&mut unreachable) {
                     tracing::info!(server = %spec.server, "job server reachable again after {failures} failed attempts");
                 } else {
                     tracing::debug!(server = %spec.server, "connected");
                 }
-                failures = 0;
                 let started = Instant::now();
                 match session(&spec, conn, &gate, &drain, runner.as_ref()).await {
                     SessionEnd::Closed => return,
                     SessionEnd::Broken(why) => {
-                        tracing::warn!(server = %spec.server, "job server connection lost: {why}");
-                        if started.elapsed() > STABLE_AFTER {
+                        if started.elapsed() >= STABLE_AFTER {
+                            // It worked for a while: a new incident.
                             backoff = BACKOFF_MIN;
+                            failures = 0;
+                        }
+                        failures += 1;
+                        if failures == 1 {
+                            tracing::warn!(server = %spec.server, "job server connection lost: {why}; reconnecting");
+                        } else {
+                            tracing::debug!(server = %spec.server, failures, "job server connection lost again: {why}");
                         }
                     }
                 }
             }
             Err(why) => {
                 failures += 1;
+                unreachable = true;
                 if failures == 1 {
                     tracing::warn!(server = %spec.server, "cannot reach job server: {why}; retrying with back-off");
                 } else {
@@ -217,11 +248,51 @@ async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
             vec![Bytes::from(format!("{}{}", spec.prefix, f))],
         ));
     }
+    // The ECHO proves the server reads what it is sent: only then may this
+    // connection take the slot's permit (a server that accepts and never
+    // answers would otherwise hold the slot in an endless grab). gearmand
+    // handles packets of a connection in order, so its ECHO_RES also says
+    // the registrations are in.
+    hello.push(Packet::req(
+        PacketType::EchoReq,
+        vec![Bytes::from_static(b"slotman")],
+    ));
     for p in hello {
         conn.feed(p)?;
     }
     conn.flush().await?;
-    Ok(conn)
+    let echoed = async {
+        loop {
+            let p = conn.next_packet(false).await?;
+            match p.kind {
+                PacketType::EchoRes => return Ok(()),
+                PacketType::Error => return Err(server_error(&p)),
+                // A NOOP for a job already waiting: the session starts awake.
+                _ => {}
+            }
+        }
+    };
+    match tokio::time::timeout(REPLY_TIMEOUT, echoed).await {
+        Ok(Ok(())) => Ok(conn),
+        Ok(Err(why)) => Err(why),
+        Err(_) => Err(no_reply("ECHO_REQ")),
+    }
+}
+
+/// Why a session ends when the server did not answer `request` in time.
+fn no_reply(request: &str) -> String {
+    format!(
+        "timed out: no reply to {request} within {}s",
+        REPLY_TIMEOUT.as_secs()
+    )
+}
+
+fn server_error(p: &Packet) -> String {
+    format!(
+        "job server error {}: {}",
+        String::from_utf8_lossy(p.arg(0)),
+        String::from_utf8_lossy(p.arg(1))
+    )
 }
 
 async fn session<R: JobRunner>(
@@ -245,21 +316,48 @@ async fn session<R: JobRunner>(
     // NO_JOB / PRE_SLEEP / NOOP round, so after one the slot stops
     // prefetching until a grab sent with an answer finds a job waiting.
     let mut backlog = true;
+    // When the server was last heard from, and when an ECHO went out that
+    // is not answered yet (sleeping connections only).
+    let mut heard = Instant::now();
+    let mut echo_sent: Option<Instant> = None;
     loop {
         let (assign, permit) = match prefetched.take() {
             Some(assign) => (assign, gate.clone().try_acquire_owned().ok()),
             None => {
                 if !awake {
+                    // Asleep: wait for NOOP, and check now and then that the
+                    // server is still there.
+                    let check_at = match echo_sent {
+                        Some(at) => at + REPLY_TIMEOUT,
+                        None => heard + KEEPALIVE_EVERY,
+                    };
                     tokio::select! {
                         _ = drain.cancelled() => return SessionEnd::Closed,
                         p = conn.next_packet(false) => match p {
-                            Ok(p) if p.kind == PacketType::Noop => awake = true,
-                            Ok(p) => tracing::debug!(server = %spec.server, "ignoring {} while asleep", p.kind.name()),
+                            Ok(p) => {
+                                heard = Instant::now();
+                                match p.kind {
+                                    PacketType::Noop => awake = true,
+                                    PacketType::EchoRes => echo_sent = None,
+                                    _ => tracing::debug!(server = %spec.server, "ignoring {} while asleep", p.kind.name()),
+                                }
+                            }
                             Err(why) => return SessionEnd::Broken(why),
                         },
+                        _ = tokio::time::sleep_until(check_at) => {
+                            if echo_sent.is_some() {
+                                return SessionEnd::Broken(no_reply("ECHO_REQ"));
+                            }
+                            let echo = Packet::req(PacketType::EchoReq, vec![Bytes::from_static(b"slotman")]);
+                            if let Err(e) = conn.send(echo).await {
+                                return SessionEnd::Broken(e);
+                            }
+                            echo_sent = Some(Instant::now());
+                        }
                     }
                     continue;
                 }
+                echo_sent = None;
                 let with_answer = grabbed.is_some();
                 let permit = match grabbed.take() {
                     Some(permit) => permit,
@@ -287,13 +385,18 @@ async fn session<R: JobRunner>(
                     }
                 };
                 // gearmand answers a grab at once: a wait that may block.
-                match grab_reply(spec, &mut conn).await {
-                    Ok(Some(assign)) => {
+                let reply = match await_grab(spec, &mut conn, drain).await {
+                    Ok(reply) => reply,
+                    Err(end) => return end,
+                };
+                heard = Instant::now();
+                match reply {
+                    Some(assign) => {
                         // A job found right after an answer was waiting.
                         backlog |= with_answer;
                         (assign, Some(permit))
                     }
-                    Ok(None) => {
+                    None => {
                         backlog = false;
                         runner.idle();
                         drop(permit);
@@ -303,7 +406,6 @@ async fn session<R: JobRunner>(
                         awake = false;
                         continue;
                     }
-                    Err(why) => return SessionEnd::Broken(why),
                 }
             }
         };
@@ -344,9 +446,15 @@ async fn session<R: JobRunner>(
                     if let Err(e) = conn.flush().await {
                         return SessionEnd::Broken(e);
                     }
-                    grab_reply(spec, &mut conn).await
+                    match await_grab(spec, &mut conn, drain).await {
+                        Ok(reply) => Ok(reply),
+                        // The answer went out above; gearmand re-queues
+                        // what it assigned in reply once the socket closes.
+                        Err(end) => return end,
+                    }
                 }
             };
+            heard = Instant::now();
             match reply {
                 // Its answer goes out with the next grab.
                 Ok(Some(assign)) => prefetched = Some(assign),
@@ -382,6 +490,23 @@ async fn session<R: JobRunner>(
     }
 }
 
+/// [`grab_reply`] within [`REPLY_TIMEOUT`], or how the session ends: a
+/// drain does not wait for a server that does not answer.
+async fn await_grab(
+    spec: &ConnectionSpec,
+    conn: &mut Conn,
+    drain: &CancellationToken,
+) -> Result<Option<Packet>, SessionEnd> {
+    tokio::select! {
+        _ = drain.cancelled() => Err(SessionEnd::Closed),
+        r = tokio::time::timeout(REPLY_TIMEOUT, grab_reply(spec, conn)) => match r {
+            Ok(Ok(reply)) => Ok(reply),
+            Ok(Err(why)) => Err(SessionEnd::Broken(why)),
+            Err(_) => Err(SessionEnd::Broken(no_reply("GRAB_JOB_UNIQ"))),
+        },
+    }
+}
+
 /// gearmand's reply to a grab: a JOB_ASSIGN* (`Some`) or NO_JOB (`None`).
 async fn grab_reply(spec: &ConnectionSpec, conn: &mut Conn) -> Result<Option<Packet>, String> {
     loop {
@@ -401,11 +526,7 @@ fn as_grab_reply(spec: &ConnectionSpec, p: Packet) -> Option<Result<Option<Packe
         PacketType::JobAssignUniq | PacketType::JobAssign | PacketType::JobAssignAll => {
             Some(Ok(Some(p)))
         }
-        PacketType::Error => Some(Err(format!(
-            "job server error {}: {}",
-            String::from_utf8_lossy(p.arg(0)),
-            String::from_utf8_lossy(p.arg(1))
-        ))),
+        PacketType::Error => Some(Err(server_error(&p))),
         other => {
             tracing::debug!(server = %spec.server, "unexpected {} while grabbing", other.name());
             None
@@ -431,10 +552,18 @@ async fn run_job<R: JobRunner>(
     let unique = unique
         .filter(|u| !u.is_empty())
         .map(|u| String::from_utf8_lossy(u).into_owned());
-    let function = gearman_function
+    let function = match gearman_function
         .strip_prefix(spec.prefix.as_str())
-        .unwrap_or(&gearman_function)
-        .to_string();
+        .filter(|f| spec.functions.iter().any(|known| known == f))
+    {
+        Some(f) => f.to_string(),
+        None => {
+            // Not a function this slot registered (a server that mixed up
+            // its workers): the handler would not know it.
+            tracing::warn!(server = %spec.server, function = %gearman_function, "job for a function this slot did not register: failed");
+            return conn.feed(Packet::req(PacketType::WorkFail, vec![handle]));
+        }
+    };
     let job = Job {
         function,
         gearman_function,

@@ -391,6 +391,7 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> std::io::Result<Child> {
     cmd.spawn()
 }
 pub mod sdbox;
+pub mod service;
 
 /// The first child of `pid`, e.g. a stdio runner's handler (0 if none, or
 /// once it has exited).

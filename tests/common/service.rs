@@ -1,0 +1,195 @@
+//! A `slotman run --config FILE` process as tests drive it, with the
+//! helpers around it (jobs in, status out, signals).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use slotman::control::proto::{ServiceStatus, WorkerStatus};
+use slotman::gearman::client::Client;
+
+use super::{slotman_bin, wait_until};
+
+/// The test handler `tests/fixtures/handler.py` as a `command` value.
+pub fn handler() -> String {
+    format!(
+        r#"["python3", "{}/tests/fixtures/handler.py"]"#,
+        env!("CARGO_MANIFEST_DIR")
+    )
+}
+
+/// A `slotman run --config DIR/svc.toml` process with its own runtime dir.
+pub struct Service {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    /// Run the manager on these CPUs only (`taskset -c`).
+    pub cpus: Option<Vec<u32>>,
+}
+
+impl Service {
+    pub fn new(config: &str) -> Service {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("svc.toml"), config).expect("write config");
+        Service {
+            dir,
+            child: None,
+            cpus: None,
+        }
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("svc.toml")
+    }
+
+    pub fn write_config(&self, config: &str) {
+        std::fs::write(self.config_path(), config).expect("write config");
+    }
+
+    pub fn start(&mut self) {
+        self.start_bin(&slotman_bin());
+    }
+
+    /// Starts `bin run` (a copy of slotman, say).
+    pub fn start_bin(&mut self, bin: &Path) {
+        let mut cmd = match &self.cpus {
+            Some(cpus) => {
+                let list: Vec<String> = cpus.iter().map(|c| c.to_string()).collect();
+                let mut cmd = Command::new("taskset");
+                cmd.arg("-c").arg(list.join(",")).arg(bin);
+                cmd
+            }
+            None => Command::new(bin),
+        };
+        let child = cmd
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--runtime-dir")
+            .arg(self.dir.path())
+            .env("RECORD_FILE", self.dir.path().join("record.log"))
+            .stdin(Stdio::null())
+            .stderr(std::fs::File::create(self.log_path()).expect("manager log"))
+            .spawn()
+            .expect("start slotman run");
+        self.child = Some(child);
+        wait_until("control socket", Duration::from_secs(10), || {
+            self.dir.path().join("svc.sock").exists()
+        });
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).expect("running")
+    }
+
+    pub fn signal(&self, sig: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.pid()), sig)
+            .expect("signal manager");
+    }
+
+    /// SIGTERM and wait; returns whether it exited 0.
+    pub fn stop(&mut self) -> bool {
+        self.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut child = self.child.take().expect("running");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(st) = child.try_wait().expect("wait") {
+                return st.success();
+            }
+            assert!(Instant::now() < deadline, "manager did not stop in 30s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn status(&self) -> ServiceStatus {
+        let out = Command::new(slotman_bin())
+            .args(["status", "svc", "--json", "--runtime-dir"])
+            .arg(self.dir.path())
+            .output()
+            .expect("slotman status");
+        assert!(
+            out.status.success(),
+            "slotman status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("status JSON")
+    }
+
+    pub fn worker(&self, name: &str) -> WorkerStatus {
+        self.status()
+            .workers
+            .into_iter()
+            .find(|w| w.name == name)
+            .expect("worker in status")
+    }
+
+    /// Waits until `worker`'s one slot is idle; its runner's pid.
+    pub fn one_slot_ready(&self, worker: &str) -> u32 {
+        wait_until("slot ready", Duration::from_secs(10), || {
+            self.worker(worker).idle == 1
+        });
+        self.worker(worker).slots[0].pid.expect("runner pid")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("manager.log")
+    }
+
+    /// What the manager logged so far (its stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    pub fn record(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("record.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Service {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- the manager's log ---\n{}", self.log());
+        }
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+pub fn sigkill(pid: u32) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("SIGKILL");
+}
+
+pub fn pid_alive(pid: u32) -> bool {
+    Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .unwrap_or_default()
+            .contains(") Z ")
+}
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+pub fn submit_bg(addr: &str, function: &str, jobs: impl IntoIterator<Item = (String, String)>) {
+    rt().block_on(async {
+        let mut c = Client::connect(addr).await.expect("connect");
+        for (unique, payload) in jobs {
+            c.submit_background(function, &unique, payload)
+                .await
+                .expect("submit");
+        }
+    })
+}
+
+pub fn total_done(w: &WorkerStatus) -> u64 {
+    w.jobs_complete + w.jobs_failed + w.jobs_exception
+}

@@ -1,0 +1,304 @@
+//! Partial failures a production host brings, against real gearmand and real
+//! handlers: a job server that hangs, a connection that goes silent without
+//! closing, a server that assigns a job the slot never asked for.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::service::{handler, pid_alive, submit_bg, Service};
+use common::{wait_until, Gearmand};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+fn signal(pid: u32, sig: Signal) {
+    kill(Pid::from_raw(pid as i32), sig).expect("signal");
+}
+
+fn jobs(n: usize, tag: &str) -> Vec<(String, String)> {
+    (0..n)
+        .map(|i| (format!("{tag}-{i}"), format!("payload {i}")))
+        .collect()
+}
+
+/// A stdio worker `w` (function `w::echo`) of `slots` slots.
+fn config(servers: &[&str], slots: u32) -> String {
+    let list: Vec<String> = servers.iter().map(|s| format!("\"{s}\"")).collect();
+    format!(
+        "stop_timeout = \"60s\"\n[workers.w]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"echo\"]\njob_servers = [{}]\nmin = {slots}\nmax = {slots}\n",
+        handler(),
+        list.join(", ")
+    )
+}
+
+#[test]
+fn a_sigstopped_job_server_does_not_stall_the_others() {
+    let Some(good) = Gearmand::start() else {
+        return;
+    };
+    let Some(mut hung) = Gearmand::start() else {
+        return;
+    };
+    let hung_pid = hung.pid().expect("gearmand pid");
+    signal(hung_pid, Signal::SIGSTOP);
+    let mut svc = Service::new(&config(&[&hung.addr, &good.addr], 2));
+    svc.start();
+    wait_until("two slots up", Duration::from_secs(20), || {
+        svc.worker("w").idle == 2
+    });
+    submit_bg(&good.addr, "w::echo", jobs(10, "good"));
+    wait_until(
+        "every job of the healthy server done",
+        Duration::from_secs(20),
+        || svc.worker("w").jobs_complete == 10,
+    );
+
+    // The hung server comes back: its jobs run too.
+    signal(hung_pid, Signal::SIGCONT);
+    submit_bg(&hung.addr, "w::echo", jobs(5, "back"));
+    wait_until(
+        "the returned server's jobs done",
+        Duration::from_secs(30),
+        || svc.worker("w").jobs_complete == 15,
+    );
+
+    // Hung again, with slots asleep on it: a stop does not wait for it.
+    signal(hung_pid, Signal::SIGSTOP);
+    let t = Instant::now();
+    assert!(svc.stop(), "manager exit status");
+    assert!(
+        t.elapsed() < Duration::from_secs(20),
+        "a stop waited {:?} (stop_timeout is 60s) for a hung job server",
+        t.elapsed()
+    );
+    signal(hung_pid, Signal::SIGCONT);
+    hung.kill();
+}
+
+/// A job server that accepts connections and reads them, and never answers.
+fn mute_server() -> (String, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let t = std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut stream = stream;
+                let mut buf = [0u8; 4096];
+                while matches!(stream.read(&mut buf), Ok(n) if n > 0) {}
+            });
+        }
+    });
+    (addr, t)
+}
+
+#[test]
+fn a_server_that_never_answers_holds_no_job_and_no_stop() {
+    let Some(good) = Gearmand::start() else {
+        return;
+    };
+    let (mute, _t) = mute_server();
+    let mut svc = Service::new(&config(&[&mute, &good.addr], 2));
+    svc.start();
+    wait_until("two slots up", Duration::from_secs(20), || {
+        svc.worker("w").idle == 2
+    });
+    submit_bg(&good.addr, "w::echo", jobs(10, "j"));
+    wait_until("every job done", Duration::from_secs(20), || {
+        svc.worker("w").jobs_complete == 10
+    });
+    let runners: Vec<u32> = svc.worker("w").slots.iter().filter_map(|s| s.pid).collect();
+    assert_eq!(runners.len(), 2);
+    // The manager killed outright: runners notice and leave at once
+    // rather than waiting on the server that never answers.
+    signal(svc.pid() as u32, Signal::SIGKILL);
+    wait_until("runners gone", Duration::from_secs(10), || {
+        runners.iter().all(|&pid| !pid_alive(pid))
+    });
+}
+
+/// A loopback proxy to `upstream` whose connections can be frozen: they
+/// stay open and forward nothing, as after a partition or a NAT that forgot
+/// the flow. Connections made after a freeze forward normally.
+struct Proxy {
+    addr: String,
+    /// Connections numbered below this are frozen.
+    frozen_below: Arc<AtomicU64>,
+    next: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Proxy {
+    fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let frozen_below = Arc::new(AtomicU64::new(0));
+        let next = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let upstream = upstream.to_string();
+        let (f, n, st) = (frozen_below.clone(), next.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                if st.load(Ordering::Relaxed) {
+                    return;
+                }
+                let Ok(server) = TcpStream::connect(&upstream) else {
+                    continue;
+                };
+                let id = n.fetch_add(1, Ordering::SeqCst);
+                for (from, to) in [
+                    (client.try_clone(), server.try_clone()),
+                    (server.try_clone(), client.try_clone()),
+                ] {
+                    let (Ok(from), Ok(to)) = (from, to) else {
+                        continue;
+                    };
+                    let (f, st) = (f.clone(), st.clone());
+                    std::thread::spawn(move || pump(id, from, to, &f, &st));
+                }
+            }
+        });
+        Proxy {
+            addr,
+            frozen_below,
+            next,
+            stop,
+        }
+    }
+
+    /// Every connection open now stops forwarding, and stays open.
+    fn freeze(&self) {
+        self.frozen_below
+            .store(self.next.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+fn pump(id: u64, mut from: TcpStream, mut to: TcpStream, frozen: &AtomicU64, stop: &AtomicBool) {
+    let is_frozen = || id < frozen.load(Ordering::SeqCst);
+    let mut buf = [0u8; 16 * 1024];
+    while !stop.load(Ordering::Relaxed) {
+        let n = match from.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // A frozen connection holds what it read, and its sockets.
+        while is_frozen() && !stop.load(Ordering::Relaxed) {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        if to.write_all(&buf[..n]).is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown(std::net::Shutdown::Both);
+}
+
+#[test]
+fn a_connection_gone_silent_is_noticed_and_replaced() {
+    let Some(g) = Gearmand::start() else { return };
+    let proxy = Proxy::start(&g.addr);
+    let mut svc = Service::new(&config(&[&proxy.addr], 2));
+    svc.start();
+    wait_until("two slots up", Duration::from_secs(20), || {
+        svc.worker("w").idle == 2
+    });
+    submit_bg(&g.addr, "w::echo", jobs(2, "before"));
+    wait_until("first jobs done", Duration::from_secs(20), || {
+        svc.worker("w").jobs_complete == 2
+    });
+    proxy.freeze();
+    submit_bg(&g.addr, "w::echo", jobs(10, "after"));
+    // Keepalive (10s) plus its reply timeout (5s), then a reconnect.
+    wait_until(
+        "jobs submitted behind the silent connection done",
+        Duration::from_secs(45),
+        || svc.worker("w").jobs_complete == 12,
+    );
+    let log = svc.log();
+    assert!(
+        log.contains("no reply to ECHO_REQ"),
+        "the slots did not say why they reconnected:\n{log}"
+    );
+    assert!(svc.stop(), "manager exit status");
+}
+
+/// Reads one request packet: (type, args).
+fn read_packet(s: &mut TcpStream) -> Option<(u32, Vec<Vec<u8>>)> {
+    let mut header = [0u8; 12];
+    s.read_exact(&mut header).ok()?;
+    let kind = u32::from_be_bytes(header[4..8].try_into().ok()?);
+    let len = u32::from_be_bytes(header[8..12].try_into().ok()?) as usize;
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    let args = if body.is_empty() {
+        vec![]
+    } else {
+        body.split(|&b| b == 0).map(<[u8]>::to_vec).collect()
+    };
+    Some((kind, args))
+}
+
+fn write_packet(s: &mut TcpStream, kind: u32, args: &[&[u8]]) {
+    let body = args.join(&0u8);
+    let mut p = b"\0RES".to_vec();
+    p.extend_from_slice(&kind.to_be_bytes());
+    p.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    p.extend_from_slice(&body);
+    s.write_all(&p).expect("write packet");
+}
+
+const ECHO_REQ: u32 = 16;
+const ECHO_RES: u32 = 17;
+const GRAB_JOB_UNIQ: u32 = 30;
+const JOB_ASSIGN_UNIQ: u32 = 31;
+const NO_JOB: u32 = 10;
+const WORK_COMPLETE: u32 = 13;
+const WORK_FAIL: u32 = 14;
+
+#[test]
+fn a_job_for_a_function_the_slot_never_registered_is_failed_unrun() {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr").to_string();
+    let mut svc = Service::new(&config(&[&addr], 1));
+    svc.start();
+    let (mut s, _) = listener.accept().expect("the slot connects");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let mut assigned = false;
+    let answer = loop {
+        let Some((kind, args)) = read_packet(&mut s) else {
+            panic!("the slot closed before answering the job");
+        };
+        match kind {
+            ECHO_REQ => write_packet(&mut s, ECHO_RES, &[&args[0]]),
+            GRAB_JOB_UNIQ if !assigned => {
+                assigned = true;
+                write_packet(
+                    &mut s,
+                    JOB_ASSIGN_UNIQ,
+                    &[b"H:fake:1", b"other::thing", b"", b"payload"],
+                );
+            }
+            GRAB_JOB_UNIQ => write_packet(&mut s, NO_JOB, &[]),
+            WORK_COMPLETE | WORK_FAIL => break (kind, args),
+            _ => {}
+        }
+    };
+    assert_eq!(answer.0, WORK_FAIL, "answer to the stray job: {answer:?}");
+    assert_eq!(answer.1[0], b"H:fake:1");
+    assert!(
+        svc.record().is_empty(),
+        "the handler ran the stray job: {}",
+        svc.record()
+    );
+    drop(s);
+    assert!(svc.stop(), "manager exit status");
+}
