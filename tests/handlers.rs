@@ -593,17 +593,17 @@ async fn stdio_answer_may_come_before_the_payload_is_read() {
 }
 
 #[tokio::test]
-async fn stdio_job_that_does_not_fit_the_framing_fails_alone() {
+async fn stdio_fields_beyond_plain_tokens_reach_the_handler() {
     let mut h = start(&stdio_test(&[])).await;
     let pid = h.pid();
-    let mut j = job("echo", "x");
-    j.unique = Some("has a space".into());
-    let (outcome, _) = run(&mut h, &j, None).await;
-    assert!(
-        matches!(outcome, Outcome::Fail(FailReason::Framing(_))),
-        "{outcome:?}"
-    );
-    assert_eq!(complete(&mut h, &job("echo", "next")).await, "next");
+    for unique in ["has a space", "-", "r\u{e9}sum\u{e9}"] {
+        let mut j = job("whoami", "x");
+        j.unique = Some(Bytes::from(unique));
+        assert_eq!(
+            complete(&mut h, &j).await,
+            format!("H:test:1 {unique} svc Test 3 unset unset")
+        );
+    }
     assert_eq!(h.pid(), pid);
     h.shutdown().await;
 }
@@ -646,13 +646,17 @@ async fn stdio_shutdown_ends_the_process() {
 
 // ---- examples ----------------------------------------------------------------
 
-/// Runs `reverse` with text and binary payloads through an example.
+/// Runs `reverse` with text and binary payloads through an example, as a
+/// `JOB` and as a `JOBX` (a unique id that is not a plain word).
 async fn check_reverse(h: &mut Handler) {
     for payload in [Bytes::from_static(b"hello\nworld"), binary_payload()] {
         assert_eq!(
             complete(h, &job("reverse", payload.clone())).await,
             reversed(&payload)
         );
+        let mut jobx = job("reverse", payload.clone());
+        jobx.unique = Some(Bytes::from_static(b"order 7\n\xff"));
+        assert_eq!(complete(h, &jobx).await, reversed(&payload));
     }
 }
 

@@ -14,7 +14,16 @@ esac
 
 echo READY
 while IFS=' ' read -r word function handle unique size; do
-	[[ $word == JOB ]] || { echo "stdio-test: unexpected frame: $word" >&2; exit 2; }
+	case $word in
+	JOB) ;;
+	JOBX)
+		# Sizes instead of fields: the fields' bytes lead the payload.
+		function=$(head -c "$function")
+		handle=$(head -c "$handle")
+		[[ $unique == - ]] || unique=$(head -c "$unique")
+		;;
+	*) echo "stdio-test: unexpected frame: $word" >&2; exit 2 ;;
+	esac
 	case $function in
 	echo)
 		# Answers before reading the payload, then streams it back.

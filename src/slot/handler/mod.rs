@@ -31,8 +31,9 @@ pub struct Job {
     /// Function name as registered with the job server (with prefix).
     pub gearman_function: String,
     pub handle: String,
-    /// `None` when the client gave no unique id.
-    pub unique: Option<String>,
+    /// `None` when the client gave no unique id (or an empty one); else
+    /// exactly the bytes it gave.
+    pub unique: Option<Bytes>,
     pub payload: Bytes,
 }
 

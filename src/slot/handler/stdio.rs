@@ -90,8 +90,8 @@ impl StdioHandler {
         timeout: Option<Duration>,
     ) -> Outcome {
         let header = match job_header(
-            &job.function,
-            &job.handle,
+            job.function.as_bytes(),
+            job.handle.as_bytes(),
             job.unique.as_deref(),
             job.payload.len(),
             self.max_size,
