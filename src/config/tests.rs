@@ -367,7 +367,7 @@ cpu_weight = 0
 tasks_max = "lots"
 max_packet_size = "8G"
 job_servers = "gm:4730"
-prefix = "a b"
+prefix = "a\tb"
 "#,
         r#"
 t.toml:2: stop_timeout: expected a duration such as "10s" or "500ms", or whole seconds, found a float
@@ -391,7 +391,7 @@ t.toml:20: workers.w.cpu_weight: must be from 1 to 10000, not 0
 t.toml:21: workers.w.tasks_max: expected a whole number or "infinity"
 t.toml:22: workers.w.max_packet_size: must be more than 0 and less than 4G
 t.toml:23: workers.w.job_servers: expected a list of strings, found a string; put it in brackets: ["..."]
-t.toml:24: workers.w.prefix: prefix `a b` must not contain whitespace or control characters
+t.toml:24: workers.w.prefix: prefix `a\tb` must not contain control characters such as tab, newline or NUL
 "#,
     );
 }
@@ -409,7 +409,7 @@ functions = [
   "resize",
   "",
   "resize",
-  "has space",
+  "tab\there",
 ]
 job_servers = ["gm", "gm:4730", "gm:0"]
 "#,
@@ -417,9 +417,32 @@ job_servers = ["gm", "gm:4730", "gm:0"]
 t.toml:5: workers.w.command[1]: must not contain a NUL character
 t.toml:9: workers.w.functions[1]: a function name must not be empty
 t.toml:10: workers.w.functions[2]: `resize` is listed twice
-t.toml:11: workers.w.functions[3]: function name `has space` must not contain whitespace or control characters
+t.toml:11: workers.w.functions[3]: function name `tab\there` must not contain control characters such as tab, newline or NUL
 t.toml:13: workers.w.job_servers[1]: `gm:4730` is listed twice
 t.toml:13: workers.w.job_servers[2]: `gm:0`: port `0` is not a number from 1 to 65535
+"#,
+    );
+}
+
+#[test]
+fn function_names_may_hold_spaces_and_utf8_but_no_control_characters() {
+    let config = parse_ok(
+        "[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"r\u{e9}sum\u{e9}\", \"r\u{e9} sum\u{e9}\"]\nprefix = \"cv \"\n",
+    );
+    let w = worker(&config, "w");
+    assert_eq!(w.registered_name(&w.functions[1]), "cv r\u{e9} sum\u{e9}");
+    check(
+        r#"
+[workers.w]
+command = ["/usr/bin/true"]
+functions = ["ok", "new\nline", "nul\u0000", "del\u007f"]
+prefix = "p\r"
+"#,
+        r#"
+t.toml:4: workers.w.functions[1]: function name `new\nline` must not contain control characters such as tab, newline or NUL
+t.toml:4: workers.w.functions[2]: function name `nul\0` must not contain control characters such as tab, newline or NUL
+t.toml:4: workers.w.functions[3]: function name `del\u{7f}` must not contain control characters such as tab, newline or NUL
+t.toml:5: workers.w.prefix: prefix `p\r` must not contain control characters such as tab, newline or NUL
 "#,
     );
 }
