@@ -221,6 +221,71 @@ async fn payloads_round_trip_through_both_handler_kinds() {
     }
 }
 
+/// Function names that are not plain words, and unique ids that Gearman
+/// allows but the `JOB` line cannot carry, reach both kinds of handler
+/// exactly (tests/handlers/seen.sh answers with what it was told).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_unique_id_and_function_name_reach_the_handler_exactly() {
+    let Some(g) = Gearmand::start() else { return };
+    let fx = fixture();
+    let script = format!("{}/tests/handlers/seen.sh", env!("CARGO_MANIFEST_DIR"));
+    let functions = ["seen", "r\u{e9}sum\u{e9}", "r\u{e9} sum\u{e9}"];
+    let uniques: [&[u8]; 10] = [
+        b"",
+        b"plain-1",
+        b"a b",
+        b"tab\there",
+        b"new\nline",
+        b"ends in a newline\n",
+        b"-",
+        "r\u{e9}sum\u{e9}".as_bytes(),
+        b"\xff\xfe",
+        b"\r\x01\x7f",
+    ];
+    for kind in ["stdio", "exec"] {
+        let toml = format!(
+            "[workers.t]\nkind = {kind:?}\ncommand = [\"/bin/bash\", {script:?}, {kind:?}]\nfunctions = {functions:?}\njob_servers = [{:?}]\n",
+            g.addr
+        );
+        let config = slotman::config::parse(&toml, &fx.dir.join("svc.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let spec = SlotSpec {
+            service: "svc".into(),
+            slot: 1,
+            worker: config.workers[0].clone(),
+            cpu: None,
+            pin: false,
+        };
+        let _slot = Slot::start(&spec).await;
+        let mut c = Client::connect(&g.addr).await.expect("connect client");
+        for function in functions {
+            for unique in uniques {
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    c.submit(&format!("t::{function}"), unique, "payload"),
+                )
+                .await
+                .expect("job answered within 30s")
+                .expect("submit");
+                let mut seen = function.as_bytes().to_vec();
+                // exec: GEARMAN_UNIQUE is empty when there is none.
+                if !unique.is_empty() || kind == "exec" {
+                    seen.push(0);
+                    seen.extend_from_slice(unique);
+                }
+                assert_eq!(
+                    reply.result,
+                    JobResult::Complete(seen.into()),
+                    "{kind}: function {function:?}, unique {:?}",
+                    unique.escape_ascii().to_string()
+                );
+            }
+        }
+        // The admin `status` that queue depths are read from still parses.
+        assert_eq!(g.function_status("t::r\u{e9} sum\u{e9}").2, 1, "{kind}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn status_data_and_warnings_reach_the_client() {
     let Some(g) = gearmand() else { return };
