@@ -134,6 +134,7 @@ fn builtin_defaults_fill_every_key() {
         scale_on_queue: true,
         prefetch: false,
         pin_cpu: true,
+        ready_timeout: Duration::from_secs(30),
     };
     assert_eq!(*w, want);
 }
@@ -168,6 +169,7 @@ cpu_quota = "150%"
 cpu_weight = 200
 tasks_max = 64
 max_packet_size = "1M"
+ready_timeout = "1m"
 "#,
     );
     assert_eq!(config.stop_timeout, Duration::from_secs(120));
@@ -195,6 +197,7 @@ max_packet_size = "1M"
     assert_eq!(w.cpu_weight, Some(200));
     assert_eq!(w.tasks_max, Some(64));
     assert_eq!(w.max_packet_size, 1 << 20);
+    assert_eq!(w.ready_timeout, Duration::from_secs(60));
 }
 
 #[test]
@@ -228,6 +231,7 @@ fn every_worker_key_is_accepted_in_defaults() {
         ("scale_on_queue", "false"),
         ("prefetch", "true"),
         ("pin_cpu", "false"),
+        ("ready_timeout", "\"5s\""),
     ]
     .into_iter()
     .collect();
@@ -368,6 +372,7 @@ tasks_max = "lots"
 max_packet_size = "8G"
 job_servers = "gm:4730"
 prefix = "a\tb"
+ready_timeout = "0s"
 "#,
         r#"
 t.toml:2: stop_timeout: expected a duration such as "10s" or "500ms", or whole seconds, found a float
@@ -392,6 +397,7 @@ t.toml:21: workers.w.tasks_max: expected a whole number or "infinity"
 t.toml:22: workers.w.max_packet_size: must be more than 0 and less than 4G
 t.toml:23: workers.w.job_servers: expected a list of strings, found a string; put it in brackets: ["..."]
 t.toml:24: workers.w.prefix: prefix `a\tb` must not contain control characters such as tab, newline or NUL
+t.toml:25: workers.w.ready_timeout: must be more than 0
 "#,
     );
 }
@@ -732,6 +738,8 @@ fn same_processes_ignores_pool_sizing_and_limits() {
         |w| w.scale_on_queue = false,
         // Sent to the running slots.
         |w| w.pin_cpu = false,
+        // For slots started from then on.
+        |w| w.ready_timeout = Duration::from_secs(1),
         // Set on the running scopes instead.
         |w| w.memory_max = None,
         |w| w.memory_high = Some(1),
