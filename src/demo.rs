@@ -263,12 +263,26 @@ pub fn handler_main() -> anyhow::Result<()> {
         if std::io::BufRead::read_line(&mut input, &mut header)? == 0 {
             return Ok(());
         }
-        // JOB FUNCTION HANDLE UNIQUE SIZE
-        let size: usize = header
-            .split_whitespace()
-            .nth(4)
-            .and_then(|s| s.parse().ok())
-            .context("bad JOB header")?;
+        // `JOB FUNCTION HANDLE UNIQUE SIZE`, or `JOBX` with the sizes of
+        // the function, handle and unique id (`-`: none), whose bytes lead
+        // the payload. This handler needs none of them.
+        let fields: Vec<&str> = header.trim_end_matches('\n').split(' ').collect();
+        let size = |s: &str| s.parse::<usize>().ok();
+        let (skip, size) = match fields[..] {
+            ["JOB", _, _, _, n] => (Some(0), size(n)),
+            ["JOBX", f, h, u, n] => {
+                let u = if u == "-" { Some(0) } else { size(u) };
+                let skip = [size(f), size(h), u]
+                    .into_iter()
+                    .try_fold(0usize, |sum, n| sum.checked_add(n?));
+                (skip, size(n))
+            }
+            _ => (None, None),
+        };
+        let (Some(skip), Some(size)) = (skip, size) else {
+            anyhow::bail!("bad job header {header:?}");
+        };
+        std::io::copy(&mut (&mut input).take(skip as u64), &mut std::io::sink())?;
         let mut payload = vec![0; size];
         input.read_exact(&mut payload)?;
         let ms: u64 = String::from_utf8_lossy(&payload)

@@ -21,6 +21,7 @@ use slotman::slot::handler::{
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 // ---- helpers ---------------------------------------------------------------
 
@@ -61,6 +62,7 @@ fn worker(kind: HandlerKind, command: &[&str]) -> WorkerConfig {
         scale_on_queue: true,
         prefetch: false,
         pin_cpu: true,
+        ready_timeout: Duration::from_secs(30),
     }
 }
 
@@ -89,8 +91,13 @@ fn job(function: &str, payload: impl Into<Bytes>) -> Job {
     }
 }
 
+/// A drain that never comes.
+fn never() -> CancellationToken {
+    CancellationToken::new()
+}
+
 async fn start(worker: &WorkerConfig) -> Handler {
-    match Handler::start(worker, &identity()).await {
+    match Handler::start(worker, &identity(), &never()).await {
         Ok(handler) => handler,
         Err(e) => panic!("handler {:?} did not start: {e}", worker.command),
     }
@@ -149,6 +156,8 @@ struct GroupWatch {
     /// Our own writer, so that reads before the handler opens the FIFO wait
     /// instead of seeing end of file.
     writer: Option<pipe::Sender>,
+    /// What the handler wrote to it so far.
+    seen: Vec<u8>,
 }
 
 impl GroupWatch {
@@ -167,6 +176,7 @@ impl GroupWatch {
             path,
             reader,
             writer: Some(writer),
+            seen: Vec::new(),
         }
     }
 
@@ -177,18 +187,28 @@ impl GroupWatch {
         );
     }
 
-    /// Resolves once the handler said `started` and then all its processes
-    /// holding the FIFO are gone; fails after 30 s.
-    async fn gone(mut self) -> Result<(), String> {
+    /// Resolves once the handler said `started`; fails after 30 s.
+    async fn started(&mut self) -> Result<(), String> {
         let wait = async {
-            let mut seen = Vec::new();
-            while !seen.ends_with(b"started\n") {
+            while !self.seen.ends_with(b"started\n") {
                 let mut buf = [0u8; 64];
                 match self.reader.read(&mut buf).await {
                     Ok(0) | Err(_) => return Err("FIFO closed before `started`".to_owned()),
-                    Ok(n) => seen.extend_from_slice(&buf[..n]),
+                    Ok(n) => self.seen.extend_from_slice(&buf[..n]),
                 }
             }
+            Ok(())
+        };
+        tokio::time::timeout(Duration::from_secs(30), wait)
+            .await
+            .map_err(|_| "the handler never said `started`".to_owned())?
+    }
+
+    /// Resolves once the handler said `started` and then all its processes
+    /// holding the FIFO are gone; fails after 30 s.
+    async fn gone(mut self) -> Result<(), String> {
+        self.started().await?;
+        let wait = async {
             self.writer = None;
             let mut rest = Vec::new();
             self.reader
@@ -593,30 +613,30 @@ async fn stdio_answer_may_come_before_the_payload_is_read() {
 }
 
 #[tokio::test]
-async fn stdio_job_that_does_not_fit_the_framing_fails_alone() {
+async fn stdio_fields_beyond_plain_tokens_reach_the_handler() {
     let mut h = start(&stdio_test(&[])).await;
     let pid = h.pid();
-    let mut j = job("echo", "x");
-    j.unique = Some("has a space".into());
-    let (outcome, _) = run(&mut h, &j, None).await;
-    assert!(
-        matches!(outcome, Outcome::Fail(FailReason::Framing(_))),
-        "{outcome:?}"
-    );
-    assert_eq!(complete(&mut h, &job("echo", "next")).await, "next");
+    for unique in ["has a space", "-", "r\u{e9}sum\u{e9}"] {
+        let mut j = job("whoami", "x");
+        j.unique = Some(Bytes::from(unique));
+        assert_eq!(
+            complete(&mut h, &j).await,
+            format!("H:test:1 {unique} svc Test 3 unset unset")
+        );
+    }
     assert_eq!(h.pid(), pid);
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn stdio_start_failures_are_errors() {
-    let not_ready = Handler::start(&stdio_test(&["notready"]), &identity()).await;
+    let not_ready = Handler::start(&stdio_test(&["notready"]), &identity(), &never()).await;
     assert!(
         matches!(not_ready, Err(HandlerError::NotReady { ref line, .. }) if line.contains("HELLO")),
         "{:?}",
         not_ready.err()
     );
-    let exited = Handler::start(&stdio_test(&["exit"]), &identity()).await;
+    let exited = Handler::start(&stdio_test(&["exit"]), &identity(), &never()).await;
     assert!(
         matches!(exited, Err(HandlerError::ExitedBeforeReady { ref status, .. }) if status == "exit status 7"),
         "{:?}",
@@ -625,12 +645,58 @@ async fn stdio_start_failures_are_errors() {
     let missing = Handler::start(
         &worker(HandlerKind::Stdio, &["/nonexistent/slotman-handler"]),
         &identity(),
+        &never(),
     )
     .await;
     assert!(
         matches!(missing, Err(HandlerError::Spawn { .. })),
         "{:?}",
         missing.err()
+    );
+}
+
+#[tokio::test]
+async fn stdio_handler_that_never_says_ready_is_killed_at_its_ready_timeout() {
+    let watch = GroupWatch::new();
+    let mut w = stdio_test(&["mute"]);
+    w.ready_timeout = Duration::from_millis(300);
+    watch.env(&mut w);
+    let (id, drain) = (identity(), never());
+    let started = std::time::Instant::now();
+    let (result, gone) = tokio::join!(Handler::start(&w, &id, &drain), watch.gone());
+    let error = result.err().map(|e| e.to_string());
+    assert_eq!(
+        error.as_deref(),
+        Some("handler \"bash\" did not say READY within 300ms")
+    );
+    assert_eq!(gone, Ok(()), "the handler's process group is gone");
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[tokio::test]
+async fn stdio_drain_ends_the_wait_for_ready_at_once() {
+    let mut watch = GroupWatch::new();
+    let mut w = stdio_test(&["mute"]);
+    w.ready_timeout = Duration::from_secs(300);
+    watch.env(&mut w);
+    let (id, drain) = (identity(), CancellationToken::new());
+    let (result, asked) = tokio::join!(Handler::start(&w, &id, &drain), async {
+        watch.started().await.expect("handler started");
+        drain.cancel();
+        std::time::Instant::now()
+    });
+    assert!(
+        matches!(result, Err(HandlerError::Cancelled { .. })),
+        "{:?}",
+        result.err()
+    );
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(5), "took {took:?}");
+    assert_eq!(
+        watch.gone().await,
+        Ok(()),
+        "the handler's process group is gone"
     );
 }
 
@@ -646,13 +712,17 @@ async fn stdio_shutdown_ends_the_process() {
 
 // ---- examples ----------------------------------------------------------------
 
-/// Runs `reverse` with text and binary payloads through an example.
+/// Runs `reverse` with text and binary payloads through an example, as a
+/// `JOB` and as a `JOBX` (a unique id that is not a plain word).
 async fn check_reverse(h: &mut Handler) {
     for payload in [Bytes::from_static(b"hello\nworld"), binary_payload()] {
         assert_eq!(
             complete(h, &job("reverse", payload.clone())).await,
             reversed(&payload)
         );
+        let mut jobx = job("reverse", payload.clone());
+        jobx.unique = Some(Bytes::from_static(b"order 7\n\xff"));
+        assert_eq!(complete(h, &jobx).await, reversed(&payload));
     }
 }
 

@@ -492,6 +492,26 @@ fn a_crash_looping_worker_is_marked_failed_while_its_neighbour_serves() {
 }
 
 #[test]
+fn a_worker_whose_handler_never_says_ready_is_marked_failed_and_a_stop_is_prompt() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new(&format!(
+        "[defaults]\njob_servers = [\"{}\"]\nkind = \"stdio\"\ncommand = [\"/bin/sleep\", \"1000\"]\n\n[workers.mute]\nfunctions = [\"x\"]\nready_timeout = \"200ms\"\n\n[workers.slow]\nfunctions = [\"y\"]\nready_timeout = \"5m\"\n",
+        g.addr
+    ));
+    svc.start();
+    wait_until("mute marked failed", Duration::from_secs(20), || {
+        svc.worker("mute").failed
+    });
+    assert!(svc.log().contains("did not say READY within 200ms"));
+    // `slow`'s slot is still waiting for READY: the stop does not wait
+    // for it (nor for stop_timeout).
+    let asked = Instant::now();
+    assert!(svc.stop());
+    let took = asked.elapsed();
+    assert!(took < Duration::from_secs(10), "stop took {took:?}");
+}
+
+#[test]
 fn demo_runs_without_gearmand_on_path() {
     // The embedded job server needs no installation: hide any gearmand.
     let out = Command::new(slotman_bin())

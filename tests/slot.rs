@@ -72,7 +72,7 @@ struct Slot {
     pid: u32,
     child: tokio::process::Child,
     reports: mpsc::UnboundedReceiver<Report>,
-    _control: tokio::net::unix::OwnedWriteHalf,
+    control: tokio::net::unix::OwnedWriteHalf,
     /// Handler process groups the runner reported (`Report::Handler`).
     handlers: Vec<u32>,
 }
@@ -87,6 +87,21 @@ impl Slot {
     }
 
     async fn start_with(spec: &SlotSpec, runner: &RunnerCommand) -> Slot {
+        let mut slot = Slot::spawn(spec, runner).await;
+        match slot.next().await {
+            Report::Ready { pid } => assert_eq!(pid, slot.pid),
+            other => panic!("expected ready, got {other:?}"),
+        }
+        // A long-running handler is reported before ready: the manager's
+        // cleanup needs its group should the runner be killed.
+        if spec.worker.kind == slotman::config::HandlerKind::Stdio {
+            assert_eq!(slot.handlers.len(), 1, "no handler report before ready");
+        }
+        slot
+    }
+
+    /// The runner, sent its `Start`, not waited for.
+    async fn spawn(spec: &SlotSpec, runner: &RunnerCommand) -> Slot {
         // As the manager starts it outside systemd.
         let own_session = spec.worker.kind == slotman::config::HandlerKind::Exec;
         let runner = spawn_runner(runner, own_session).expect("spawn slot");
@@ -105,23 +120,13 @@ impl Slot {
                 }
             }
         });
-        let mut slot = Slot {
+        Slot {
             pid: runner.pid,
             child: runner.child,
             reports: rx,
-            _control: write,
+            control: write,
             handlers: Vec::new(),
-        };
-        match slot.next().await {
-            Report::Ready { pid } => assert_eq!(pid, slot.pid),
-            other => panic!("expected ready, got {other:?}"),
         }
-        // A long-running handler is reported before ready: the manager's
-        // cleanup needs its group should the runner be killed.
-        if spec.worker.kind == slotman::config::HandlerKind::Stdio {
-            assert_eq!(slot.handlers.len(), 1, "no handler report before ready");
-        }
-        slot
     }
 
     /// The next report, after any `Report::Handler`s (kept in `handlers`).
@@ -218,6 +223,71 @@ async fn payloads_round_trip_through_both_handler_kinds() {
                 payload.len()
             );
         }
+    }
+}
+
+/// Function names that are not plain words, and unique ids that Gearman
+/// allows but the `JOB` line cannot carry, reach both kinds of handler
+/// exactly (tests/handlers/seen.sh answers with what it was told).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn any_unique_id_and_function_name_reach_the_handler_exactly() {
+    let Some(g) = Gearmand::start() else { return };
+    let fx = fixture();
+    let script = format!("{}/tests/handlers/seen.sh", env!("CARGO_MANIFEST_DIR"));
+    let functions = ["seen", "r\u{e9}sum\u{e9}", "r\u{e9} sum\u{e9}"];
+    let uniques: [&[u8]; 10] = [
+        b"",
+        b"plain-1",
+        b"a b",
+        b"tab\there",
+        b"new\nline",
+        b"ends in a newline\n",
+        b"-",
+        "r\u{e9}sum\u{e9}".as_bytes(),
+        b"\xff\xfe",
+        b"\r\x01\x7f",
+    ];
+    for kind in ["stdio", "exec"] {
+        let toml = format!(
+            "[workers.t]\nkind = {kind:?}\ncommand = [\"/bin/bash\", {script:?}, {kind:?}]\nfunctions = {functions:?}\njob_servers = [{:?}]\n",
+            g.addr
+        );
+        let config = slotman::config::parse(&toml, &fx.dir.join("svc.toml"))
+            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+        let spec = SlotSpec {
+            service: "svc".into(),
+            slot: 1,
+            worker: config.workers[0].clone(),
+            cpu: None,
+            pin: false,
+        };
+        let _slot = Slot::start(&spec).await;
+        let mut c = Client::connect(&g.addr).await.expect("connect client");
+        for function in functions {
+            for unique in uniques {
+                let reply = tokio::time::timeout(
+                    Duration::from_secs(30),
+                    c.submit(&format!("t::{function}"), unique, "payload"),
+                )
+                .await
+                .expect("job answered within 30s")
+                .expect("submit");
+                let mut seen = function.as_bytes().to_vec();
+                // exec: GEARMAN_UNIQUE is empty when there is none.
+                if !unique.is_empty() || kind == "exec" {
+                    seen.push(0);
+                    seen.extend_from_slice(unique);
+                }
+                assert_eq!(
+                    reply.result,
+                    JobResult::Complete(seen.into()),
+                    "{kind}: function {function:?}, unique {:?}",
+                    unique.escape_ascii().to_string()
+                );
+            }
+        }
+        // The admin `status` that queue depths are read from still parses.
+        assert_eq!(g.function_status("t::r\u{e9} sum\u{e9}").2, 1, "{kind}");
     }
 }
 
@@ -623,7 +693,7 @@ async fn a_pinned_slot_shares_its_cpu_with_its_handler_except_during_a_long_job(
     pin_by_short_jobs(&g.addr, runner, cpu).await;
     // The manager turns pinning off (fewer slots than CPUs now): at once.
     let mut slot = slot;
-    slot._control
+    slot.control
         .write_all(&report::encode(&ToSlot::Pin { on: false }))
         .await
         .expect("send");
@@ -633,4 +703,117 @@ async fn a_pinned_slot_shares_its_cpu_with_its_handler_except_during_a_long_job(
         JobResult::Complete(_)
     ));
     assert_eq!(pair(), all(), "stays unpinned");
+}
+
+/// A slot whose stdio handler never says READY (it sleeps), with this
+/// `ready_timeout`; its job server is never reached.
+fn mute_spec(fx: &Fixture, ready_timeout: &str) -> SlotSpec {
+    let toml = format!(
+        "[workers.t]\nkind = \"stdio\"\ncommand = [\"/bin/sleep\", \"1000\"]\nfunctions = [\"x\"]\njob_servers = [\"127.0.0.1:1\"]\nready_timeout = {ready_timeout:?}\n"
+    );
+    let config = slotman::config::parse(&toml, &fx.dir.join("svc.toml"))
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    SlotSpec {
+        service: "svc".into(),
+        slot: 1,
+        worker: config.workers[0].clone(),
+        cpu: None,
+        pin: false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_handler_that_never_says_ready_fails_the_start_at_its_deadline() {
+    let fx = fixture();
+    let started = std::time::Instant::now();
+    let mut slot = Slot::spawn(&mute_spec(&fx, "300ms"), &runner_for(&slotman_bin())).await;
+    assert_eq!(
+        slot.next().await,
+        Report::Exiting {
+            reason: ExitReason::HandlerFailed
+        }
+    );
+    assert_eq!(
+        slot.wait().await.code(),
+        Some(slotman::slot::EXIT_HANDLER_FAILED)
+    );
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_or_sigterm_ends_the_wait_for_ready_at_once() {
+    let fx = fixture();
+    for by_signal in [false, true] {
+        let spec = mute_spec(&fx, "5m");
+        let mut slot = Slot::spawn(&spec, &runner_for(&slotman_bin())).await;
+        eventually("the handler started", || first_child(slot.pid) != 0).await;
+        let asked = std::time::Instant::now();
+        if by_signal {
+            nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(slot.pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .expect("SIGTERM the runner");
+        } else {
+            slot.control
+                .write_all(&report::encode(&ToSlot::Drain))
+                .await
+                .expect("send drain");
+        }
+        assert_eq!(
+            slot.next().await,
+            Report::Exiting {
+                reason: ExitReason::Drained
+            }
+        );
+        assert_eq!(slot.wait().await.code(), Some(0));
+        let took = asked.elapsed();
+        assert!(took < Duration::from_secs(5), "took {took:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replacement_handler_that_never_says_ready_fails_its_job_and_the_slot() {
+    let Some(g) = Gearmand::start() else { return };
+    let fx = fixture();
+    let script = format!(
+        "{}/tests/handlers/stdio-test.sh",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let mark = fx.dir.join("started-once");
+    let toml = format!(
+        "[workers.t]\nkind = \"stdio\"\ncommand = [\"/bin/bash\", {script:?}, \"once\"]\nfunctions = [\"echo\", \"crash\"]\njob_servers = [{:?}]\nready_timeout = \"300ms\"\nenv = {{ SLOTMAN_TEST_MARK = {:?} }}\n",
+        g.addr,
+        mark.display().to_string()
+    );
+    let config = slotman::config::parse(&toml, &fx.dir.join("svc.toml"))
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    let spec = SlotSpec {
+        service: "svc".into(),
+        slot: 1,
+        worker: config.workers[0].clone(),
+        cpu: None,
+        pin: false,
+    };
+    let mut slot = Slot::start(&spec).await;
+    assert_eq!(submit(&g.addr, "crash", "x").await.result, JobResult::Fail);
+    // Its replacement never says READY: the next job fails at the deadline,
+    // and the slot leaves as a failed start instead of making every later
+    // job wait for a handler that will not come.
+    assert_eq!(submit(&g.addr, "echo", "x").await.result, JobResult::Fail);
+    loop {
+        match slot.next().await {
+            Report::Exiting { reason } => {
+                assert_eq!(reason, ExitReason::HandlerFailed);
+                break;
+            }
+            Report::Busy { .. } | Report::Done { .. } => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        slot.wait().await.code(),
+        Some(slotman::slot::EXIT_HANDLER_FAILED)
+    );
 }

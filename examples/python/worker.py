@@ -6,8 +6,10 @@ payload's number of seconds, reporting progress), `fail` (declines the job).
 A function that raises sends EXCEPTION with the error message.
 
 Framing (see examples/README.md): one ASCII header line per frame, then
-exactly SIZE raw bytes where the header has a SIZE. stdout is the channel to
-slotman: print nothing else there; logs go to stderr.
+exactly SIZE raw bytes where the header has a SIZE. A job comes as
+`JOB FUNCTION HANDLE UNIQUE SIZE`, or as `JOBX` with sizes in place of the
+fields when they are not plain words (spaces, UTF-8, any byte). stdout is the
+channel to slotman: print nothing else there; logs go to stderr.
 """
 
 import sys
@@ -51,14 +53,29 @@ def fail(payload):
 FUNCTIONS = {"reverse": reverse, "wait": wait, "fail": fail}
 
 
+def read_job(line):
+    """The job whose header is `line`: (function, handle, unique, payload),
+    all bytes; unique is None when the job has none."""
+    word, *fields = line.rstrip(b"\n").split(b" ")
+    if word == b"JOB" and len(fields) == 4:
+        function, handle, unique, size = fields
+        unique = None if unique == b"-" else unique
+    elif word == b"JOBX" and len(fields) == 4:
+        # Sizes instead of fields: the fields' bytes come first, then the payload.
+        f, h, u, size = fields
+        function, handle = IN.read(int(f)), IN.read(int(h))
+        unique = None if u == b"-" else IN.read(int(u))
+    else:
+        sys.exit("unexpected frame %r" % line)
+    return function, handle, unique, IN.read(int(size))  # exactly SIZE bytes
+
+
 def main():
     send("READY")
     for line in iter(IN.readline, b""):  # b"" = end of input: slotman is done
-        word, function, handle, unique, size = line.rstrip(b"\n").decode("ascii").split(" ")
-        if word != "JOB":
-            sys.exit("unexpected frame %r" % line)
-        payload = IN.read(int(size))  # exactly SIZE bytes (fewer only at EOF)
-        print("job %s (%s) %s" % (handle, unique, function), file=sys.stderr)
+        function, handle, unique, payload = read_job(line)
+        function = function.decode()  # from slotman's config: always UTF-8
+        print("job %r (%r) %s" % (handle, unique, function), file=sys.stderr)
         try:
             result = FUNCTIONS[function](payload)
         except Declined:

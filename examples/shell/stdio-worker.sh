@@ -6,19 +6,36 @@
 # through files, never through shell variables.
 #
 # Framing (see examples/README.md): one ASCII header line per frame, then
-# exactly SIZE raw bytes where the header has a SIZE. stdout is the channel to
-# slotman: print nothing else there; logs go to stderr.
+# exactly SIZE raw bytes where the header has a SIZE. A job comes as
+# `JOB FUNCTION HANDLE UNIQUE SIZE`, or as `JOBX` with sizes in place of the
+# fields when they are not plain words (spaces, UTF-8, any byte). stdout is
+# the channel to slotman: print nothing else there; logs go to stderr.
 set -euo pipefail
 export LC_ALL=C
 
 result=$(mktemp)
-trap 'rm -f "$result"' EXIT
+unique_id=$(mktemp)    # the job's unique id, byte for byte (JOBX)
+trap 'rm -f "$result" "$unique_id"' EXIT
 
 echo READY
 # `read` takes the header byte by byte, and `head -c` reads exactly SIZE
 # bytes, so neither eats into the next frame.
 while IFS=' ' read -r word function handle unique size; do
-	[[ $word == JOB ]] || { echo "unexpected frame: $word" >&2; exit 1; }
+	case $word in
+	JOB) ;;
+	JOBX)
+		# Sizes instead of fields: the fields' bytes come first, then the
+		# payload. Function names and handles hold no newline; a unique id
+		# may end in one, which $(...) would drop, so it goes to a file.
+		function=$(head -c "$function")
+		handle=$(head -c "$handle")
+		if [[ $unique != - ]]; then
+			head -c "$unique" >"$unique_id"
+			unique="$unique bytes in $unique_id"
+		fi
+		;;
+	*) echo "unexpected frame: $word" >&2; exit 1 ;;
+	esac
 	echo "job $handle ($unique) $function" >&2
 	case $function in
 	upper) head -c "$size" | tr 'a-z' 'A-Z' >"$result" ;;

@@ -17,7 +17,8 @@
 //! after `[defaults]`: `job_servers` ["127.0.0.1:4730"], `kind` "stdio" (the
 //! kind DESIGN.md presents as the successor of the seed's workers), `prefix`
 //! "NAME::", `min` 1, `max` 4, `workleft` 0 (never), `idle_timeout` 10s, no
-//! `timeout`, no `max_lifetime`, `max_packet_size` 64M, no limits. `command`
+//! `timeout`, no `max_lifetime`, `max_packet_size` 64M, `ready_timeout` 30s,
+//! no limits. `command`
 //! has no default, nor has `functions` for exec and stdio workers.
 //!
 //! # Value syntax
@@ -65,6 +66,9 @@ pub const DEFAULT_MAX_PACKET_SIZE: u32 = 64 << 20;
 /// handlers' start-up (64 Python interpreters ≈ 1.3 s of CPU), and a burst
 /// of 64 still gets all its slots in well under a second.
 pub const DEFAULT_MAX_SPAWN_RATE: u32 = 64;
+
+/// `ready_timeout` when not set: how long a stdio handler has to say `READY`.
+pub const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Reads and validates the config at `path`, including that each command's
 /// program exists and is executable. The service is named by the file stem.
@@ -172,6 +176,10 @@ pub struct WorkerConfig {
     /// stream short jobs and the service has more slots than CPUs
     /// (`slot/cpu.rs`); default true. Applied to running slots.
     pub pin_cpu: bool,
+    /// How long a freshly started stdio handler has to say `READY` before
+    /// it is killed and counted as a failed start; default 30s. Slots
+    /// started after a reload get the new value.
+    pub ready_timeout: Duration,
 }
 
 impl Config {
@@ -235,7 +243,7 @@ impl WorkerConfig {
     /// Whether running slots may stay on a reload from `self` to `other`:
     /// true when at most the pool-sizing keys differ (`min`, `max`,
     /// `idle_timeout`, `max_lifetime`, spawn rate, queue scaling,
-    /// `pin_cpu`), which the
+    /// `pin_cpu`, `ready_timeout`), which the
     /// manager applies to the slots it has, or the resource limits, which it
     /// sets on their running scopes (systemd's SetUnitProperties). Anything
     /// else a slot was started with (command, kind, env, functions, prefix,
@@ -272,6 +280,7 @@ impl WorkerConfig {
             scale_on_queue: _,
             prefetch,
             pin_cpu: _,
+            ready_timeout: _,
         } = self;
         *name == other.name
             && *job_servers == other.job_servers

@@ -134,6 +134,7 @@ fn builtin_defaults_fill_every_key() {
         scale_on_queue: true,
         prefetch: false,
         pin_cpu: true,
+        ready_timeout: Duration::from_secs(30),
     };
     assert_eq!(*w, want);
 }
@@ -168,6 +169,7 @@ cpu_quota = "150%"
 cpu_weight = 200
 tasks_max = 64
 max_packet_size = "1M"
+ready_timeout = "1m"
 "#,
     );
     assert_eq!(config.stop_timeout, Duration::from_secs(120));
@@ -195,6 +197,7 @@ max_packet_size = "1M"
     assert_eq!(w.cpu_weight, Some(200));
     assert_eq!(w.tasks_max, Some(64));
     assert_eq!(w.max_packet_size, 1 << 20);
+    assert_eq!(w.ready_timeout, Duration::from_secs(60));
 }
 
 #[test]
@@ -228,6 +231,7 @@ fn every_worker_key_is_accepted_in_defaults() {
         ("scale_on_queue", "false"),
         ("prefetch", "true"),
         ("pin_cpu", "false"),
+        ("ready_timeout", "\"5s\""),
     ]
     .into_iter()
     .collect();
@@ -367,7 +371,8 @@ cpu_weight = 0
 tasks_max = "lots"
 max_packet_size = "8G"
 job_servers = "gm:4730"
-prefix = "a b"
+prefix = "a\tb"
+ready_timeout = "0s"
 "#,
         r#"
 t.toml:2: stop_timeout: expected a duration such as "10s" or "500ms", or whole seconds, found a float
@@ -391,7 +396,8 @@ t.toml:20: workers.w.cpu_weight: must be from 1 to 10000, not 0
 t.toml:21: workers.w.tasks_max: expected a whole number or "infinity"
 t.toml:22: workers.w.max_packet_size: must be more than 0 and less than 4G
 t.toml:23: workers.w.job_servers: expected a list of strings, found a string; put it in brackets: ["..."]
-t.toml:24: workers.w.prefix: prefix `a b` must not contain whitespace or control characters
+t.toml:24: workers.w.prefix: prefix `a\tb` must not contain control characters such as tab, newline or NUL
+t.toml:25: workers.w.ready_timeout: must be more than 0
 "#,
     );
 }
@@ -409,7 +415,7 @@ functions = [
   "resize",
   "",
   "resize",
-  "has space",
+  "tab\there",
 ]
 job_servers = ["gm", "gm:4730", "gm:0"]
 "#,
@@ -417,9 +423,32 @@ job_servers = ["gm", "gm:4730", "gm:0"]
 t.toml:5: workers.w.command[1]: must not contain a NUL character
 t.toml:9: workers.w.functions[1]: a function name must not be empty
 t.toml:10: workers.w.functions[2]: `resize` is listed twice
-t.toml:11: workers.w.functions[3]: function name `has space` must not contain whitespace or control characters
+t.toml:11: workers.w.functions[3]: function name `tab\there` must not contain control characters such as tab, newline or NUL
 t.toml:13: workers.w.job_servers[1]: `gm:4730` is listed twice
 t.toml:13: workers.w.job_servers[2]: `gm:0`: port `0` is not a number from 1 to 65535
+"#,
+    );
+}
+
+#[test]
+fn function_names_may_hold_spaces_and_utf8_but_no_control_characters() {
+    let config = parse_ok(
+        "[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"r\u{e9}sum\u{e9}\", \"r\u{e9} sum\u{e9}\"]\nprefix = \"cv \"\n",
+    );
+    let w = worker(&config, "w");
+    assert_eq!(w.registered_name(&w.functions[1]), "cv r\u{e9} sum\u{e9}");
+    check(
+        r#"
+[workers.w]
+command = ["/usr/bin/true"]
+functions = ["ok", "new\nline", "nul\u0000", "del\u007f"]
+prefix = "p\r"
+"#,
+        r#"
+t.toml:4: workers.w.functions[1]: function name `new\nline` must not contain control characters such as tab, newline or NUL
+t.toml:4: workers.w.functions[2]: function name `nul\0` must not contain control characters such as tab, newline or NUL
+t.toml:4: workers.w.functions[3]: function name `del\u{7f}` must not contain control characters such as tab, newline or NUL
+t.toml:5: workers.w.prefix: prefix `p\r` must not contain control characters such as tab, newline or NUL
 "#,
     );
 }
@@ -709,6 +738,8 @@ fn same_processes_ignores_pool_sizing_and_limits() {
         |w| w.scale_on_queue = false,
         // Sent to the running slots.
         |w| w.pin_cpu = false,
+        // For slots started from then on.
+        |w| w.ready_timeout = Duration::from_secs(1),
         // Set on the running scopes instead.
         |w| w.memory_max = None,
         |w| w.memory_high = Some(1),

@@ -56,6 +56,7 @@ pub(crate) const WORKER_KEYS: &[&str] = &[
     "scale_on_queue",
     "prefetch",
     "pin_cpu",
+    "ready_timeout",
 ];
 
 /// Where handlers are looked up when neither the worker's `env` nor the
@@ -219,6 +220,7 @@ struct Keys {
     scale_on_queue: Field<bool>,
     prefetch: Field<bool>,
     pin_cpu: Field<bool>,
+    ready_timeout: Field<Duration>,
 }
 
 fn build(ctx: &mut Ctx, root: &Loc, path: &Path, probe: Option<&dyn Probe>) -> Option<Config> {
@@ -463,6 +465,18 @@ fn read_keys(ctx: &mut Ctx, base: &str, entries: &[(Key, Loc)], table_line: usiz
             "scale_on_queue" => k.scale_on_queue = Field::new(boolean(ctx, &a, value), at),
             "prefetch" => k.prefetch = Field::new(boolean(ctx, &a, value), at),
             "pin_cpu" => k.pin_cpu = Field::new(boolean(ctx, &a, value), at),
+            // No "0 means none": a handler that never says READY is the
+            // fault this deadline exists for.
+            "ready_timeout" => {
+                let v = duration(ctx, &a, value).filter(|d| {
+                    let ok = !d.is_zero();
+                    if !ok {
+                        ctx.err_at(&a, "must be more than 0");
+                    }
+                    ok
+                });
+                k.ready_timeout = Field::new(v, at);
+            }
             "max_packet_size" => {
                 let v =
                     size(ctx, &a, value, false).flatten().and_then(|bytes| {
@@ -630,6 +644,11 @@ fn finish(
         scale_on_queue: w.scale_on_queue.over(&d.scale_on_queue).or_builtin(true)?.0,
         prefetch: w.prefetch.over(&d.prefetch).or_builtin(false)?.0,
         pin_cpu: w.pin_cpu.over(&d.pin_cpu).or_builtin(true)?.0,
+        ready_timeout: w
+            .ready_timeout
+            .over(&d.ready_timeout)
+            .or_builtin(super::DEFAULT_READY_TIMEOUT)?
+            .0,
     };
     Some((worker, places))
 }

@@ -128,15 +128,21 @@ impl Client {
 
     /// Submits a foreground job (SUBMIT_JOB) and waits until it completes,
     /// fails or throws, collecting the status, data and warnings the worker
-    /// sent on the way. `unique` may be empty (no coalescing key).
+    /// sent on the way. `unique` may be empty (no coalescing key) and is
+    /// sent as the exact bytes given.
     pub async fn submit(
         &mut self,
         function: &str,
-        unique: &str,
+        unique: impl AsRef<[u8]>,
         payload: impl Into<Bytes>,
     ) -> Result<JobReply, ClientError> {
         let handle = self
-            .create(PacketType::SubmitJob, function, unique, payload.into())
+            .create(
+                PacketType::SubmitJob,
+                function,
+                unique.as_ref(),
+                payload.into(),
+            )
             .await?;
         let mut reply = JobReply {
             handle,
@@ -190,11 +196,16 @@ impl Client {
     pub async fn submit_background(
         &mut self,
         function: &str,
-        unique: &str,
+        unique: impl AsRef<[u8]>,
         payload: impl Into<Bytes>,
     ) -> Result<String, ClientError> {
-        self.create(PacketType::SubmitJobBg, function, unique, payload.into())
-            .await
+        self.create(
+            PacketType::SubmitJobBg,
+            function,
+            unique.as_ref(),
+            payload.into(),
+        )
+        .await
     }
 
     /// ECHO_REQ round trip: the job server sends `data` back.
@@ -209,14 +220,14 @@ impl Client {
         &mut self,
         kind: PacketType,
         function: &str,
-        unique: &str,
+        unique: &[u8],
         payload: Bytes,
     ) -> Result<String, ClientError> {
         let packet = Packet::req(
             kind,
             vec![
                 Bytes::copy_from_slice(function.as_bytes()),
-                Bytes::copy_from_slice(unique.as_bytes()),
+                Bytes::copy_from_slice(unique),
                 payload,
             ],
         );

@@ -459,7 +459,7 @@ impl Manager {
                     self.cpus.give_back(cpu);
                 }
                 tracing::error!(worker, slot = id, "cannot start slot {worker}#{id}: {why}");
-                Self::failure(worker, pool, now);
+                Self::failure(worker, pool, now, true);
             }
             SlotEvent::Report(r) => Self::report(worker, pool, id, r, now),
             SlotEvent::Exited { status } => {
@@ -469,7 +469,7 @@ impl Manager {
                 if let Some(cpu) = slot.cpu {
                     self.cpus.give_back(cpu);
                 }
-                if slot.exit_expected && slot.was_ready {
+                if slot.exit_expected && (slot.was_ready || slot.drained) {
                     tracing::debug!(worker, slot = id, "slot {worker}#{id} left ({status})");
                 } else {
                     let what = if slot.was_ready {
@@ -484,7 +484,7 @@ impl Manager {
                         slot.jobs_done
                     );
                     pool.counters.restarts += 1;
-                    Self::failure(worker, pool, now);
+                    Self::failure(worker, pool, now, !slot.was_ready);
                 }
                 if pool.removed && pool.slots.is_empty() {
                     tracing::info!(worker, "worker {worker} removed: all its slots have left");
@@ -494,9 +494,18 @@ impl Manager {
         }
     }
 
-    fn failure(worker: &str, pool: &mut Pool, now: Instant) {
-        if pool.faults.failure(now) {
-            tracing::error!(worker, "worker {worker} marked failed: {} slot failures within {}s; retrying in {}s (other workers are not affected)", pool::BURST_LIMIT, pool::BURST_WINDOW.as_secs(), pool::FAILED_RETRY.as_secs());
+    /// A slot failed; `at_start`: before it was ready.
+    fn failure(worker: &str, pool: &mut Pool, now: Instant, at_start: bool) {
+        let limit_hit = match at_start {
+            true => pool.faults.start_failure(now),
+            false => pool.faults.failure(now),
+        };
+        if limit_hit {
+            let row = match at_start {
+                true => format!(" or {} failed starts in a row", pool::BURST_LIMIT),
+                false => String::new(),
+            };
+            tracing::error!(worker, "worker {worker} marked failed: {} slot failures within {}s{row}; retrying in {}s (other workers are not affected)", pool::BURST_LIMIT, pool::BURST_WINDOW.as_secs(), pool::FAILED_RETRY.as_secs());
         } else if let Some(t) = pool.faults.hold_until {
             tracing::info!(
                 worker,
@@ -516,6 +525,7 @@ impl Manager {
             Report::Ready { pid } => {
                 slot.pid.get_or_insert(pid);
                 slot.was_ready = true;
+                pool.faults.started();
                 if slot.state == SlotState::Starting {
                     slot.state = SlotState::Idle { since: now };
                 }
@@ -580,7 +590,11 @@ impl Manager {
             Report::Exiting { reason } => {
                 match reason {
                     ExitReason::HandlerFailed => slot.exit_expected = false,
-                    ExitReason::Workleft | ExitReason::Drained => slot.exit_expected = true,
+                    ExitReason::Workleft => slot.exit_expected = true,
+                    ExitReason::Drained => {
+                        slot.exit_expected = true;
+                        slot.drained = true;
+                    }
                     ExitReason::Memory => {
                         tracing::info!(
                             worker,
@@ -911,6 +925,7 @@ fn start_slot(
             recycle_at,
             exit_expected: false,
             was_ready: false,
+            drained: false,
             cpu,
             pinned: pin,
             cmd: tx,

@@ -65,6 +65,9 @@ pub struct Slot {
     pub exit_expected: bool,
     /// It registered at least once (an exit before that is a start failure).
     pub was_ready: bool,
+    /// It said it leaves because it was told to drain: an exit before it
+    /// was ready is no start failure then.
+    pub drained: bool,
     /// The CPU it shares with its handler while pinned (`manager/cpus.rs`).
     pub cpu: Option<u32>,
     /// What it was last told about pinning.
@@ -83,6 +86,8 @@ pub struct Faults {
     pub hold_until: Option<Instant>,
     /// Marked failed (start limit hit); retried at `hold_until`.
     pub failed: bool,
+    /// Slots in a row that failed to start, however far apart.
+    pub failed_starts: usize,
 }
 
 /// Failures within this window …
@@ -107,9 +112,7 @@ impl Faults {
             self.recent.pop_front();
         }
         if self.recent.len() >= BURST_LIMIT {
-            self.failed = true;
-            self.recent.clear();
-            self.hold_until = Some(now + FAILED_RETRY);
+            self.mark_failed(now);
             return true;
         }
         let exp = self.consecutive.saturating_sub(1).min(16);
@@ -120,9 +123,40 @@ impl Faults {
         false
     }
 
+    /// Records a slot that failed to start (it exited before it was
+    /// ready), as [`failure`](Self::failure) does, and also counts it on its
+    /// own: [`BURST_LIMIT`] failed starts in a row, however far apart, mark
+    /// the worker failed too. A handler that fails by never saying READY
+    /// takes its whole `ready_timeout` (30 s by default) to fail, so it
+    /// would never fail [`BURST_LIMIT`] times within [`BURST_WINDOW`].
+    pub fn start_failure(&mut self, now: Instant) -> bool {
+        self.failed_starts += 1;
+        if self.failure(now) {
+            return true;
+        }
+        if self.failed_starts >= BURST_LIMIT {
+            self.mark_failed(now);
+            return true;
+        }
+        false
+    }
+
+    /// A slot of the worker became ready: failed starts are no longer in a row.
+    pub fn started(&mut self) {
+        self.failed_starts = 0;
+    }
+
     pub fn success(&mut self) {
         self.consecutive = 0;
+        self.failed_starts = 0;
         self.failed = false;
+    }
+
+    fn mark_failed(&mut self, now: Instant) {
+        self.failed = true;
+        self.recent.clear();
+        self.failed_starts = 0;
+        self.hold_until = Some(now + FAILED_RETRY);
     }
 }
 
@@ -362,6 +396,26 @@ mod tests {
         assert_eq!(b.take(100, 32, t0).0, 0);
         assert_eq!(b.take(100, 32, t0 + Duration::from_millis(500)).0, 16);
         assert_eq!(b.take(5, 32, t0 + Duration::from_secs(10)), (5, None));
+    }
+
+    #[test]
+    fn failed_starts_in_a_row_hit_the_limit_however_far_apart() {
+        let mut f = Faults::default();
+        let t0 = Instant::now();
+        let apart = BURST_WINDOW * 3;
+        for i in 0..4 {
+            assert!(!f.start_failure(t0 + apart * i), "failed start {i}");
+        }
+        f.started();
+        for i in 4..8 {
+            assert!(!f.start_failure(t0 + apart * i), "failed start {i}");
+        }
+        assert!(f.start_failure(t0 + apart * 8), "fifth in a row");
+        assert!(f.failed);
+        assert_eq!(f.hold_until, Some(t0 + apart * 8 + FAILED_RETRY));
+        // Retried: it takes five more in a row.
+        f.failed = false;
+        assert!(!f.start_failure(t0 + apart * 9));
     }
 
     #[test]

@@ -549,9 +549,7 @@ async fn run_job<R: JobRunner>(
         PacketType::JobAssignAll => (Some(assign.arg(2)), Bytes::copy_from_slice(assign.arg(4))),
         _ => (Some(assign.arg(2)), Bytes::copy_from_slice(assign.arg(3))),
     };
-    let unique = unique
-        .filter(|u| !u.is_empty())
-        .map(|u| String::from_utf8_lossy(u).into_owned());
+    let unique = unique.filter(|u| !u.is_empty()).map(Bytes::copy_from_slice);
     let function = match gearman_function
         .strip_prefix(spec.prefix.as_str())
         .filter(|f| spec.functions.iter().any(|known| known == f))

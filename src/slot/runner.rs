@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::connection::{self, ConnectionSpec, Gate, JobRunner};
 use super::cpu::CpuPair;
-use super::handler::{FailReason, Handler, Job, JobEvent, Outcome, SlotIdentity};
+use super::handler::{FailReason, Handler, HandlerError, Job, JobEvent, Outcome, SlotIdentity};
 use super::memory::RssCheck;
 use super::report::{ExitReason, JobCounts, JobResult, Report, SlotSpec, REPORT_EVERY, SHORT_JOB};
 use crate::config::HandlerKind;
@@ -206,6 +206,19 @@ impl JobRunner for Jobs {
                         self.spec.worker.memory_max.map_or("-".into(), |m| m.to_string())
                     );
                     self.leave(ExitReason::OomKilled);
+                } else if matches!(why, FailReason::Spawn(_))
+                    && self.spec.worker.kind == HandlerKind::Stdio
+                {
+                    // A replacement handler that cannot start (or never says
+                    // READY) would cost every later job its ready_timeout:
+                    // the slot leaves as a failed start, which the manager
+                    // counts towards the worker's start limit.
+                    tracing::error!(
+                        gearman_function = %job.gearman_function,
+                        gearman_handle = %job.handle,
+                        "job failed: {why}; this slot leaves"
+                    );
+                    self.leave(ExitReason::HandlerFailed);
                 } else {
                     tracing::warn!(
                         gearman_function = %job.gearman_function,
@@ -271,8 +284,15 @@ pub async fn run(
     if spec.worker.kind == HandlerKind::Native {
         return super::native::run(&spec, &id, &reports, &drain).await;
     }
-    let mut handler = match Handler::start(&spec.worker, &id).await {
+    let mut handler = match Handler::start(&spec.worker, &id, &drain).await {
         Ok(h) => h,
+        Err(e @ HandlerError::Cancelled { .. }) => {
+            tracing::info!(worker = %id.worker, slot = id.slot, "{e}");
+            let _ = reports.send(Report::Exiting {
+                reason: ExitReason::Drained,
+            });
+            return ExitReason::Drained;
+        }
         Err(e) => {
             tracing::error!(worker = %id.worker, slot = id.slot, "{e}");
             let _ = reports.send(Report::Exiting {

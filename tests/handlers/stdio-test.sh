@@ -3,18 +3,41 @@
 # good or bad, so one process can be driven through a whole story.
 #
 # Usage: stdio-test.sh [MODE]; MODE "notready" says HELLO instead of READY,
-# "exit" exits before READY, "stubborn" ignores the end of its stdin.
+# "exit" exits before READY, "mute" never says anything (and holds
+# $SLOTMAN_TEST_FIFO as `hang` does), "once" says READY only if the file
+# $SLOTMAN_TEST_MARK does not exist yet (then creates it) and is mute
+# otherwise, "stubborn" ignores the end of its stdin.
 set -u
 export LC_ALL=C
 
 case "${1:-}" in
 notready) echo HELLO; exec sleep 1000 ;;
 exit) exit 7 ;;
+mute)
+	exec 3>"$SLOTMAN_TEST_FIFO"
+	sleep 1000 &
+	echo started >&3
+	wait
+	exit
+	;;
+once)
+	[[ -e $SLOTMAN_TEST_MARK ]] && exec sleep 1000
+	: >"$SLOTMAN_TEST_MARK"
+	;;
 esac
 
 echo READY
 while IFS=' ' read -r word function handle unique size; do
-	[[ $word == JOB ]] || { echo "stdio-test: unexpected frame: $word" >&2; exit 2; }
+	case $word in
+	JOB) ;;
+	JOBX)
+		# Sizes instead of fields: the fields' bytes lead the payload.
+		function=$(head -c "$function")
+		handle=$(head -c "$handle")
+		[[ $unique == - ]] || unique=$(head -c "$unique")
+		;;
+	*) echo "stdio-test: unexpected frame: $word" >&2; exit 2 ;;
+	esac
 	case $function in
 	echo)
 		# Answers before reading the payload, then streams it back.

@@ -44,7 +44,11 @@ while True:
     header = inp.readline()
     if not header:
         sys.exit(0)
-    _, function, handle, unique, size = header.decode().split()
+    word, function, handle, unique, size = header.decode("ascii").split()
+    if word == "JOBX":  # sizes instead of fields: their bytes lead the payload
+        function = inp.read(int(function)).decode()
+        handle = inp.read(int(handle)).decode()
+        unique = None if unique == "-" else inp.read(int(unique))
     payload = inp.read(int(size))
     if function == "say":
         sys.stderr.write("say: %s\n" % payload.decode(errors="replace"))

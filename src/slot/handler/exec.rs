@@ -6,7 +6,9 @@
 //! [`GroupChild`] runs it in a process group of its own so that a kill
 //! reaches everything it started.
 
+use std::ffi::OsStr;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::pin::pin;
@@ -50,16 +52,33 @@ impl ExecHandler {
         _events: &mpsc::Sender<JobEvent>,
         timeout: Option<Duration>,
     ) -> Outcome {
-        let job_env = [
-            ("SLOTMAN_FUNCTION", job.function.as_str()),
-            ("GEARMAN_FUNCTION", job.gearman_function.as_str()),
-            ("GEARMAN_HANDLE", job.handle.as_str()),
-            ("GEARMAN_UNIQUE", job.unique.as_deref().unwrap_or("")),
+        let unique = job.unique.as_deref().unwrap_or_default();
+        // The environment holds any byte but NUL. Gearman cannot carry a
+        // NUL in a unique id either (it separates a packet's arguments), so
+        // this is only a guard: such an id is left out rather than cut.
+        let unique = match unique.contains(&0) {
+            false => Some(OsStr::from_bytes(unique)),
+            true => {
+                tracing::warn!(
+                    handle = job.handle,
+                    "the job's unique id contains a NUL byte; GEARMAN_UNIQUE is left unset"
+                );
+                None
+            }
+        };
+        let mut job_env = vec![
+            ("SLOTMAN_FUNCTION", OsStr::new(&job.function)),
+            ("GEARMAN_FUNCTION", OsStr::new(&job.gearman_function)),
+            ("GEARMAN_HANDLE", OsStr::new(&job.handle)),
         ];
+        job_env.extend(unique.map(|u| ("GEARMAN_UNIQUE", u)));
         let mut cmd = match self.launcher.command(&job_env) {
             Ok(cmd) => cmd,
             Err(why) => return Outcome::Fail(FailReason::Spawn(why)),
         };
+        if unique.is_none() {
+            cmd.env_remove("GEARMAN_UNIQUE");
+        }
         cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
         let mut child = match GroupChild::spawn(&mut cmd) {
             Ok(child) => child,
@@ -248,7 +267,7 @@ impl Launcher {
     /// `extra`; stderr inherited, stdin and stdout left to the caller. Fails
     /// only when the user or group could not be resolved (or the command is
     /// empty).
-    pub(crate) fn command(&self, extra: &[(&str, &str)]) -> Result<Command, String> {
+    pub(crate) fn command(&self, extra: &[(&str, &OsStr)]) -> Result<Command, String> {
         let credentials = self.credentials.clone()?;
         let Some((program, args)) = self.command.split_first() else {
             return Err("the worker's command is empty".into());

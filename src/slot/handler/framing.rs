@@ -14,6 +14,9 @@
 //!                     FAIL
 //!                     EXCEPTION SIZE  + SIZE bytes
 //! slotman → handler   JOB FUNCTION HANDLE UNIQUE SIZE + SIZE bytes   (UNIQUE `-` when none)
+//!                     JOBX FUNCTION_SIZE HANDLE_SIZE UNIQUE_SIZE SIZE
+//!                          + function, handle, unique and payload bytes
+//!                                                          (UNIQUE_SIZE `-` when none)
 //! ```
 //!
 //! # How exact
@@ -28,10 +31,19 @@
 //! plus `max` bytes of body. Any violation is a [`FramingError`]; the stream
 //! is then out of step and must be abandoned.
 //!
-//! A job's `FUNCTION`, `HANDLE` and `UNIQUE` must be printable ASCII without
-//! spaces to fit in a header; a job that does not fit is refused by the
-//! encoder ([`FramingError::Unframeable`]). An empty unique id is sent as `-`,
-//! and so is the unique id `"-"` itself: a handler sees both as "none".
+//! # Two forms of a job
+//!
+//! A job goes as `JOB` when its function, handle and unique id are *plain
+//! tokens* (non-empty printable ASCII without spaces, `!`..=`~`), the unique
+//! id is not `-` (which means "none" there) and the line fits in
+//! [`MAX_HEADER`]: the form handlers have always read. Any other job goes as
+//! `JOBX`, whose header only has sizes: the function, handle, unique id and
+//! payload follow it as raw bytes, in that order, so every byte Gearman can
+//! carry reaches the handler exactly. `UNIQUE_SIZE` is `-` when the job has
+//! no unique id (then no unique bytes follow), so "none" and a unique id of
+//! `-` differ. An empty unique id is "none" in both forms, as in Gearman.
+//! The four parts together are bounded by the codec's maximum, as a Gearman
+//! packet is.
 
 use std::fmt;
 
@@ -91,14 +103,14 @@ impl fmt::Display for FromHandler {
     }
 }
 
-/// The one frame slotman writes to a handler: a job.
+/// The one frame slotman writes to a handler: a job, as exact bytes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct JobFrame {
     /// Function name without the worker's prefix.
-    pub function: String,
-    pub handle: String,
-    /// `None` when the job has no unique id (sent as `-`).
-    pub unique: Option<String>,
+    pub function: Bytes,
+    pub handle: Bytes,
+    /// `None` when the job has no unique id; an empty one is sent as none.
+    pub unique: Option<Bytes>,
     pub payload: Bytes,
 }
 
@@ -120,13 +132,6 @@ pub enum FramingError {
     /// The stream ended inside a frame.
     #[error("stream ended in the middle of a frame")]
     Truncated,
-    /// A job field that cannot be written into a header.
-    #[error("{field} {value:?} cannot be framed: {why}")]
-    Unframeable {
-        field: &'static str,
-        value: String,
-        why: &'static str,
-    },
     /// Reading or writing the underlying stream failed.
     #[error(transparent)]
     Io(#[from] std::io::Error),
@@ -164,33 +169,55 @@ impl HandlerCodec {
     }
 }
 
-/// The header line of a job frame, `"\n"` included, after checking that
-/// every field fits and `size` is at most `max`. slotman writes this and then
-/// the payload itself, so that a large payload is never copied.
+/// What goes to the handler before a job's payload: the header line, and
+/// for a `JOBX` the function, handle and unique id after it; checked
+/// against `max` (the payload alone for `JOB`, all four parts for `JOBX`).
+/// slotman writes this and then the payload itself, so that a large payload
+/// is never copied.
 pub fn job_header(
-    function: &str,
-    handle: &str,
-    unique: Option<&str>,
+    function: &[u8],
+    handle: &[u8],
+    unique: Option<&[u8]>,
     size: usize,
     max: usize,
 ) -> Result<Vec<u8>, FramingError> {
-    check_word("function", function)?;
-    check_word("handle", handle)?;
-    let unique = match unique {
-        None | Some("") => "-",
-        Some(u) => u,
-    };
-    check_word("unique id", unique)?;
-    check_size(size as u64, max)?;
-    let line = format!("JOB {function} {handle} {unique} {size}\n");
-    if line.len() > MAX_HEADER {
-        return Err(FramingError::Unframeable {
-            field: "job header",
-            value: truncated(line.trim_end()),
-            why: "longer than the header limit",
-        });
+    let unique = unique.filter(|u| !u.is_empty());
+    let plain =
+        is_token(function) && is_token(handle) && unique.map_or(true, |u| is_token(u) && u != b"-");
+    if plain {
+        let unique = unique.unwrap_or(b"-");
+        let mut line = Vec::with_capacity(function.len() + handle.len() + unique.len() + 28);
+        line.extend_from_slice(b"JOB ");
+        for field in [function, handle, unique] {
+            line.extend_from_slice(field);
+            line.push(b' ');
+        }
+        line.extend_from_slice(format!("{size}\n").as_bytes());
+        // A line too long for a handler's reader goes as JOBX instead.
+        if line.len() <= MAX_HEADER {
+            check_size(size as u64, max)?;
+            return Ok(line);
+        }
     }
-    Ok(line.into_bytes())
+    let names = function.len() + handle.len() + unique.map_or(0, <[u8]>::len);
+    check_size(names as u64 + size as u64, max)?;
+    let unique_size = unique.map_or_else(|| "-".to_owned(), |u| u.len().to_string());
+    let line = format!(
+        "JOBX {} {} {unique_size} {size}\n",
+        function.len(),
+        handle.len()
+    );
+    let mut head = Vec::with_capacity(line.len() + names);
+    head.extend_from_slice(line.as_bytes());
+    head.extend_from_slice(function);
+    head.extend_from_slice(handle);
+    head.extend_from_slice(unique.unwrap_or_default());
+    Ok(head)
+}
+
+/// Non-empty printable ASCII without spaces: fits in a `JOB` line as is.
+fn is_token(field: &[u8]) -> bool {
+    !field.is_empty() && field.iter().all(u8::is_ascii_graphic)
 }
 
 impl Decoder for SlotmanCodec {
@@ -246,14 +273,31 @@ impl Decoder for HandlerCodec {
     type Error = FramingError;
 
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<JobFrame>, FramingError> {
-        let Some((head, payload)) = self.reader.decode(src)? else {
+        let Some((head, mut body)) = self.reader.decode(src)? else {
             return Ok(None);
         };
-        Ok(Some(JobFrame {
-            function: head.function,
-            handle: head.handle,
-            unique: head.unique,
-            payload,
+        Ok(Some(match head {
+            JobHead::Plain {
+                function,
+                handle,
+                unique,
+            } => JobFrame {
+                function,
+                handle,
+                unique,
+                payload: body,
+            },
+            // The body is the sum of these sizes (`JobHead::parse`).
+            JobHead::Sized {
+                function,
+                handle,
+                unique,
+            } => JobFrame {
+                function: body.split_to(function),
+                handle: body.split_to(handle),
+                unique: unique.map(|n| body.split_to(n)),
+                payload: body,
+            },
         }))
     }
 
@@ -341,37 +385,79 @@ impl Head for FromHandlerHead {
 
 /// Header of a job frame.
 #[derive(Debug)]
-struct JobHead {
-    function: String,
-    handle: String,
-    unique: Option<String>,
+enum JobHead {
+    /// `JOB`: the fields were in the line; the body is the payload.
+    Plain {
+        function: Bytes,
+        handle: Bytes,
+        unique: Option<Bytes>,
+    },
+    /// `JOBX`: the body starts with the fields, of these sizes.
+    Sized {
+        function: usize,
+        handle: usize,
+        unique: Option<usize>,
+    },
 }
 
 impl Head for JobHead {
     fn parse(word: &[u8], fields: &[&[u8]], max: usize) -> Result<(Self, usize), HeadError> {
-        if word != b"JOB" {
-            return Err(HeadError::Unknown);
+        match word {
+            b"JOB" => {
+                let [function, handle, unique, size] = fields else {
+                    return Err(HeadError::Bad(
+                        "expected four fields, FUNCTION HANDLE UNIQUE SIZE",
+                    ));
+                };
+                let size = parse_size(size, max)?;
+                let unique = match *unique {
+                    b"-" => None,
+                    u => Some(Bytes::copy_from_slice(u)),
+                };
+                let head = JobHead::Plain {
+                    function: Bytes::copy_from_slice(function),
+                    handle: Bytes::copy_from_slice(handle),
+                    unique,
+                };
+                Ok((head, size))
+            }
+            b"JOBX" => {
+                let [function, handle, unique, size] = fields else {
+                    return Err(HeadError::Bad(
+                        "expected four fields, FUNCTION_SIZE HANDLE_SIZE UNIQUE_SIZE SIZE",
+                    ));
+                };
+                let number = |f: &[u8]| {
+                    parse_number(f).ok_or(HeadError::Bad("sizes must be decimal numbers"))
+                };
+                let unique = match *unique {
+                    b"-" => None,
+                    u => Some(number(u)?),
+                };
+                let sizes = [
+                    number(function)?,
+                    number(handle)?,
+                    unique.unwrap_or(0),
+                    number(size)?,
+                ];
+                let total = sizes
+                    .iter()
+                    .try_fold(0u64, |sum, &n| sum.checked_add(n))
+                    .unwrap_or(u64::MAX);
+                // Each part is at most the total, so each fits a usize too.
+                let body = match usize::try_from(total) {
+                    Ok(n) if n <= max => n,
+                    _ => return Err(HeadError::TooBig(total)),
+                };
+                let head = JobHead::Sized {
+                    function: sizes[0] as usize,
+                    handle: sizes[1] as usize,
+                    unique: unique.map(|n| n as usize),
+                };
+                Ok((head, body))
+            }
+            _ => Err(HeadError::Unknown),
         }
-        let [function, handle, unique, size] = fields else {
-            return Err(HeadError::Bad(
-                "expected four fields, FUNCTION HANDLE UNIQUE SIZE",
-            ));
-        };
-        let size = parse_size(size, max)?;
-        // The line was checked to be printable ASCII, so this is lossless.
-        let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
-        let unique = match *unique {
-            b"-" => None,
-            u => Some(text(u)),
-        };
-        Ok((
-            JobHead {
-                function: text(function),
-                handle: text(handle),
-                unique,
-            },
-            size,
-        ))
     }
 }
 
@@ -486,21 +572,6 @@ fn check_size(size: u64, max: usize) -> Result<(), FramingError> {
         Ok(n) if n <= max => Ok(()),
         _ => Err(FramingError::TooBig { size, max }),
     }
-}
-
-fn check_word(field: &'static str, value: &str) -> Result<(), FramingError> {
-    let why = if value.is_empty() {
-        "it is empty"
-    } else if !value.bytes().all(|b| b.is_ascii_graphic()) {
-        "only printable ASCII without spaces fits in a header"
-    } else {
-        return Ok(());
-    };
-    Err(FramingError::Unframeable {
-        field,
-        value: truncated(value),
-        why,
-    })
 }
 
 /// At most 80 characters of `s`, for error messages about untrusted bytes.
@@ -672,59 +743,112 @@ mod tests {
         assert!(matches!(one(b""), Ok(v) if v.is_empty()));
     }
 
-    #[test]
-    fn job_header_is_exact() {
-        assert_eq!(
-            job_header("reverse", "H:host:1", None, 5, MAX).expect("fits"),
-            b"JOB reverse H:host:1 - 5\n"
-        );
-        assert_eq!(
-            job_header("f", "h", Some("u-1"), 0, MAX).expect("fits"),
-            b"JOB f h u-1 0\n"
-        );
-        assert_eq!(
-            job_header("f", "h", Some(""), 0, MAX).expect("fits"),
-            b"JOB f h - 0\n"
-        );
-        for (function, handle, unique) in [
-            ("", "h", None),
-            ("f g", "h", None),
-            ("f", "h\n", None),
-            ("f", "h", Some("a b")),
-            ("f", "h", Some("é")),
-        ] {
-            assert!(matches!(
-                job_header(function, handle, unique, 0, MAX),
-                Err(FramingError::Unframeable { .. })
-            ));
-        }
-        assert!(matches!(
-            job_header("f", "h", None, MAX + 1, MAX),
-            Err(FramingError::TooBig { .. })
-        ));
-        let long = "x".repeat(MAX_HEADER);
-        assert!(job_header(&long, "h", None, 0, MAX).is_err());
+    fn header(function: &str, handle: &str, unique: Option<&[u8]>) -> Vec<u8> {
+        job_header(function.as_bytes(), handle.as_bytes(), unique, 5, MAX).expect("fits")
     }
 
     #[test]
-    fn handler_codec_reads_jobs() {
-        let mut codec = HandlerCodec::new(MAX);
-        let mut buf = BytesMut::from(&b"JOB f H:1 - 2\nhiJOB g H:2 u 0\n"[..]);
-        let first = codec.decode(&mut buf).expect("valid");
-        let second = codec.decode(&mut buf).expect("valid");
+    fn plain_jobs_keep_the_job_line() {
         assert_eq!(
-            first,
-            Some(JobFrame {
-                function: "f".into(),
-                handle: "H:1".into(),
-                unique: None,
-                payload: Bytes::from_static(b"hi"),
-            })
+            header("reverse", "H:host:1", None),
+            b"JOB reverse H:host:1 - 5\n"
         );
-        assert_eq!(second.and_then(|j| j.unique), Some("u".to_owned()));
+        assert_eq!(header("f", "h", Some(b"u-1")), b"JOB f h u-1 5\n");
+        assert_eq!(header("f", "h", Some(b"")), b"JOB f h - 5\n");
         assert!(matches!(
-            codec.decode(&mut BytesMut::from(&b"READY\n"[..])),
-            Err(FramingError::UnknownWord { .. })
+            job_header(b"f", b"h", None, MAX + 1, MAX),
+            Err(FramingError::TooBig { .. })
+        ));
+    }
+
+    /// Function, handle, unique id, and what goes before the payload.
+    type Case<'a> = (&'a str, &'a str, Option<&'a [u8]>, &'a [u8]);
+
+    #[test]
+    fn other_jobs_go_as_jobx_with_exact_bytes() {
+        let cases: &[Case] = &[
+            ("f", "h", Some(b"a b"), b"JOBX 1 1 3 5\nfha b"),
+            ("f", "h", Some(b"tab\there"), b"JOBX 1 1 8 5\nfhtab\there"),
+            ("f", "h", Some(b"new\nline"), b"JOBX 1 1 8 5\nfhnew\nline"),
+            ("f", "h", Some(b"-"), b"JOBX 1 1 1 5\nfh-"),
+            ("f", "h", Some(b"\xff\xfe"), b"JOBX 1 1 2 5\nfh\xff\xfe"),
+            (
+                "r\u{e9}sum\u{e9}",
+                "h",
+                None,
+                b"JOBX 8 1 - 5\nr\xc3\xa9sum\xc3\xa9h",
+            ),
+            ("a b", "h", Some(b"u"), b"JOBX 3 1 1 5\na bhu"),
+            ("", "h", None, b"JOBX 0 1 - 5\nh"),
+            ("f", "h\n", None, b"JOBX 1 2 - 5\nfh\n"),
+        ];
+        for (function, handle, unique, want) in cases {
+            let got = header(function, handle, *unique);
+            assert_eq!(
+                got.escape_ascii().to_string(),
+                want.escape_ascii().to_string()
+            );
+        }
+        // A plain job whose line would pass the header limit.
+        let long = "x".repeat(MAX_HEADER);
+        let got = header(&long, "h", None);
+        assert!(got.starts_with(format!("JOBX {MAX_HEADER} 1 - 5\n").as_bytes()));
+        // JOBX counts every part against the limit.
+        assert!(matches!(
+            job_header(b"f", b"h", Some(b"a b"), MAX - 4, MAX),
+            Err(FramingError::TooBig { size, .. }) if size == MAX as u64 + 1
+        ));
+        assert!(job_header(b"f", b"h", Some(b"a b"), MAX - 5, MAX).is_ok());
+    }
+
+    fn jobs(bytes: &[u8]) -> Result<Vec<JobFrame>, FramingError> {
+        let mut codec = HandlerCodec::new(MAX);
+        let mut buf = BytesMut::from(bytes);
+        let mut out = Vec::new();
+        while let Some(frame) = codec.decode_eof(&mut buf)? {
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    fn frame(function: &[u8], handle: &[u8], unique: Option<&[u8]>, payload: &[u8]) -> JobFrame {
+        JobFrame {
+            function: Bytes::copy_from_slice(function),
+            handle: Bytes::copy_from_slice(handle),
+            unique: unique.map(Bytes::copy_from_slice),
+            payload: Bytes::copy_from_slice(payload),
+        }
+    }
+
+    #[test]
+    fn handler_codec_reads_both_forms() {
+        let got = jobs(b"JOB f H:1 - 2\nhiJOB g H:2 u 0\nJOBX 1 2 - 1\nfH:xJOBX 0 0 1 0\n-")
+            .expect("valid");
+        assert_eq!(
+            got,
+            vec![
+                frame(b"f", b"H:1", None, b"hi"),
+                frame(b"g", b"H:2", Some(b"u"), b""),
+                frame(b"f", b"H:", None, b"x"),
+                frame(b"", b"", Some(b"-"), b""),
+            ]
+        );
+        for bad in [
+            &b"READY\n"[..],
+            b"JOBX 1 1 1\n",
+            b"JOBX 1 1 - 1 1\n",
+            b"JOBX a 1 - 0\n",
+            b"JOBX 1 1 -1 0\n",
+            b"JOBX 1 1 - -\n",
+            b"JOBX 18446744073709551615 1 - 0\n",
+            b"JOBX 4000 97 - 0\n",
+            b"JOBX 1 1 - 0\nf",
+        ] {
+            assert!(jobs(bad).is_err(), "{}", bad.escape_ascii());
+        }
+        assert!(matches!(
+            jobs(b"JOBX 4000 96 1 0\n"),
+            Err(FramingError::TooBig { size: 4097, .. })
         ));
     }
 
@@ -751,11 +875,25 @@ mod tests {
         ]
     }
 
+    fn any_bytes(len: std::ops::Range<usize>) -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), len).prop_map(Bytes::from)
+    }
+
+    /// Any bytes at all, with plain tokens, `-` and spaces made likely.
+    fn field() -> impl Strategy<Value = Bytes> {
+        prop_oneof![
+            word().prop_map(Bytes::from),
+            Just(Bytes::from_static(b"-")),
+            "[ -~]{0,12}".prop_map(Bytes::from),
+            any_bytes(0..12),
+        ]
+    }
+
     fn job() -> impl Strategy<Value = JobFrame> {
         (
-            word(),
-            word(),
-            proptest::option::of(word().prop_filter("`-` means none", |u| u != "-")),
+            field(),
+            field(),
+            proptest::option::of(field().prop_filter("empty means none", |u| !u.is_empty())),
             body(),
         )
             .prop_map(|(function, handle, unique, payload)| JobFrame {
@@ -806,6 +944,24 @@ mod tests {
                 let got = decode_split(&mut HandlerCodec::new(MAX), &bytes, at).ok();
                 prop_assert_eq!(got.as_ref(), Some(&jobs), "split at {}", at);
             }
+        }
+
+        #[test]
+        fn plain_tokens_still_go_as_job(
+            function in word(),
+            handle in word(),
+            unique in proptest::option::of(word().prop_filter("`-` means none", |u| u != "-")),
+            size in 0..=MAX,
+        ) {
+            let got = job_header(
+                function.as_bytes(),
+                handle.as_bytes(),
+                unique.as_deref().map(str::as_bytes),
+                size,
+                MAX,
+            );
+            let want = format!("JOB {function} {handle} {} {size}\n", unique.as_deref().unwrap_or("-"));
+            prop_assert_eq!(got.ok(), Some(want.into_bytes()));
         }
 
         #[test]

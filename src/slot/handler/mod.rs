@@ -12,6 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{HandlerKind, WorkerConfig};
 
@@ -31,8 +32,9 @@ pub struct Job {
     /// Function name as registered with the job server (with prefix).
     pub gearman_function: String,
     pub handle: String,
-    /// `None` when the client gave no unique id.
-    pub unique: Option<String>,
+    /// `None` when the client gave no unique id (or an empty one); else
+    /// exactly the bytes it gave.
+    pub unique: Option<Bytes>,
     pub payload: Bytes,
 }
 
@@ -101,6 +103,12 @@ pub enum HandlerError {
     ExitedBeforeReady { program: String, status: String },
     #[error("handler {program:?} wrote {line:?} instead of READY")]
     NotReady { program: String, line: String },
+    #[error("handler {program:?} did not say READY within {}", humantime::format_duration(*.after))]
+    ReadyTimeout { program: String, after: Duration },
+    /// The slot was told to drain while the handler was starting: no
+    /// failure, the slot just leaves.
+    #[error("the slot drained while handler {program:?} was starting")]
+    Cancelled { program: String },
     #[error("the native kind has no job-by-job handler")]
     Native,
 }
@@ -115,12 +123,18 @@ pub enum Handler {
 pub type OnStart = Box<dyn Fn(u32) + Send + Sync>;
 
 impl Handler {
-    /// Prepares the handler; for `stdio` this spawns it and waits for `READY`.
-    pub async fn start(worker: &WorkerConfig, id: &SlotIdentity) -> Result<Handler, HandlerError> {
+    /// Prepares the handler; for `stdio` this spawns it and waits for
+    /// `READY` (at most `worker.ready_timeout`), a wait that `cancel` ends
+    /// at once ([`HandlerError::Cancelled`]).
+    pub async fn start(
+        worker: &WorkerConfig,
+        id: &SlotIdentity,
+        cancel: &CancellationToken,
+    ) -> Result<Handler, HandlerError> {
         match worker.kind {
             HandlerKind::Exec => Ok(Handler::Exec(exec::ExecHandler::new(worker, id))),
             HandlerKind::Stdio => Ok(Handler::Stdio(
-                stdio::StdioHandler::start(worker, id).await?,
+                stdio::StdioHandler::start(worker, id, cancel).await?,
             )),
             HandlerKind::Native => Err(HandlerError::Native),
         }

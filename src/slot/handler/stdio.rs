@@ -2,7 +2,8 @@
 //! stdin and answers on stdout in the framing of `framing.rs` (DESIGN.md).
 //!
 //! The process is started by [`StdioHandler::start`] and must say `READY`
-//! within [`READY_TIMEOUT`]. It serves job after job until it breaks: exits,
+//! within the worker's `ready_timeout`, or it is killed and the start
+//! fails. It serves job after job until it breaks: exits,
 //! writes outside the framing, or runs past a job's timeout. The job in hand
 //! then fails, the process is killed (its whole process group), and the next
 //! job starts a fresh one. Nothing the handler does makes [`StdioHandler`]
@@ -15,15 +16,13 @@ use std::process::Stdio;
 use tokio::io::AsyncWriteExt;
 use tokio::process::ChildStdin;
 use tokio::time::timeout as within;
+use tokio_util::sync::CancellationToken;
 
 use crate::slot::wire::Wire;
 
 use super::exec::{describe, GroupChild, Launcher};
 use super::framing::{job_header, FramingError, FromHandler, SlotmanCodec};
 use super::*;
-
-/// How long a freshly started handler has to say `READY`.
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long a handler gets to exit after its stdin is closed (shutdown) or
 /// after it closed its stdout, before its process group is killed.
@@ -41,6 +40,8 @@ pub struct StdioHandler {
     launcher: Launcher,
     /// Largest frame body accepted, and largest payload sent.
     max_size: usize,
+    /// How long each process it starts has to say `READY`.
+    ready_timeout: Duration,
     /// The running process; `None` once it broke and was killed, until the
     /// next job starts another. Boxed: it is big, and lives as long as the slot.
     process: Option<Box<Process>>,
@@ -49,14 +50,21 @@ pub struct StdioHandler {
 }
 
 impl StdioHandler {
-    /// Spawns the handler and waits (at most [`READY_TIMEOUT`]) for `READY`.
-    pub async fn start(worker: &WorkerConfig, id: &SlotIdentity) -> Result<Self, HandlerError> {
+    /// Spawns the handler and waits (at most `worker.ready_timeout`) for
+    /// `READY`; `cancel` ends the wait at once.
+    pub async fn start(
+        worker: &WorkerConfig,
+        id: &SlotIdentity,
+        cancel: &CancellationToken,
+    ) -> Result<Self, HandlerError> {
         let launcher = Launcher::new(worker, id);
         let max_size = usize::try_from(worker.max_packet_size).unwrap_or(usize::MAX);
-        let process = Process::start(&launcher, max_size).await?;
+        let ready_timeout = worker.ready_timeout;
+        let process = Process::start(&launcher, max_size, ready_timeout, Some(cancel)).await?;
         Ok(StdioHandler {
             launcher,
             max_size,
+            ready_timeout,
             process: Some(process),
             on_start: None,
         })
@@ -71,9 +79,12 @@ impl StdioHandler {
         self.on_start = Some(f);
     }
 
-    /// A fresh process, announced to `on_start`.
+    /// A fresh process, announced to `on_start`. A job is in hand, and it
+    /// finishes even through a drain: no cancelling this wait, which
+    /// `ready_timeout` bounds.
     async fn start_process(&self) -> Result<Box<Process>, HandlerError> {
-        let process = Process::start(&self.launcher, self.max_size).await?;
+        let process =
+            Process::start(&self.launcher, self.max_size, self.ready_timeout, None).await?;
         if let (Some(f), Some(pid)) = (&self.on_start, process.child.child.id()) {
             f(pid);
         }
@@ -90,8 +101,8 @@ impl StdioHandler {
         timeout: Option<Duration>,
     ) -> Outcome {
         let header = match job_header(
-            &job.function,
-            &job.handle,
+            job.function.as_bytes(),
+            job.handle.as_bytes(),
             job.unique.as_deref(),
             job.payload.len(),
             self.max_size,
@@ -224,9 +235,15 @@ fn child_exits() -> Option<u64> {
 }
 
 impl Process {
-    /// Spawns the command and waits for `READY`; on any failure the process
-    /// is killed and reaped before returning.
-    async fn start(launcher: &Launcher, max_size: usize) -> Result<Box<Process>, HandlerError> {
+    /// Spawns the command and waits up to `ready_timeout` for `READY`, or
+    /// until `cancel`; on any failure the process is killed and reaped
+    /// before returning.
+    async fn start(
+        launcher: &Launcher,
+        max_size: usize,
+        ready_timeout: Duration,
+        cancel: Option<&CancellationToken>,
+    ) -> Result<Box<Process>, HandlerError> {
         count_child_exits();
         let program = launcher.program().to_owned();
         let spawn_error = |source| HandlerError::Spawn {
@@ -277,7 +294,21 @@ impl Process {
             program: program.clone(),
             line,
         };
-        let error = match within(READY_TIMEOUT, process.frames.next(false)).await {
+        let cancelled = async {
+            match cancel {
+                Some(cancel) => cancel.cancelled().await,
+                None => std::future::pending().await,
+            }
+        };
+        let first = tokio::select! {
+            first = within(ready_timeout, process.frames.next(false)) => Some(first),
+            () = cancelled => None,
+        };
+        let Some(first) = first else {
+            process.child.kill_and_reap().await;
+            return Err(HandlerError::Cancelled { program });
+        };
+        let error = match first {
             Ok(Some(Ok(FromHandler::Ready))) => {
                 tracing::debug!(
                     pid = process.child.child.id(),
@@ -291,7 +322,10 @@ impl Process {
             },
             Ok(Some(Ok(frame))) => not_ready(frame.to_string()),
             Ok(Some(Err(e))) => not_ready(e.to_string()),
-            Err(_) => not_ready(format!("nothing within {READY_TIMEOUT:?}")),
+            Err(_) => HandlerError::ReadyTimeout {
+                program: program.clone(),
+                after: ready_timeout,
+            },
         };
         process.child.kill_and_reap().await;
         Err(error)
