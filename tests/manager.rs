@@ -561,6 +561,95 @@ fn what_a_stdio_handler_started_dies_with_its_sigkilled_runner() {
     assert!(svc.stop());
 }
 
+/// SIGKILLs a process the test started when dropped (a failed assert too).
+struct Reap(u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// PID reuse, without 32k forks: the manager cleans up after a SIGKILLed
+/// runner whose handler group it was told about, but the number now names
+/// a process that is not the handler. (The positive case, a real handler's
+/// group killed, is `what_a_stdio_handler_started_dies_with_its_sigkilled_runner`.)
+#[test]
+fn a_killed_runners_cleanup_spares_processes_that_took_its_handlers_number() {
+    use slotman::placement::child::{self, HandlerGroup};
+    use slotman::placement::{runner_for, Placement};
+    use slotman::procfs;
+    let our_session = procfs::stat(std::process::id()).expect("stat").session;
+    // An innocent `setsid sleep 600`, alive: its start time is not the
+    // handler's (which started before it, with the same pid).
+    let mut setsid = Command::new("setsid");
+    setsid.args(["sleep", "600"]);
+    let innocent = common::spawn_tied_to_process(setsid).expect("setsid sleep");
+    let innocent_pid = innocent.id();
+    let _reap_innocent = Reap(innocent_pid);
+    wait_until("setsid done", Duration::from_secs(10), || {
+        procfs::stat(innocent_pid).is_some_and(|s| s.session == innocent_pid as i32)
+    });
+    let start = procfs::stat(innocent_pid).expect("stat").start_time;
+    // A daemon's first fork took the number and left: its group and session
+    // live on in the daemon, under a number no process has.
+    let out = Command::new("setsid")
+        .args([
+            "sh",
+            "-c",
+            "sleep 600 </dev/null >/dev/null 2>&1 & echo $$ $!",
+        ])
+        .output()
+        .expect("setsid sh");
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let (first, daemon) = out.trim().split_once(' ').expect("two pids");
+    let (first, daemon): (u32, u32) = (first.parse().expect("pid"), daemon.parse().expect("pid"));
+    let _reap_daemon = Reap(daemon);
+    wait_until("the first fork gone", Duration::from_secs(10), || {
+        !pid_alive(first)
+    });
+    assert!(pid_alive(daemon));
+    for (told, number) in [
+        (
+            HandlerGroup {
+                pgid: innocent_pid,
+                start_time: start.saturating_sub(1),
+                session: our_session,
+            },
+            "an innocent's pid",
+        ),
+        (
+            HandlerGroup {
+                pgid: first,
+                start_time: 0,
+                session: our_session,
+            },
+            "a gone process's group",
+        ),
+    ] {
+        rt().block_on(async {
+            // A real runner (a stdio one: not a session leader), killed by a
+            // signal before its Start, as the manager places one.
+            let runner = child::spawn_runner(&runner_for(&slotman_bin()), false).expect("runner");
+            sigkill(runner.pid);
+            let status = child::exited(runner.pid).await.expect("exit status");
+            assert_eq!(status.code(), None, "killed by a signal");
+            Placement::Child
+                .cleanup(runner.pid, None, Some(&status), Some(told))
+                .await;
+            let mut child = runner.child;
+            let _ = child.wait().await;
+        });
+        assert!(
+            pid_alive(innocent_pid) && pid_alive(daemon),
+            "cleanup told of {number} killed an unrelated process"
+        );
+    }
+}
+
 #[test]
 fn slots_started_after_an_upgrade_run_the_runner_the_manager_started_with() {
     let Some(g) = Gearmand::start() else { return };

@@ -132,7 +132,16 @@ impl Slot {
                 .expect("a report within 20s")
                 .expect("slot report channel open");
             match r {
-                Report::Handler { pid } => self.handlers.push(pid),
+                Report::Handler {
+                    pid,
+                    start,
+                    session,
+                } => {
+                    // Without them the manager cannot tell its group from a
+                    // reused number, and leaves it alone.
+                    assert!(start.is_some() && session.is_some(), "{pid}: no identity");
+                    self.handlers.push(pid)
+                }
                 r => return r,
             }
         }

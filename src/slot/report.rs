@@ -105,8 +105,17 @@ pub enum Report {
     /// A long-running handler started (again): it leads process group
     /// `pid`. Outside systemd that group is how the manager finds what the
     /// handler left behind when the runner died without cleaning up (the
-    /// slot task keeps it; the manager's state does not need it).
-    Handler { pid: u32 },
+    /// slot task keeps it; the manager's state does not need it). `start`
+    /// (its /proc/PID/stat start time) and `session` say which process
+    /// `pid` was: by the time the runner dies the number may be another's;
+    /// without them the manager leaves the group alone.
+    Handler {
+        pid: u32,
+        #[serde(default)]
+        start: Option<u64>,
+        #[serde(default)]
+        session: Option<i32>,
+    },
 }
 
 /// Below this a job counts as short: its start is not reported on its own.
