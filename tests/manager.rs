@@ -650,6 +650,49 @@ fn a_killed_runners_cleanup_spares_processes_that_took_its_handlers_number() {
     }
 }
 
+/// A SIGKILLed manager cannot drain its slots: each drains itself, within
+/// the service's stop_timeout, then kills its handler and leaves (the job
+/// server requeues the job). Nothing of the slot lingers.
+#[test]
+fn a_sigkilled_managers_exec_slot_and_handler_are_gone_after_stop_timeout() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new("");
+    let script = svc.dir.path().join("handler.sh");
+    std::fs::write(
+        &script,
+        "echo $$ >> \"$(dirname \"$0\")/handlers\"\nexec sleep 60\n",
+    )
+    .expect("write handler");
+    svc.write_config(&format!(
+        "stop_timeout = \"1s\"\n\n[workers.x]\nkind = \"exec\"\ncommand = [\"/bin/sh\", {script:?}]\nfunctions = [\"long\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 1\n",
+        g.addr
+    ));
+    svc.start();
+    let runner = svc.one_slot_ready("x");
+    submit_bg(&g.addr, "x::long", [("l1".to_string(), String::new())]);
+    let handlers = svc.dir.path().join("handlers");
+    let mut handler = None;
+    wait_until("handler started", Duration::from_secs(10), || {
+        handler = std::fs::read_to_string(&handlers)
+            .ok()
+            .and_then(|s| s.lines().next()?.parse::<u32>().ok());
+        handler.is_some()
+    });
+    let handler = handler.expect("handler pid");
+    let _reap = Reap(handler);
+    svc.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = svc.child.take().map(|mut c| c.wait());
+    wait_until(
+        "runner and exec handler gone after stop_timeout",
+        Duration::from_secs(5),
+        || !pid_alive(runner) && !pid_alive(handler),
+    );
+    // Abandoned, not lost: back in gearmand's queue.
+    wait_until("job requeued", Duration::from_secs(5), || {
+        g.function_status("x::long") == (1, 0, 0)
+    });
+}
+
 #[test]
 fn slots_started_after_an_upgrade_run_the_runner_the_manager_started_with() {
     let Some(g) = Gearmand::start() else { return };

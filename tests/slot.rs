@@ -64,6 +64,7 @@ fn spec(fx: &Fixture, kind: &str, servers: &[&str], extra: &str) -> SlotSpec {
         worker: config.workers[0].clone(),
         cpu: None,
         pin: false,
+        stop_timeout: None,
     }
 }
 
