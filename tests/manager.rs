@@ -167,10 +167,7 @@ fn sigkill(pid: u32) {
 }
 
 fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
+    slotman::procfs::stat(pid).is_some_and(|s| !s.is_zombie())
 }
 
 fn rt() -> tokio::runtime::Runtime {
@@ -427,18 +424,10 @@ fn jobs_survive_a_killed_handler_a_reload_a_stop_and_a_restart() {
     assert!(svc.stop());
 }
 
-/// (process group, session) of a process, from /proc/PID/stat.
+/// (process group, session) of a process.
 fn group_and_session(pid: u32) -> (u32, u32) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // After the command's closing parenthesis: state, ppid, pgrp, session.
-    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
-    let f: Vec<u32> = rest
-        .split_whitespace()
-        .skip(2)
-        .take(2)
-        .map(|v| v.parse().expect("number"))
-        .collect();
-    (f[0], f[1])
+    let s = slotman::procfs::stat(pid).expect("stat");
+    (s.pgrp as u32, s.session as u32)
 }
 
 #[test]
@@ -587,7 +576,7 @@ fn a_killed_runners_cleanup_spares_processes_that_took_its_handlers_number() {
     // handler's (which started before it, with the same pid).
     let mut setsid = Command::new("setsid");
     setsid.args(["sleep", "600"]);
-    let innocent = common::spawn_tied_to_process(setsid).expect("setsid sleep");
+    let mut innocent = common::spawn_tied_to_process(setsid).expect("setsid sleep");
     let innocent_pid = innocent.id();
     let _reap_innocent = Reap(innocent_pid);
     wait_until("setsid done", Duration::from_secs(10), || {
@@ -648,6 +637,8 @@ fn a_killed_runners_cleanup_spares_processes_that_took_its_handlers_number() {
             "cleanup told of {number} killed an unrelated process"
         );
     }
+    let _ = innocent.kill();
+    let _ = innocent.wait();
 }
 
 /// A SIGKILLed manager cannot drain its slots: each drains itself, within

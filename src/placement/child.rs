@@ -199,7 +199,10 @@ pub struct HandlerGroup {
 /// left, which takes a pid wrap and a manager run from a terminal (its
 /// session holds the terminal's jobs); under systemd the scope is used.
 pub fn kill_handler_group(group: &HandlerGroup) -> usize {
-    if procfs::stat(group.pgid).is_some_and(|leader| leader.start_time != group.start_time) {
+    // 0 and 1 lead no handler's group (kernel threads, init).
+    if group.pgid <= 1
+        || procfs::stat(group.pgid).is_some_and(|leader| leader.start_time != group.start_time)
+    {
         return 0;
     }
     kill_members(|s| {
@@ -224,27 +227,28 @@ pub fn kill_session(sid: u32) -> usize {
     kill_members(|s| s.session == id)
 }
 
-/// SIGKILLs every live process `is_member` accepts; the count signalled. A
-/// member may fork while we scan; its child is a member too: one pass that
-/// finds nobody means nobody is left who could still fork.
+/// SIGKILLs every live process `is_member` accepts; how many were
+/// signalled. A member may fork while we scan; its child is a member too. A
+/// signalled one cannot fork any more (a pending SIGKILL fails the fork), so
+/// a pass that finds no one new means no one is left who could.
 fn kill_members(is_member: impl Fn(&procfs::Stat) -> bool) -> usize {
     let live_member = |pid: u32| procfs::stat(pid).is_some_and(|s| !s.is_zombie() && is_member(&s));
-    let mut killed = 0;
+    let mut signalled = std::collections::HashSet::new();
     for _ in 0..4 {
-        let members: Vec<u32> = procfs::pids()
+        let new: Vec<u32> = procfs::pids()
             .into_iter()
-            .filter(|&p| live_member(p))
+            .filter(|p| !signalled.contains(p) && live_member(*p))
             .collect();
-        if members.is_empty() {
+        if new.is_empty() {
             break;
         }
-        for pid in members {
-            if kill_checked(pid, &live_member) {
-                killed += 1;
+        for pid in new {
+            if kill_checked(pid, live_member) {
+                signalled.insert(pid);
             }
         }
     }
-    killed
+    signalled.len()
 }
 
 /// SIGKILLs `pid` if `check` still accepts it, checked after a pidfd for

@@ -156,9 +156,10 @@ impl Placement {
         let bus = Systemd::connect().await?;
         let slice = bus.ensure_slice(service, &Limits::default()).await?;
         // Scopes an earlier run left (a killed or restarted manager): their
-        // runners lost their manager, so they are draining on their own.
-        // Let them finish the job in hand (up to stop_timeout), then stop
-        // whatever is left; new slots take ids above theirs.
+        // runners lost their manager, so they are draining on their own
+        // (for at most their stop_timeout). Let them finish the job in hand
+        // (up to ours), then stop whatever is left; new slots take ids
+        // above theirs.
         let pattern = scope::scope_pattern(service);
         let mut next_ids = std::collections::HashMap::new();
         for unit in bus.list_units(&[&pattern]).await? {
