@@ -12,6 +12,7 @@
 //! - [`placement`]: where a slot process lives: a plain child, or a systemd scope.
 //! - [`control`]: the control socket, `slotman status`, Prometheus metrics.
 //! - [`systemd`]: sd_notify and journald.
+//! - [`procfs`]: the one /proc/PID/stat parser.
 //! - [`demo`]: `slotman demo`.
 
 pub mod config;
@@ -20,6 +21,7 @@ pub mod demo;
 pub mod gearman;
 pub mod manager;
 pub mod placement;
+pub mod procfs;
 pub mod run;
 pub mod slot;
 pub mod systemd;

@@ -244,18 +244,10 @@ fn jobs_survive_a_killed_handler_a_reload_a_stop_and_a_restart() {
     assert!(svc.stop());
 }
 
-/// (process group, session) of a process, from /proc/PID/stat.
+/// (process group, session) of a process.
 fn group_and_session(pid: u32) -> (u32, u32) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("stat");
-    // After the command's closing parenthesis: state, ppid, pgrp, session.
-    let rest = &stat[stat.rfind(')').expect("comm") + 1..];
-    let f: Vec<u32> = rest
-        .split_whitespace()
-        .skip(2)
-        .take(2)
-        .map(|v| v.parse().expect("number"))
-        .collect();
-    (f[0], f[1])
+    let s = slotman::procfs::stat(pid).expect("stat");
+    (s.pgrp as u32, s.session as u32)
 }
 
 #[test]
@@ -376,6 +368,140 @@ fn what_a_stdio_handler_started_dies_with_its_sigkilled_runner() {
         || !pid_alive(left),
     );
     assert!(svc.stop());
+}
+
+/// SIGKILLs a process the test started when dropped (a failed assert too).
+struct Reap(u32);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
+/// PID reuse, without 32k forks: the manager cleans up after a SIGKILLed
+/// runner whose handler group it was told about, but the number now names
+/// a process that is not the handler. (The positive case, a real handler's
+/// group killed, is `what_a_stdio_handler_started_dies_with_its_sigkilled_runner`.)
+#[test]
+fn a_killed_runners_cleanup_spares_processes_that_took_its_handlers_number() {
+    use slotman::placement::child::{self, HandlerGroup};
+    use slotman::placement::{runner_for, Placement};
+    use slotman::procfs;
+    let our_session = procfs::stat(std::process::id()).expect("stat").session;
+    // An innocent `setsid sleep 600`, alive: its start time is not the
+    // handler's (which started before it, with the same pid).
+    let mut setsid = Command::new("setsid");
+    setsid.args(["sleep", "600"]);
+    let mut innocent = common::spawn_tied_to_process(setsid).expect("setsid sleep");
+    let innocent_pid = innocent.id();
+    let _reap_innocent = Reap(innocent_pid);
+    wait_until("setsid done", Duration::from_secs(10), || {
+        procfs::stat(innocent_pid).is_some_and(|s| s.session == innocent_pid as i32)
+    });
+    let start = procfs::stat(innocent_pid).expect("stat").start_time;
+    // A daemon's first fork took the number and left: its group and session
+    // live on in the daemon, under a number no process has.
+    let out = Command::new("setsid")
+        .args([
+            "sh",
+            "-c",
+            "sleep 600 </dev/null >/dev/null 2>&1 & echo $$ $!",
+        ])
+        .output()
+        .expect("setsid sh");
+    let out = String::from_utf8_lossy(&out.stdout).to_string();
+    let (first, daemon) = out.trim().split_once(' ').expect("two pids");
+    let (first, daemon): (u32, u32) = (first.parse().expect("pid"), daemon.parse().expect("pid"));
+    let _reap_daemon = Reap(daemon);
+    wait_until("the first fork gone", Duration::from_secs(10), || {
+        !pid_alive(first)
+    });
+    assert!(pid_alive(daemon));
+    for (told, number) in [
+        (
+            HandlerGroup {
+                pgid: innocent_pid,
+                start_time: start.saturating_sub(1),
+                session: our_session,
+            },
+            "an innocent's pid",
+        ),
+        (
+            HandlerGroup {
+                pgid: first,
+                start_time: 0,
+                session: our_session,
+            },
+            "a gone process's group",
+        ),
+    ] {
+        rt().block_on(async {
+            // A real runner (a stdio one: not a session leader), killed by a
+            // signal before its Start, as the manager places one.
+            let runner = child::spawn_runner(&runner_for(&slotman_bin()), false).expect("runner");
+            sigkill(runner.pid);
+            let status = child::exited(runner.pid).await.expect("exit status");
+            assert_eq!(status.code(), None, "killed by a signal");
+            Placement::Child
+                .cleanup(runner.pid, None, Some(&status), Some(told))
+                .await;
+            let mut child = runner.child;
+            let _ = child.wait().await;
+        });
+        assert!(
+            pid_alive(innocent_pid) && pid_alive(daemon),
+            "cleanup told of {number} killed an unrelated process"
+        );
+    }
+    let _ = innocent.kill();
+    let _ = innocent.wait();
+}
+
+/// A SIGKILLed manager cannot drain its slots: each drains itself, within
+/// the service's stop_timeout, then kills its handler and leaves (the job
+/// server requeues the job). Nothing of the slot lingers.
+#[test]
+fn a_sigkilled_managers_exec_slot_and_handler_are_gone_after_stop_timeout() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new("");
+    let script = svc.dir.path().join("handler.sh");
+    std::fs::write(
+        &script,
+        "echo $$ >> \"$(dirname \"$0\")/handlers\"\nexec sleep 60\n",
+    )
+    .expect("write handler");
+    svc.write_config(&format!(
+        "stop_timeout = \"1s\"\n\n[workers.x]\nkind = \"exec\"\ncommand = [\"/bin/sh\", {script:?}]\nfunctions = [\"long\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 1\n",
+        g.addr
+    ));
+    svc.start();
+    let runner = svc.one_slot_ready("x");
+    submit_bg(&g.addr, "x::long", [("l1".to_string(), String::new())]);
+    let handlers = svc.dir.path().join("handlers");
+    let mut handler = None;
+    wait_until("handler started", Duration::from_secs(10), || {
+        handler = std::fs::read_to_string(&handlers)
+            .ok()
+            .and_then(|s| s.lines().next()?.parse::<u32>().ok());
+        handler.is_some()
+    });
+    let handler = handler.expect("handler pid");
+    let _reap = Reap(handler);
+    svc.signal(nix::sys::signal::Signal::SIGKILL);
+    let _ = svc.child.take().map(|mut c| c.wait());
+    wait_until(
+        "runner and exec handler gone after stop_timeout",
+        Duration::from_secs(5),
+        || !pid_alive(runner) && !pid_alive(handler),
+    );
+    // Abandoned, not lost: back in gearmand's queue.
+    wait_until("job requeued", Duration::from_secs(5), || {
+        g.function_status("x::long") == (1, 0, 0)
+    });
 }
 
 #[test]

@@ -64,6 +64,7 @@ fn spec(fx: &Fixture, kind: &str, servers: &[&str], extra: &str) -> SlotSpec {
         worker: config.workers[0].clone(),
         cpu: None,
         pin: false,
+        stop_timeout: None,
     }
 }
 
@@ -137,7 +138,16 @@ impl Slot {
                 .expect("a report within 20s")
                 .expect("slot report channel open");
             match r {
-                Report::Handler { pid } => self.handlers.push(pid),
+                Report::Handler {
+                    pid,
+                    start,
+                    session,
+                } => {
+                    // Without them the manager cannot tell its group from a
+                    // reused number, and leaves it alone.
+                    assert!(start.is_some() && session.is_some(), "{pid}: no identity");
+                    self.handlers.push(pid)
+                }
                 r => return r,
             }
         }
@@ -260,6 +270,7 @@ async fn any_unique_id_and_function_name_reach_the_handler_exactly() {
             worker: config.workers[0].clone(),
             cpu: None,
             pin: false,
+            stop_timeout: None,
         };
         let _slot = Slot::start(&spec).await;
         let mut c = Client::connect(&g.addr).await.expect("connect client");
@@ -719,6 +730,7 @@ fn mute_spec(fx: &Fixture, ready_timeout: &str) -> SlotSpec {
         worker: config.workers[0].clone(),
         cpu: None,
         pin: false,
+        stop_timeout: None,
     }
 }
 
@@ -795,6 +807,7 @@ async fn a_replacement_handler_that_never_says_ready_fails_its_job_and_the_slot(
         worker: config.workers[0].clone(),
         cpu: None,
         pin: false,
+        stop_timeout: None,
     };
     let mut slot = Slot::start(&spec).await;
     assert_eq!(submit(&g.addr, "crash", "x").await.result, JobResult::Fail);

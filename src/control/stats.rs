@@ -116,23 +116,15 @@ pub fn proc_tree() -> HashMap<u32, ProcInfo> {
     out
 }
 
-/// Parses /proc/PID/stat. The command name may contain spaces and ')', so
-/// fields are counted from the last ')'.
+/// The usage fields of a /proc/PID/stat line ([`crate::procfs::parse_stat`]).
 pub fn parse_stat(stat: &str, page: u64, ticks: u64) -> Option<ProcInfo> {
-    let rest = &stat[stat.rfind(')')? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    // After "pid (comm) ": state=0, ppid=1, utime=11, stime=12, threads=17, rss=21.
-    let ppid = f.get(1)?.parse().ok()?;
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    let threads = f.get(17)?.parse().ok()?;
-    let rss_pages: u64 = f.get(21)?.parse().ok()?;
-    let cpu_nsec = (ticks > 0).then(|| (utime + stime) * (1_000_000_000 / ticks));
+    let s = crate::procfs::parse_stat(stat)?;
+    let cpu_nsec = (ticks > 0).then(|| (s.utime + s.stime) * (1_000_000_000 / ticks));
     Some(ProcInfo {
-        ppid,
-        rss: rss_pages * page,
+        ppid: s.ppid,
+        rss: s.rss_pages * page,
         cpu_nsec,
-        threads,
+        threads: s.threads,
     })
 }
 

@@ -717,7 +717,7 @@ impl Manager {
                             };
                             let pin = self.pinning && pool.worker.pin_cpu;
                             start_slot(
-                                &self.config.service,
+                                (&self.config.service, self.config.stop_timeout),
                                 pool,
                                 (cpu, pin),
                                 &self.placement,
@@ -896,7 +896,7 @@ impl Manager {
 }
 
 fn start_slot(
-    service: &str,
+    (service, stop_timeout): (&str, std::time::Duration),
     pool: &mut Pool,
     (cpu, pin): (Option<u32>, bool),
     placement: &Arc<Placement>,
@@ -937,6 +937,7 @@ fn start_slot(
         worker: (*pool.worker).clone(),
         cpu,
         pin,
+        stop_timeout: Some(stop_timeout),
     };
     tokio::spawn(slot_task::run(placement.clone(), spec, events.clone(), rx));
 }

@@ -9,6 +9,7 @@ use tokio::sync::mpsc;
 
 use super::pool::SlotCmd;
 use super::{Event, SlotEvent};
+use crate::placement::child::{self, HandlerGroup};
 use crate::placement::Placement;
 use crate::slot::report::{self, Report, SlotSpec, ToSlot, MAX_LINE};
 
@@ -47,10 +48,25 @@ pub async fn run(
     let mut cmds_open = true;
     // The runner's long-running handler's process group, for cleanup.
     let mut handler_group = None;
-    let relay = |r: Report, handler_group: &mut Option<u32>| match r {
-        Report::Handler { pid } => *handler_group = Some(pid),
+    let relay = |r: Report, handler_group: &mut Option<HandlerGroup>| match r {
+        Report::Handler {
+            pid,
+            start,
+            session,
+        } => {
+            *handler_group = start
+                .zip(session)
+                .map(|(start_time, session)| HandlerGroup {
+                    pgid: pid,
+                    start_time,
+                    session,
+                })
+        }
         r => send(SlotEvent::Report(r)),
     };
+    // Not reaped until cleanup is done: see child::exited.
+    let exited = child::exited(placed.pid);
+    tokio::pin!(exited);
     let status = loop {
         tokio::select! {
             line = lines.next_line(), if reading => match line {
@@ -70,7 +86,7 @@ pub async fn run(
                 }
                 None => cmds_open = false,
             },
-            status = placed.child.wait() => break status,
+            status = &mut exited => break status,
         }
     };
     // Reports written just before the exit are still in the socket.
@@ -94,6 +110,11 @@ pub async fn run(
             handler_group,
         )
         .await;
+    let reaped = placed.child.wait().await;
+    let status = match status {
+        Ok(s) => Ok(s),
+        Err(_) => reaped,
+    };
     let status = match status {
         Ok(s) => s.to_string(),
         Err(e) => format!("wait failed: {e}"),

@@ -156,9 +156,10 @@ impl Placement {
         let bus = Systemd::connect().await?;
         let slice = bus.ensure_slice(service, &Limits::default()).await?;
         // Scopes an earlier run left (a killed or restarted manager): their
-        // runners lost their manager, so they are draining on their own.
-        // Let them finish the job in hand (up to stop_timeout), then stop
-        // whatever is left; new slots take ids above theirs.
+        // runners lost their manager, so they are draining on their own
+        // (for at most their stop_timeout). Let them finish the job in hand
+        // (up to ours), then stop whatever is left; new slots take ids
+        // above theirs.
         let pattern = scope::scope_pattern(service);
         let mut next_ids = std::collections::HashMap::new();
         for unit in bus.list_units(&[&pattern]).await? {
@@ -268,34 +269,50 @@ impl Placement {
         }
     }
 
-    /// After the runner exited (`exit`: its status, if known; `handler`:
-    /// the process group of its long-running handler, if it reported one):
-    /// make sure nothing of it is left.
+    /// After the runner exited, before it is reaped (`exit`: its status,
+    /// `None` if it could not be had without reaping; `handler`: its
+    /// long-running handler's group, if it reported one): make sure nothing
+    /// of it is left.
     pub async fn cleanup(
         &self,
         pid: u32,
         unit: Option<&str>,
         exit: Option<&ExitStatus>,
-        handler: Option<u32>,
+        handler: Option<child::HandlerGroup>,
     ) {
+        // A runner that returned has killed its handlers' groups; one killed
+        // by a signal has not.
+        let killed = exit.is_some_and(|s| s.code().is_none());
         match (self, unit) {
             (Placement::Systemd(sd), Some(unit)) => {
+                // The scope's cgroup holds everything the runner started, by
+                // any pid: no numbers needed. After a signal, SIGKILL it all
+                // at once, as outside systemd; a stop would send SIGTERM and
+                // wait.
+                if killed {
+                    if let Err(e) = sd.bus.kill_unit(unit, libc::SIGKILL).await {
+                        tracing::debug!("killing {unit}: {e}");
+                    }
+                }
                 if let Err(e) = sd.bus.stop_unit(unit).await {
                     tracing::debug!("stopping {unit}: {e}");
                 }
             }
+            // Unreaped, the runner holds its pid, and so its group and
+            // session ids: nothing else can have them. Without its status
+            // it may have been reaped: leave the numbers alone.
+            _ if exit.is_none() => {}
             _ => {
                 child::kill_group(pid);
-                // A runner that returned has killed its handlers' groups;
-                // one killed by a signal (or not known to have returned) has
-                // not. Its stdio handler dies with it (PR_SET_PDEATHSIG) but
-                // not what that started: kill the handler's group. Exec
-                // handlers have no PR_SET_PDEATHSIG: find them by the
+                // Its stdio handler dies with it (PR_SET_PDEATHSIG), but not
+                // what that started: kill the handler's group, if the
+                // handler is who the runner said (child::kill_handler_group).
+                // Exec handlers have no PR_SET_PDEATHSIG: find them by the
                 // runner's session (exec runners lead one; for others this
-                // finds nothing). Not on every exit: it scans /proc.
-                if exit.map_or(true, |s| s.code().is_none()) {
+                // finds nobody). Not on every exit: it scans /proc.
+                if killed {
                     if let Some(group) = handler {
-                        child::kill_group(group);
+                        child::kill_handler_group(&group);
                     }
                     child::kill_session(pid);
                 }

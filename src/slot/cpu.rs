@@ -155,10 +155,7 @@ fn set_affinity(tid: u32, set: &CpuSet) {
 
 /// Whether `pid` is a child of this process (/proc/PID/stat's ppid).
 fn is_child(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| crate::control::stats::parse_stat(&stat, 0, 0))
-        .is_some_and(|info| info.ppid == std::process::id())
+    crate::procfs::stat(pid).is_some_and(|s| s.ppid == std::process::id())
 }
 
 /// Sets `set` on every thread of `pid` and of its descendants

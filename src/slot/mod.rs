@@ -29,6 +29,9 @@ use report::{ExitReason, ToSlot, CONTROL_FD_ENV, MAX_LINE};
 /// Exit status of a slot whose handler could not start (the manager backs off).
 pub const EXIT_HANDLER_FAILED: i32 = 3;
 
+/// Exit status of a slot that lost its manager and abandoned its job in hand.
+pub const EXIT_LEFT_ALONE: i32 = 4;
+
 /// The whole runner process (`slotman-slot`, or `slotman slot`): logging, a
 /// one-thread runtime (a slot runs one job at a time, and one thread keeps
 /// its footprint small), then [`process_main`]. Returns the exit status.
@@ -113,9 +116,13 @@ pub async fn process_main() -> anyhow::Result<i32> {
     });
     // The manager gives a CPU to stdio slots only.
     let cpu = Arc::new(cpu::CpuPair::new(spec.cpu, spec.pin));
-    // Messages from the manager; EOF means it is gone: drain as well.
+    // Messages from the manager; EOF means it is gone: drain as well. Only
+    // the manager holds the other end, so EOF is its death notice (however
+    // it died), with no PR_SET_PDEATHSIG needed.
     let on_msg = drain.clone();
     let on_pin = cpu.clone();
+    let manager_gone = CancellationToken::new();
+    let on_gone = manager_gone.clone();
     tokio::spawn(async move {
         loop {
             match read_line(&mut lines).await {
@@ -126,6 +133,7 @@ pub async fn process_main() -> anyhow::Result<i32> {
                 },
                 _ => {
                     on_msg.cancel();
+                    on_gone.cancel();
                     return;
                 }
             }
@@ -144,7 +152,18 @@ pub async fn process_main() -> anyhow::Result<i32> {
             }
         }
     });
-    let reason = runner::run(spec, tx, drain, cpu).await;
+    let stop_timeout = spec.stop_timeout;
+    let reason = tokio::select! {
+        reason = runner::run(spec, tx, drain, cpu) => reason,
+        () = left_alone(&manager_gone, stop_timeout) => {
+            tracing::warn!(
+                "the manager is gone and the job in hand outlasted stop_timeout: killing the handler; the job server requeues the job"
+            );
+            // Dropping the runner (here, and its tasks when the runtime
+            // goes) kills every handler's process group (GroupChild).
+            return Ok(EXIT_LEFT_ALONE);
+        }
+    };
     let _ = writer.await;
     Ok(match reason {
         ExitReason::HandlerFailed => EXIT_HANDLER_FAILED,
@@ -152,6 +171,17 @@ pub async fn process_main() -> anyhow::Result<i32> {
             0
         }
     })
+}
+
+/// Once the manager is gone, `stop_timeout` later: nobody is left to end a
+/// drain that outlasts it (or to clean up after this process), so the slot
+/// bounds its own drain, as the manager's stop would have.
+async fn left_alone(manager_gone: &CancellationToken, stop_timeout: Option<std::time::Duration>) {
+    manager_gone.cancelled().await;
+    match stop_timeout {
+        Some(limit) => tokio::time::sleep(limit).await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One line without its `\n`; `None` at EOF; an over-long line is an error.

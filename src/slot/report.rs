@@ -15,8 +15,11 @@
 //!   on transitions (see [`Report::Busy`]), not per job; `exiting` with the
 //!   reason just before it exits.
 //!
-//! If the manager goes away the slot sees EOF and drains: a slot never
-//! outlives its manager by more than the job in hand.
+//! If the manager goes away the slot sees EOF and drains, as on a stop, and
+//! bounds the drain itself as the manager would have: a job in hand that
+//! outlasts `stop_timeout` is abandoned (its handler's process group
+//! killed, the job server requeues the job). So a slot never outlives its
+//! manager by more than the job in hand, nor by more than `stop_timeout`.
 
 use std::time::Duration;
 
@@ -45,6 +48,11 @@ pub struct SlotSpec {
     /// Pinning is on when the slot starts (later: [`ToSlot::Pin`]).
     #[serde(default)]
     pub pin: bool,
+    /// The service's `stop_timeout`: how long the job in hand may still run
+    /// once the manager is gone, before the slot kills its handler and
+    /// leaves (`None`: until it ends).
+    #[serde(default)]
+    pub stop_timeout: Option<Duration>,
 }
 
 /// manager → slot.
@@ -105,8 +113,17 @@ pub enum Report {
     /// A long-running handler started (again): it leads process group
     /// `pid`. Outside systemd that group is how the manager finds what the
     /// handler left behind when the runner died without cleaning up (the
-    /// slot task keeps it; the manager's state does not need it).
-    Handler { pid: u32 },
+    /// slot task keeps it; the manager's state does not need it). `start`
+    /// (its /proc/PID/stat start time) and `session` say which process
+    /// `pid` was: by the time the runner dies the number may be another's;
+    /// without them the manager leaves the group alone.
+    Handler {
+        pid: u32,
+        #[serde(default)]
+        start: Option<u64>,
+        #[serde(default)]
+        session: Option<i32>,
+    },
 }
 
 /// Below this a job counts as short: its start is not reported on its own.

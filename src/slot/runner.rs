@@ -307,7 +307,13 @@ pub async fn run(
     let pair = cpu.clone();
     handler.on_process_start(Box::new(move |pid| {
         pair.set_handler(pid);
-        let _ = told.send(Report::Handler { pid });
+        // Our unreaped child: its /proc entry is surely it.
+        let stat = crate::procfs::stat(pid);
+        let _ = told.send(Report::Handler {
+            pid,
+            start: stat.map(|s| s.start_time),
+            session: stat.map(|s| s.session),
+        });
     }));
     let gate: Gate = Arc::new(Semaphore::new(1));
     let jobs = Arc::new(Jobs {

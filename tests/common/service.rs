@@ -165,10 +165,7 @@ pub fn sigkill(pid: u32) {
 }
 
 pub fn pid_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists()
-        && !std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .unwrap_or_default()
-            .contains(") Z ")
+    slotman::procfs::stat(pid).is_some_and(|s| !s.is_zombie())
 }
 
 pub fn rt() -> tokio::runtime::Runtime {

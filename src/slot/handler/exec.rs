@@ -297,11 +297,15 @@ impl Launcher {
         // No pre_exec hook: with one, std falls back from posix_spawn
         // (clone(CLONE_VM|CLONE_VFORK)) to fork(), which copies the runner's
         // page tables and costs ~130 µs per exec job (bench/profile --kind
-        // exec). PR_SET_PDEATHSIG used to be set here; the guarantee "a
-        // handler never outlives its runner" comes from the placement
-        // instead: runners lead their own session, and the manager kills
-        // what is left in it when a runner dies by a signal
-        // (placement::child::kill_session), or the slot's scope goes.
+        // exec; BENCHMARKS.md F8). So no PR_SET_PDEATHSIG here (it would be
+        // sound: the runner spawns from its one thread, which lives as long
+        // as it). "A handler never outlives its runner" comes instead from:
+        // the runner, which kills the group whenever it drops a job
+        // (GroupChild), also once its manager is gone and stop_timeout has
+        // passed (slot::process_main); the manager, which kills the
+        // runner's session when a runner dies by a signal
+        // (placement::child::kill_session); and under systemd the scope.
+        // Left open outside systemd: a runner SIGKILLed after its manager.
         Ok(cmd)
     }
 }
