@@ -140,6 +140,7 @@ pub fn render(st: &ServiceStatus) -> String {
         secs(st.uptime_secs),
         st.config
     );
+    out.push_str(&format!("  health: {}\n", st.health));
     if st.stopping {
         out.push_str("  STOPPING: draining slots\n");
     }
@@ -168,6 +169,10 @@ pub fn render(st: &ServiceStatus) -> String {
             w.restarts,
             opt(w.queued),
         ));
+        out.push_str(&format!("  health: {}\n", w.health));
+        for p in &w.problems {
+            out.push_str(&format!("  problem: {p}\n"));
+        }
         out.push_str(&format!(
             "  {:>4} {:<9} {:>8} {:>7} {:>6} {:>5} {:>8} {:>8} {:>3} {:<40} UNIT\n",
             "SLOT", "STATE", "PID", "UPTIME", "JOBS", "LEFT", "MEMORY", "CPU", "PIN", "JOB"

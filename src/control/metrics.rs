@@ -116,6 +116,33 @@ pub fn render(status: &ServiceStatus) -> String {
     }
 
     out.family(
+        "slotman_worker_health",
+        "gauge",
+        "1 for the worker's health (ok, degraded: serving but something is wrong, failed: cannot serve), 0 for the others.",
+    );
+    for w in workers {
+        for health in ["ok", "degraded", "failed"] {
+            let [s, wk] = worker_labels(service, w);
+            out.sample(
+                "slotman_worker_health",
+                &[s, wk, ("health", health)],
+                u8::from(w.health == health),
+            );
+        }
+    }
+
+    out.family(
+        "slotman_build_info",
+        "gauge",
+        "Always 1; the running slotman's version.",
+    );
+    out.sample(
+        "slotman_build_info",
+        &[("service", service), ("version", env!("CARGO_PKG_VERSION"))],
+        1,
+    );
+
+    out.family(
         "slotman_jobs_total",
         "counter",
         "Jobs finished by the worker's slots, by registered function and result (complete, fail, exception).",
@@ -663,6 +690,8 @@ mod tests {
             uptime_secs: 10.0,
             stopping: false,
             reload_error: None,
+            health: "failed".into(),
+            problems: vec![],
             workers: vec![resize, thumbs],
         }
     }

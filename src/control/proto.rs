@@ -17,7 +17,17 @@ pub struct ServiceStatus {
     pub stopping: bool,
     /// The last reload error, if the running config is not the file's.
     pub reload_error: Option<String>,
+    /// `ok`, `degraded` or `failed`: the worst of the workers'.
+    #[serde(default = "ok")]
+    pub health: String,
+    /// Every worker's problems, each prefixed by `WORKER: `.
+    #[serde(default)]
+    pub problems: Vec<String>,
     pub workers: Vec<WorkerStatus>,
+}
+
+fn ok() -> String {
+    "ok".into()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -32,6 +42,13 @@ pub struct WorkerStatus {
     pub draining: u32,
     /// Marked failed after too many slot failures in a row.
     pub failed: bool,
+    /// `ok`, `degraded` (serving, but something is wrong) or `failed`
+    /// (cannot serve).
+    #[serde(default = "ok")]
+    pub health: String,
+    /// What is wrong, one sentence each, in the words of what failed.
+    #[serde(default)]
+    pub problems: Vec<String>,
     pub jobs_complete: u64,
     pub jobs_failed: u64,
     pub jobs_exception: u64,

@@ -4,6 +4,7 @@
 //! manager does it through [`crate::placement`].
 
 mod cpus;
+pub mod health;
 pub mod policy;
 pub mod pool;
 mod slot_task;
@@ -21,6 +22,7 @@ use crate::control::proto::{CurrentJob, ServiceStatus, SlotStatus, WorkerStatus}
 use crate::placement::Placement;
 use crate::slot::report::{ExitReason, Report, SlotSpec};
 use crate::systemd::notify::Notifier;
+use health::{Health, Problem};
 use policy::{Action, Reason};
 use pool::{Pool, Slot, SlotCmd, SlotState};
 
@@ -101,6 +103,11 @@ pub struct Manager {
     pinning: bool,
     /// A reload may have changed `pin_cpu`: tell every slot again.
     pin_changed: bool,
+    /// Each worker's health and problems (by key, with their text) as last
+    /// logged: the journal gets a line when a problem starts or clears.
+    health_logged: BTreeMap<String, (Health, BTreeMap<String, String>)>,
+    /// The health part of the last STATUS= (empty when ok).
+    status_lead: String,
 }
 
 impl Manager {
@@ -140,6 +147,8 @@ impl Manager {
             cpus,
             pinning: false,
             pin_changed: false,
+            health_logged: BTreeMap::new(),
+            status_lead: String::new(),
         }
     }
 
@@ -159,6 +168,7 @@ impl Manager {
         loop {
             let wake = self.apply_policy();
             self.update_pinning();
+            self.log_health();
             let status_wake = self.report_status();
             if self.stopping.is_some() && self.pools.values().all(|p| p.slots.is_empty()) {
                 break;
@@ -190,8 +200,10 @@ impl Manager {
         Ok(())
     }
 
-    /// Queue depth matters only while a pool is saturated (no idle slot,
-    /// below max): an idle slot would take a waiting job itself. So the job
+    /// Queue depth matters only while a pool is saturated (no idle slot):
+    /// below max it says whether to grow, at max whether the pool is held
+    /// there with jobs waiting (health); an idle slot would take a waiting
+    /// job itself. So the job
     /// servers are asked only then, and an idle service polls nothing.
     fn saturated(&self) -> Vec<(String, Vec<String>, Vec<String>)> {
         if self.stopping.is_some() {
@@ -204,8 +216,7 @@ impl Manager {
                     && !p.faults.failed
                     && (p.worker.kind == crate::config::HandlerKind::Native
                         || (p.worker.scale_on_queue
-                            && p.count(|s| matches!(s, SlotState::Idle { .. })) == 0
-                            && p.active() < p.worker.max as usize))
+                            && p.count(|s| matches!(s, SlotState::Idle { .. })) == 0))
             })
             .map(|(n, p)| {
                 let functions = p
@@ -459,6 +470,7 @@ impl Manager {
                     self.cpus.give_back(cpu);
                 }
                 tracing::error!(worker, slot = id, "cannot start slot {worker}#{id}: {why}");
+                pool.failed(format!("cannot start a slot: {why}"), true, now);
                 Self::failure(worker, pool, now, true);
             }
             SlotEvent::Report(r) => Self::report(worker, pool, id, r, now),
@@ -484,6 +496,10 @@ impl Manager {
                         slot.jobs_done
                     );
                     pool.counters.restarts += 1;
+                    // A start failure's own words came in `start_failed`.
+                    if slot.was_ready || pool.failing.is_none() {
+                        pool.failed(format!("slot {what} ({status})"), !slot.was_ready, now);
+                    }
                     Self::failure(worker, pool, now, !slot.was_ready);
                 }
                 if pool.removed && pool.slots.is_empty() {
@@ -526,6 +542,9 @@ impl Manager {
                 slot.pid.get_or_insert(pid);
                 slot.was_ready = true;
                 pool.faults.started();
+                if pool.failing.as_ref().is_some_and(|f| f.at_start) {
+                    pool.failing = None;
+                }
                 if slot.state == SlotState::Starting {
                     slot.state = SlotState::Idle { since: now };
                 }
@@ -560,6 +579,7 @@ impl Manager {
                 }
                 if n > 0 {
                     pool.faults.success();
+                    pool.failing = None;
                 }
                 if idle {
                     slot.job = None;
@@ -587,6 +607,14 @@ impl Manager {
             }
             // Kept by the slot task (slot_task.rs).
             Report::Handler { .. } => {}
+            Report::Link { server, error } => {
+                let since = match slot.links.get(&server) {
+                    Some(l) if l.error.is_some() == error.is_some() => l.since,
+                    _ => now,
+                };
+                slot.links.insert(server, health::Link { error, since });
+            }
+            Report::StartFailed { why } => pool.failed(why, true, now),
             Report::Exiting { reason } => {
                 match reason {
                     ExitReason::HandlerFailed => slot.exit_expected = false,
@@ -763,9 +791,84 @@ impl Manager {
         {
             self.ready_sent = true;
             self.notifier.ready();
-            tracing::info!("ready: every worker has its min slots up (a job server that is down is retried in the background)");
+            let unwell: Vec<String> = self
+                .pools
+                .iter()
+                .filter_map(|(name, p)| {
+                    let (health, problems) = assess(p);
+                    (health != Health::Ok).then(|| {
+                        let first = problems.first().map_or("", |p| p.text.as_str());
+                        format!("{name} {}: {first}", health.as_str())
+                    })
+                })
+                .collect();
+            if unwell.is_empty() {
+                tracing::info!("ready: every worker has its min slots up");
+            } else {
+                tracing::warn!(
+                    "ready: pools started, but not every worker is healthy: {}",
+                    unwell.join("; ")
+                );
+            }
         }
         wake
+    }
+
+    /// One journal line when a worker's problem starts, one when it
+    /// clears, one when its health changes; nothing per retry.
+    fn log_health(&mut self) {
+        self.health_logged.retain(|w, _| self.pools.contains_key(w));
+        for (name, pool) in &self.pools {
+            let (health, problems) = assess(pool);
+            let now: BTreeMap<String, String> =
+                problems.into_iter().map(|p| (p.key, p.text)).collect();
+            let (was, before) = self.health_logged.remove(name).unwrap_or_default();
+            for (key, text) in &now {
+                if !before.contains_key(key) {
+                    tracing::warn!(worker = %name, "worker {name}: {text}");
+                }
+            }
+            for (key, text) in &before {
+                if !now.contains_key(key) {
+                    tracing::info!(worker = %name, "worker {name}: cleared: {text}");
+                }
+            }
+            if health != was {
+                let line = format!(
+                    "worker {name} is {} (was {})",
+                    health.as_str(),
+                    was.as_str()
+                );
+                match health {
+                    Health::Ok => tracing::info!(worker = %name, "{line}"),
+                    _ => tracing::warn!(worker = %name, "{line}"),
+                }
+            }
+            self.health_logged.insert(name.clone(), (health, now));
+        }
+    }
+
+    /// The service's health, its worst worker's, and the first problem
+    /// (prefixed by its worker when there are several).
+    fn service_health(&self) -> (Health, Option<String>, usize) {
+        let mut worst = Health::Ok;
+        let mut first = None;
+        let mut count = 0;
+        for (name, pool) in &self.pools {
+            let (health, problems) = assess(pool);
+            if health > worst {
+                worst = health;
+                first = None;
+            }
+            count += problems.len();
+            if health == worst && first.is_none() {
+                first = problems.first().map(|p| match self.pools.len() {
+                    1 => p.text.clone(),
+                    _ => format!("{name}: {}", p.text),
+                });
+            }
+        }
+        (worst, first, count)
     }
 
     /// Keeps systemd's STATUS= current: `3 workers, 9 slots (4 busy), 1.2k
@@ -794,6 +897,20 @@ impl Manager {
         if !failed.is_empty() {
             line.push_str(&format!("; failed: {}", failed.join(",")));
         }
+        let (health, problem, problems) = self.service_health();
+        let lead = match health {
+            Health::Ok => String::new(),
+            _ => {
+                let more = match problems {
+                    0 | 1 => String::new(),
+                    n => format!(" (+{} more)", n - 1),
+                };
+                format!("{}: {}{more}", health.as_str(), problem.unwrap_or_default())
+            }
+        };
+        if !lead.is_empty() {
+            line = format!("{lead}; {line}");
+        }
         if self.stopping.is_some() {
             line = format!("stopping: {slots} slots left ({busy} busy)");
         }
@@ -809,12 +926,17 @@ impl Manager {
             return decaying;
         }
         // Stopping and reload errors are news; counts can wait a second.
-        let urgent = self.stopping.is_some() || self.reload_error.is_some() || !failed.is_empty();
+        // Health news goes out at once; a degraded pool's counts can wait.
+        let urgent = self.stopping.is_some()
+            || self.reload_error.is_some()
+            || lead != self.status_lead
+            || !failed.is_empty();
         match self.status_sent {
             Some(t) if !urgent && now < t + STATUS_INTERVAL => Some(t + STATUS_INTERVAL),
             _ => {
                 self.notifier.status(&line);
                 self.last_status = line;
+                self.status_lead = lead;
                 self.status_sent = Some(now);
                 decaying
             }
@@ -824,12 +946,15 @@ impl Manager {
     /// The status view; memory/CPU are filled in by the control server.
     fn status(&mut self) -> ServiceStatus {
         let now = Instant::now();
-        let workers = self
+        let workers: Vec<WorkerStatus> = self
             .pools
             .iter_mut()
             .map(|(name, p)| {
                 let count = |f: fn(&SlotState) -> bool| p.count(f) as u32;
+                let (health, problems) = assess(p);
                 WorkerStatus {
+                    health: health.as_str().into(),
+                    problems: problems.iter().map(|pr| pr.render(now)).collect(),
                     name: name.clone(),
                     kind: format!("{:?}", p.worker.kind).to_lowercase(),
                     min: p.worker.min,
@@ -882,7 +1007,23 @@ impl Manager {
                 }
             })
             .collect();
+        let worst = workers
+            .iter()
+            .map(|w: &WorkerStatus| w.health.as_str())
+            .max_by_key(|h| match *h {
+                "failed" => 2,
+                "degraded" => 1,
+                _ => 0,
+            })
+            .unwrap_or("ok")
+            .to_string();
+        let problems = workers
+            .iter()
+            .flat_map(|w| w.problems.iter().map(move |p| format!("{}: {p}", w.name)))
+            .collect();
         ServiceStatus {
+            health: worst,
+            problems,
             version: crate::control::proto::PROTOCOL_VERSION,
             service: self.config.service.clone(),
             config: self.config.path.display().to_string(),
@@ -893,6 +1034,28 @@ impl Manager {
             workers,
         }
     }
+}
+
+/// A pool's health (see [`health`]).
+fn assess(pool: &Pool) -> (Health, Vec<Problem>) {
+    let servers: &[String] = match pool.worker.kind {
+        // Its program holds its own connections; the slot sees none.
+        crate::config::HandlerKind::Native => &[],
+        _ => &pool.worker.job_servers,
+    };
+    let active = pool.active();
+    let held_at_max = (active >= pool.worker.max as usize
+        && active > 0
+        && pool.busy() >= active
+        && pool.queued > 0)
+        .then_some((active, pool.queued));
+    health::assess(&health::Facts {
+        servers,
+        slots: pool.slots.values().map(|s| &s.links).collect(),
+        marked_failed: pool.faults.failed,
+        failing: pool.failing.as_ref().map(|f| (f.why.as_str(), f.since)),
+        held_at_max,
+    })
 }
 
 fn start_slot(
@@ -928,6 +1091,7 @@ fn start_slot(
             drained: false,
             cpu,
             pinned: pin,
+            links: BTreeMap::new(),
             cmd: tx,
         },
     );

@@ -72,6 +72,8 @@ pub struct Slot {
     pub cpu: Option<u32>,
     /// What it was last told about pinning.
     pub pinned: bool,
+    /// Its job-server connections as it last reported them.
+    pub links: BTreeMap<String, super::health::Link>,
     pub cmd: mpsc::UnboundedSender<SlotCmd>,
 }
 
@@ -281,6 +283,30 @@ pub struct Pool {
     pub rate: Rate,
     pub queued: u64,
     pub spawn: SpawnBucket,
+    /// Why slots fail, while they do: (the last failure, since when they
+    /// fail, whether it was a start). Cleared by a slot that starts after
+    /// failed starts, or by a job done.
+    pub failing: Option<Failing>,
+}
+
+/// Slots of a worker failing in a row (see [`Pool::failing`]).
+#[derive(Debug, Clone)]
+pub struct Failing {
+    pub why: String,
+    pub since: Instant,
+    pub at_start: bool,
+}
+
+impl Pool {
+    /// A slot failed for `why`.
+    pub fn failed(&mut self, why: String, at_start: bool, now: Instant) {
+        let since = self.failing.as_ref().map_or(now, |f| f.since);
+        self.failing = Some(Failing {
+            why,
+            since,
+            at_start,
+        });
+    }
 }
 
 impl Pool {
@@ -299,6 +325,7 @@ impl Pool {
             rate: Rate::default(),
             queued: 0,
             spawn,
+            failing: None,
         }
     }
 

@@ -57,6 +57,10 @@ pub trait JobRunner: Send + Sync + 'static {
     /// The connection found no job and goes to sleep.
     fn idle(&self) {}
 
+    /// The connection to `server` is up (`None`) or failed (why). Called
+    /// on every attempt; the runner reports changes only.
+    fn link(&self, _server: &str, _error: Option<&str>) {}
+
     /// Whether the connection may ask for the next job while the one about
     /// to run is in hand (`prefetch`): not when that job is the slot's last.
     fn may_prefetch(&self) -> bool {
@@ -137,7 +141,7 @@ impl Conn {
 fn packet_or_end(next: Option<Result<Packet, ProtocolError>>) -> Result<Packet, String> {
     match next {
         Some(Ok(p)) => Ok(p),
-        Some(Err(ProtocolError::Io(e))) => Err(e.to_string()),
+        Some(Err(ProtocolError::Io(e))) => Err(io_words(&e)),
         Some(Err(e)) => Err(format!("protocol error: {e}")),
         None => Err("closed by the job server".into()),
     }
@@ -182,6 +186,10 @@ pub async fn serve<R: JobRunner>(
             // may then keep the thread while jobs stream).
             tokio::task::yield_now().await;
         }
+        match &attempt {
+            Ok(_) => runner.link(&spec.server, None),
+            Err(why) => runner.link(&spec.server, Some(why)),
+        }
         match attempt {
             Ok(conn) => {
                 if std::mem::take(&mut unreachable) {
@@ -193,6 +201,7 @@ pub async fn serve<R: JobRunner>(
                 match session(&spec, conn, &gate, &drain, runner.as_ref()).await {
                     SessionEnd::Closed => return,
                     SessionEnd::Broken(why) => {
+                        runner.link(&spec.server, Some(&why));
                         if started.elapsed() >= STABLE_AFTER {
                             // It worked for a while: a new incident.
                             backoff = BACKOFF_MIN;
@@ -229,8 +238,13 @@ pub async fn serve<R: JobRunner>(
 async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
     let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(&spec.server))
         .await
-        .map_err(|_| "connect timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+        .map_err(|_| {
+            format!(
+                "timed out: no connection within {}s",
+                CONNECT_TIMEOUT.as_secs()
+            )
+        })?
+        .map_err(|e| io_words(&e))?;
     let _ = stream.set_nodelay(true);
     let stream = stream.into_std().map_err(|e| e.to_string())?;
     let mut conn = Conn {
@@ -276,6 +290,15 @@ async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
         Ok(Ok(())) => Ok(conn),
         Ok(Err(why)) => Err(why),
         Err(_) => Err(no_reply("ECHO_REQ")),
+    }
+}
+
+/// An I/O error as the system says it, without Rust's " (os error N)".
+fn io_words(e: &std::io::Error) -> String {
+    let text = e.to_string();
+    match text.find(" (os error ") {
+        Some(i) => text[..i].to_string(),
+        None => text,
     }
 }
 

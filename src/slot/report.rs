@@ -110,6 +110,16 @@ pub enum Report {
     Done { jobs: JobCounts, idle: bool },
     /// About to exit.
     Exiting { reason: ExitReason },
+    /// A job-server connection came up (`error: None`) or failed, in the
+    /// words of what failed. Sent on change only: a server retried with
+    /// back-off reports once, not per attempt.
+    Link {
+        server: String,
+        error: Option<String>,
+    },
+    /// The handler could not be started, and why (its exit status or
+    /// signal, its last words on stderr); an `exiting` follows.
+    StartFailed { why: String },
     /// A long-running handler started (again): it leads process group
     /// `pid`. Outside systemd that group is how the manager finds what the
     /// handler left behind when the runner died without cleaning up (the

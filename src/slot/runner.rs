@@ -45,6 +45,9 @@ struct Jobs {
     rss_check: std::sync::Mutex<Option<RssCheck>>,
     /// `pin_cpu`: the runner and the handler on one CPU while jobs are short.
     cpu: Arc<CpuPair>,
+    /// What the manager was last told of each job server connection
+    /// (`None`: up; else the error).
+    links: std::sync::Mutex<std::collections::HashMap<String, Option<String>>>,
 }
 
 /// Reports go out on transitions, not per job (see [`Report::Busy`]): the
@@ -135,6 +138,18 @@ impl Jobs {
 impl JobRunner for Jobs {
     fn idle(&self) {
         self.report_idle();
+    }
+
+    fn link(&self, server: &str, error: Option<&str>) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        let now = error.map(str::to_string);
+        if links.get(server) != Some(&now) {
+            links.insert(server.to_string(), now.clone());
+            let _ = self.reports.send(Report::Link {
+                server: server.to_string(),
+                error: now,
+            });
+        }
     }
 
     fn may_prefetch(&self) -> bool {
@@ -295,6 +310,7 @@ pub async fn run(
         }
         Err(e) => {
             tracing::error!(worker = %id.worker, slot = id.slot, "{e}");
+            let _ = reports.send(Report::StartFailed { why: e.to_string() });
             let _ = reports.send(Report::Exiting {
                 reason: ExitReason::HandlerFailed,
             });
@@ -328,6 +344,7 @@ pub async fn run(
         ooms_seen: std::sync::Mutex::new(oom_kills()),
         rss_check: std::sync::Mutex::new(RssCheck::new(spec.worker.recycle_rss)),
         cpu,
+        links: Default::default(),
         told: std::sync::Mutex::new(Told {
             counts: JobCounts::default(),
             busy: false,
