@@ -18,7 +18,7 @@
 //! runner inside its scope gets its handlers' lines under `journalctl -u
 //! SCOPE`; an inherited stderr would log them under the manager's unit.
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixDatagram, UnixStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -66,7 +66,8 @@ const MAX_VALUE: usize = 48 * 1024;
 /// events go to journald with their fields, prefixed: a field `worker`
 /// becomes `SLOTMAN_WORKER` (the prefix keeps event fields apart from
 /// journald's own, such as `UNIT=`). Otherwise they are written to stderr as
-/// text. Calling it again does nothing.
+/// text, coloured only when stderr is a terminal. Calling it again does
+/// nothing.
 pub fn init_logging(verbose: bool) {
     let default = if verbose { "debug" } else { "info" };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
@@ -109,8 +110,19 @@ fn init_with<F: Layer<Registry> + Send + Sync + 'static>(filter: F) {
             Err(e) => eprintln!("slotman: journald socket unusable ({e}); logging to stderr"),
         }
     }
-    let fmt = tracing_subscriber::fmt::layer().with_writer(io::stderr);
+    let fmt = tracing_subscriber::fmt::layer()
+        .with_writer(io::stderr)
+        .with_ansi(colour(
+            io::stderr().is_terminal(),
+            std::env::var_os("NO_COLOR").as_deref(),
+        ));
     let _ = registry.with(fmt).try_init();
+}
+
+/// Colour codes only for a terminal: in a file or a pipe they are noise.
+/// A non-empty `NO_COLOR` turns them off there too (no-color.org).
+fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.map_or(true, |v| v.is_empty())
 }
 
 /// True when fd 2 is the stream systemd set up for this service: its device
@@ -1023,6 +1035,14 @@ mod tests {
                 eprintln!("journal, limit {limit}, reads of {read}: {took:?}, {entries} entries");
             }
         }
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal() {
+        assert!(colour(true, None));
+        assert!(colour(true, Some("".as_ref())));
+        assert!(!colour(true, Some("1".as_ref())));
+        assert!(!colour(false, None));
     }
 
     #[test]
