@@ -52,7 +52,7 @@ const MAX_LINE: usize = 16 * 1024;
 /// drops the rest, the runner's own messages with them, and a job that
 /// writes megabytes to stderr is dumping data rather than logging. 2 MiB is
 /// 20 000 lines of 100 bytes; at worst (lines of one character) it is half a
-/// million entries, well under a second of the runner's time.
+/// million entries, under two seconds of the runner's time.
 const JOB_LOG_MAX: u64 = 2 * 1024 * 1024;
 
 /// Bytes of one field value sent to journald, at most. A datagram must fit
