@@ -837,7 +837,7 @@ fn box_journal_child() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let (pipe, tags) = forward_handler_output("t", "fwd", 5).unwrap();
+        let (pipe, tags) = forward_handler_output("t", "fwd", 5, true).unwrap();
         let tags = tags.expect("job tags when logging to the journal");
         let mut pipe = std::fs::File::from(pipe);
         writeln!(pipe, "before {token}").unwrap();

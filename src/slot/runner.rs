@@ -31,7 +31,8 @@ struct Jobs {
     done: AtomicU64,
     gate: Gate,
     drain: CancellationToken,
-    /// Tags the handler's stderr lines with the job in hand.
+    /// Tags the handler's stderr lines with the job in hand, and starts
+    /// each job's log budget.
     log_tags: Option<crate::systemd::journal::JobTags>,
     /// Why the slot leaves on its own (OOM kill, workleft, recycle_rss),
     /// once one of them happened: the first one counts.
@@ -286,6 +287,7 @@ pub async fn run(
         &spec.service,
         &spec.worker.name,
         spec.slot,
+        spec.worker.kind != HandlerKind::Native,
     ) {
         Ok((fd, tags)) => {
             super::handler::set_handler_stderr(fd);
