@@ -84,7 +84,7 @@ fn a_handler_that_cannot_start_marks_the_worker_with_its_words() {
     assert!(
         w.problems
             .iter()
-            .any(|p| p.contains("slots failing") && p.contains("python3")),
+            .any(|p| p.contains("slots failing") && p.contains("can't open file")),
         "problems: {:?}",
         w.problems
     );

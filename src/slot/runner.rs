@@ -312,7 +312,11 @@ pub async fn run(
         }
         Err(e) => {
             tracing::error!(worker = %id.worker, slot = id.slot, "{e}");
-            let _ = reports.send(Report::StartFailed { why: e.to_string() });
+            let why = match crate::systemd::journal::handler_last_words().await {
+                Some(words) => format!("{e}: {words}"),
+                None => e.to_string(),
+            };
+            let _ = reports.send(Report::StartFailed { why });
             let _ = reports.send(Report::Exiting {
                 reason: ExitReason::HandlerFailed,
             });

@@ -298,6 +298,9 @@ pub fn forward_handler_output(
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )?;
     let own_read = read.try_clone()?;
+    if let Ok(fd) = read.try_clone() {
+        let _ = HANDLER_STDERR.set(fd);
+    }
     let pipe = tokio::net::unix::pipe::Receiver::from_owned_fd(read)?;
     let out = match stderr_is_journal().then(JournalSender::connect) {
         Some(Ok(journal)) => Out::Journal(journal),
@@ -388,6 +391,64 @@ enum Out<W> {
 
 /// A handler's stderr on its way out: cut into lines, each job held to its
 /// budget, and sent to `out`.
+/// The last line the handler wrote to stderr that was not blank, cut to
+/// [`LAST_WORDS_MAX`] bytes: why a handler that exits at start failed, in
+/// its own words. One forwarder per runner process, so one per process.
+static LAST_WORDS: std::sync::Mutex<Vec<u8>> = std::sync::Mutex::new(Vec::new());
+const LAST_WORDS_MAX: usize = 300;
+
+/// The handler's last non-blank stderr line so far, once the forwarder
+/// has read what the handler wrote (waits at most 200 ms for that).
+pub async fn handler_last_words() -> Option<String> {
+    for _ in 0..20 {
+        if HANDLER_STDERR
+            .get()
+            .is_none_or(|fd| pipe_pending(fd.as_raw_fd()) == 0)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    let words = LAST_WORDS.lock().unwrap_or_else(|e| e.into_inner());
+    (!words.is_empty()).then(|| String::from_utf8_lossy(&words).trim().to_string())
+}
+
+/// The read end of the handlers' stderr pipe (a dup), to see whether the
+/// forwarder has caught up.
+static HANDLER_STDERR: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// Bytes waiting in a pipe.
+fn pipe_pending(fd: std::os::fd::RawFd) -> libc::c_int {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one c_int to the pointer given.
+    match unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) } {
+        0 => n,
+        _ => 0,
+    }
+}
+
+/// The last non-blank line of one batch, kept as [`LAST_WORDS`].
+#[derive(Default)]
+struct LastWords {
+    line: Option<Vec<u8>>,
+}
+
+impl LastWords {
+    fn see(&mut self, line: &[u8]) {
+        if line.iter().any(|b| !b.is_ascii_whitespace()) {
+            let keep = self.line.get_or_insert_with(Vec::new);
+            keep.clear();
+            keep.extend_from_slice(&line[..line.len().min(LAST_WORDS_MAX)]);
+        }
+    }
+
+    fn keep(self) {
+        if let Some(line) = self.line {
+            *LAST_WORDS.lock().unwrap_or_else(|e| e.into_inner()) = line;
+        }
+    }
+}
+
 struct LineSink<W> {
     out: Out<W>,
     lines: Lines,
@@ -437,13 +498,21 @@ impl<W: Write> LineSink<W> {
         match out {
             Out::Journal(sender) => {
                 let fields = entry_fields(slot_fields, job);
+                let mut last = LastWords::default();
                 lines.take(all, |line| {
+                    last.see(line);
                     let _ = sender.send(Priority::Info, identifier, line, &fields);
                 });
+                last.keep();
             }
             Out::Text(w) => {
                 let mut text = Vec::new();
-                lines.take(all, |line| push_text_line(&mut text, prefix, line));
+                let mut last = LastWords::default();
+                lines.take(all, |line| {
+                    last.see(line);
+                    push_text_line(&mut text, prefix, line);
+                });
+                last.keep();
                 if !text.is_empty() {
                     let _ = w.write_all(&text);
                 }
