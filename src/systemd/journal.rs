@@ -401,9 +401,9 @@ const LAST_WORDS_MAX: usize = 300;
 /// has read what the handler wrote (waits at most 200 ms for that).
 pub async fn handler_last_words() -> Option<String> {
     for _ in 0..20 {
-        if HANDLER_STDERR
+        if !HANDLER_STDERR
             .get()
-            .is_none_or(|fd| pipe_pending(fd.as_raw_fd()) == 0)
+            .is_some_and(|fd| pipe_pending(fd.as_raw_fd()) > 0)
         {
             break;
         }
