@@ -65,10 +65,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
     let dir = crate::control::server::runtime_dir(opts.runtime_dir.as_deref());
     let sock = crate::control::server::socket_path(&dir, &config.service);
     let listener = crate::control::server::bind(&sock, config.control_group.as_deref()).await?;
-    tokio::spawn(crate::control::server::serve(listener, tx.clone(), bus));
+    // One status view for the control socket and the metrics endpoint.
+    let snapshots = crate::control::snapshot::Snapshots::new(tx.clone(), bus);
+    tokio::spawn(crate::control::server::serve(listener, snapshots.clone()));
     if let Some(addr) = config.metrics_listen {
         let metrics = crate::control::metrics::bind(addr).await?;
-        tokio::spawn(crate::control::metrics::serve(metrics, tx.clone()));
+        tokio::spawn(crate::control::metrics::serve(metrics, snapshots));
     }
     let result = Manager::new(config, placement, tx).run(rx).await;
     let _ = std::fs::remove_file(&sock);

@@ -750,7 +750,7 @@ fn with_more_slots_than_cpus_each_runner_shares_a_cpu_with_its_handler() {
     let two = allowed[..2].to_vec();
     let config = |n: u32| {
         format!(
-            "[workers.s]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nmin = {n}\nmax = {n}\n",
+            "[workers.s]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nmin = {n}\nmax = {n}\npin_cpu = true\n",
             handler(),
             g.addr
         )
@@ -805,6 +805,50 @@ fn with_more_slots_than_cpus_each_runner_shares_a_cpu_with_its_handler() {
                 .iter()
                 .all(|&r| cpus_allowed(r) == two && cpus_allowed(first_child(r)) == two)
     });
+    assert!(svc.worker("s").slots.iter().all(|s| s.pinned_cpu.is_none()));
+    assert!(svc.stop());
+}
+
+#[test]
+fn by_default_no_handler_affinity_is_changed() {
+    let Some(g) = Gearmand::start() else { return };
+    let allowed = cpus_allowed(std::process::id());
+    if allowed.len() < 2 {
+        skip("cpu", "needs two CPUs to have more slots than CPUs on two");
+        return;
+    }
+    let two = allowed[..2].to_vec();
+    // More slots than CPUs and a stream of short jobs: what `pin_cpu = true`
+    // pins at once. Without the key nothing may be pinned.
+    let mut svc = Service::new(&format!(
+        "[workers.s]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nmin = 3\nmax = 3\n",
+        handler(),
+        g.addr
+    ));
+    svc.cpus = Some(two.clone());
+    svc.start();
+    wait_until("3 slots ready", Duration::from_secs(10), || {
+        svc.worker("s").idle == 3
+    });
+    let runners: Vec<u32> = svc.worker("s").slots.iter().filter_map(|s| s.pid).collect();
+    submit_bg(
+        &g.addr,
+        "s::echo",
+        (0..150).map(|i| (format!("j{i}"), "x".into())),
+    );
+    wait_until("150 short jobs done", Duration::from_secs(20), || {
+        svc.worker("s").jobs_complete == 150
+    });
+    for &r in &runners {
+        let handler = first_child(r);
+        assert_ne!(handler, 0, "runner {r} has its handler");
+        assert_eq!(cpus_allowed(r), two, "runner {r}");
+        assert_eq!(
+            cpus_allowed(handler),
+            two,
+            "handler {handler} of runner {r}"
+        );
+    }
     assert!(svc.worker("s").slots.iter().all(|s| s.pinned_cpu.is_none()));
     assert!(svc.stop());
 }

@@ -174,7 +174,8 @@ pub struct WorkerConfig {
     pub prefetch: bool,
     /// Pin each slot's runner and stdio handler to one CPU while they
     /// stream short jobs and the service has more slots than CPUs
-    /// (`slot/cpu.rs`); default true. Applied to running slots.
+    /// (`slot/cpu.rs`); default false: it changes the CPU affinity of the
+    /// user's handlers, which only they may ask for. Applied to running slots.
     pub pin_cpu: bool,
     /// How long a freshly started stdio handler has to say `READY` before
     /// it is killed and counted as a failed start; default 30s. Slots

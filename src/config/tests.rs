@@ -133,7 +133,7 @@ fn builtin_defaults_fill_every_key() {
         max_spawn_rate: 64,
         scale_on_queue: true,
         prefetch: false,
-        pin_cpu: true,
+        pin_cpu: false,
         ready_timeout: Duration::from_secs(30),
     };
     assert_eq!(*w, want);
@@ -230,7 +230,7 @@ fn every_worker_key_is_accepted_in_defaults() {
         ("max_spawn_rate", "8"),
         ("scale_on_queue", "false"),
         ("prefetch", "true"),
-        ("pin_cpu", "false"),
+        ("pin_cpu", "true"),
         ("ready_timeout", "\"5s\""),
     ]
     .into_iter()
@@ -737,7 +737,7 @@ fn same_processes_ignores_pool_sizing_and_limits() {
         |w| w.max_spawn_rate = 1,
         |w| w.scale_on_queue = false,
         // Sent to the running slots.
-        |w| w.pin_cpu = false,
+        |w| w.pin_cpu = true,
         // For slots started from then on.
         |w| w.ready_timeout = Duration::from_secs(1),
         // Set on the running scopes instead.

@@ -643,7 +643,7 @@ fn finish(
             .0,
         scale_on_queue: w.scale_on_queue.over(&d.scale_on_queue).or_builtin(true)?.0,
         prefetch: w.prefetch.over(&d.prefetch).or_builtin(false)?.0,
-        pin_cpu: w.pin_cpu.over(&d.pin_cpu).or_builtin(true)?.0,
+        pin_cpu: w.pin_cpu.over(&d.pin_cpu).or_builtin(false)?.0,
         ready_timeout: w
             .ready_timeout
             .over(&d.ready_timeout)

@@ -13,36 +13,75 @@ use super::server::{runtime_dir, socket_path, Request, RequestKind, Response};
 const TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RESPONSE: u64 = 64 * 1024 * 1024;
 
-/// Fetches one service's status.
+/// Fetches one service's status. A manager too busy to take the connection
+/// (its listen backlog full) is asked again, after a pause that grows,
+/// until [`TIMEOUT`] has passed.
 pub async fn fetch(dir: &Path, service: &str) -> anyhow::Result<ServiceStatus> {
     let path = socket_path(dir, service);
+    let mut busy = None;
     let work = async {
-        let mut s = UnixStream::connect(&path).await.map_err(|e| {
-            anyhow::anyhow!("cannot reach {} ({e}): is slotman@{service} running? (non-root runs need --runtime-dir)", path.display())
-        })?;
-        let mut req = serde_json::to_vec(&Request {
-            version: PROTOCOL_VERSION,
-            request: RequestKind::Status,
-        })?;
-        req.push(b'\n');
-        s.write_all(&req).await?;
-        let mut line = Vec::new();
-        BufReader::new(s)
-            .take(MAX_RESPONSE)
-            .read_until(b'\n', &mut line)
-            .await?;
-        let resp: Response = serde_json::from_slice(&line)?;
-        match (resp.ok, resp.status) {
-            (true, Some(st)) => Ok(st),
-            _ => Err(anyhow::anyhow!(
-                "{}",
-                resp.error.unwrap_or_else(|| "no status in reply".into())
-            )),
+        let mut pause = Duration::from_millis(20);
+        loop {
+            match ask(&path, service).await? {
+                Asked::Status(st) => return Ok(st),
+                Asked::Busy(why) => {
+                    tracing::debug!("{why}; asking again in {pause:?}");
+                    busy = Some(why);
+                    // Jitter, so that clients refused together come apart.
+                    let jitter = rand::random::<f64>() * 0.5 + 0.75;
+                    tokio::time::sleep(pause.mul_f64(jitter)).await;
+                    pause = (pause * 2).min(Duration::from_millis(500));
+                }
+            }
         }
     };
-    tokio::time::timeout(TIMEOUT, work)
-        .await
-        .map_err(|_| anyhow::anyhow!("{} did not answer in {TIMEOUT:?}", path.display()))?
+    let answer = tokio::time::timeout(TIMEOUT, work).await;
+    answer.map_err(|_| match busy {
+        Some(why) => anyhow::anyhow!("still busy after {TIMEOUT:?}: {why}"),
+        None => anyhow::anyhow!("{} did not answer in {TIMEOUT:?}", path.display()),
+    })?
+}
+
+enum Asked {
+    Status(ServiceStatus),
+    /// The manager has as many connections waiting as it takes; why.
+    Busy(String),
+}
+
+async fn ask(path: &Path, service: &str) -> anyhow::Result<Asked> {
+    let mut s = match UnixStream::connect(path).await {
+        Ok(s) => s,
+        // EAGAIN: the listen backlog is full.
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+            return Ok(Asked::Busy(format!(
+                "{} is busy: too many status requests waiting",
+                path.display()
+            )))
+        }
+        Err(e) => anyhow::bail!(
+            "cannot reach {} ({e}): is slotman@{service} running? (non-root runs need --runtime-dir)",
+            path.display()
+        ),
+    };
+    let mut req = serde_json::to_vec(&Request {
+        version: PROTOCOL_VERSION,
+        request: RequestKind::Status,
+    })?;
+    req.push(b'\n');
+    s.write_all(&req).await?;
+    let mut line = Vec::new();
+    BufReader::new(s)
+        .take(MAX_RESPONSE)
+        .read_until(b'\n', &mut line)
+        .await?;
+    let resp: Response = serde_json::from_slice(&line)?;
+    match (resp.ok, resp.status) {
+        (true, Some(st)) => Ok(Asked::Status(st)),
+        _ => Err(anyhow::anyhow!(
+            "{}",
+            resp.error.unwrap_or_else(|| "no status in reply".into())
+        )),
+    }
 }
 
 pub async fn status(
@@ -204,4 +243,41 @@ pub fn render(st: &ServiceStatus) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::socket::{self, AddressFamily, Backlog, SockFlag, SockType, UnixAddr};
+
+    #[tokio::test]
+    async fn a_full_listen_backlog_is_busy_not_down() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = socket_path(dir.path(), "svc");
+        // A listener that takes one connection in its backlog and never
+        // accepts: the second connect gets EAGAIN.
+        let fd = socket::socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .expect("socket");
+        socket::bind(
+            std::os::fd::AsRawFd::as_raw_fd(&fd),
+            &UnixAddr::new(&path).expect("addr"),
+        )
+        .expect("bind");
+        socket::listen(&fd, Backlog::new(0).expect("backlog")).expect("listen");
+        let _waiting = std::os::unix::net::UnixStream::connect(&path).expect("first");
+        match ask(&path, "svc").await {
+            Ok(Asked::Busy(why)) => assert!(why.contains("busy"), "{why}"),
+            Ok(Asked::Status(_)) => panic!("a status from nowhere"),
+            Err(e) => panic!("not taken as busy: {e}"),
+        }
+        drop(fd);
+        // No one listening at all is an error that says so.
+        let err = ask(&path, "svc").await.err().expect("refused");
+        assert!(err.to_string().contains("is slotman@svc running"), "{err}");
+    }
 }

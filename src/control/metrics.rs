@@ -8,7 +8,8 @@
 //! `Connection: close` and closes. Each connection is its own task and at
 //! most [`MAX_CONNECTIONS`] are served at once, so a stalled or garbage peer
 //! only loses its own connection and cannot hold up the manager, which only
-//! ever answers a channel message (as for the control socket).
+//! ever answers a channel message (as for the control socket). Scrapes share
+//! the status view of `slotman status` requests ([`super::snapshot`]).
 //!
 //! There is no authentication: the endpoint belongs on loopback, which is
 //! what the examples use; the config accepts any address it is given.
@@ -20,11 +21,10 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::Semaphore;
 
 use super::proto::{Histogram, ServiceStatus, WorkerStatus};
-use super::stats;
-use crate::manager::Event;
+use super::snapshot::Snapshots;
 
 /// Largest request head read (request line and headers).
 pub const MAX_HEAD: usize = 8 * 1024;
@@ -353,7 +353,7 @@ const LIMITS: Limits = Limits {
 };
 
 /// Answers `GET /metrics` on `listener` until the manager's channel closes.
-pub async fn serve(listener: TcpListener, events: mpsc::UnboundedSender<Event>) {
+pub async fn serve(listener: TcpListener, snapshots: Arc<Snapshots>) {
     if let Ok(addr) = listener.local_addr() {
         tracing::info!("Prometheus metrics on http://{addr}/metrics");
         if !addr.ip().is_loopback() {
@@ -362,10 +362,10 @@ pub async fn serve(listener: TcpListener, events: mpsc::UnboundedSender<Event>) 
             );
         }
     }
-    serve_with(listener, events, LIMITS).await;
+    serve_with(listener, snapshots, LIMITS).await;
 }
 
-async fn serve_with(listener: TcpListener, events: mpsc::UnboundedSender<Event>, limits: Limits) {
+async fn serve_with(listener: TcpListener, snapshots: Arc<Snapshots>, limits: Limits) {
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
         let permit = tokio::select! {
@@ -373,7 +373,7 @@ async fn serve_with(listener: TcpListener, events: mpsc::UnboundedSender<Event>,
                 Ok(p) => p,
                 Err(_) => return, // Never closed.
             },
-            _ = events.closed() => return,
+            _ = snapshots.closed() => return,
         };
         let stream = tokio::select! {
             r = listener.accept() => match r {
@@ -385,11 +385,11 @@ async fn serve_with(listener: TcpListener, events: mpsc::UnboundedSender<Event>,
                     continue;
                 }
             },
-            _ = events.closed() => return,
+            _ = snapshots.closed() => return,
         };
-        let events = events.clone();
+        let snapshots = snapshots.clone();
         tokio::spawn(async move {
-            connection(stream, &events, limits).await;
+            connection(stream, &snapshots, limits).await;
             drop(permit);
         });
     }
@@ -418,7 +418,7 @@ enum Head {
     Closed,
 }
 
-async fn connection(mut stream: TcpStream, events: &mpsc::UnboundedSender<Event>, limits: Limits) {
+async fn connection(mut stream: TcpStream, snapshots: &Snapshots, limits: Limits) {
     let head =
         match tokio::time::timeout(limits.timeout, read_head(&mut stream, limits.max_head)).await {
             Ok(head) => head,
@@ -430,7 +430,7 @@ async fn connection(mut stream: TcpStream, events: &mpsc::UnboundedSender<Event>
         Head::Closed => return,
     };
     let reply = match route {
-        Route::Metrics { head_only } => match scrape(events, limits.timeout).await {
+        Route::Metrics { head_only } => match scrape(snapshots, limits.timeout).await {
             Some(body) => Reply::new(200, "OK", CONTENT_TYPE, body).head_only(head_only),
             None => Reply::text(503, "Service Unavailable", "the manager is not answering\n"),
         },
@@ -542,11 +542,11 @@ fn route(head: &[u8]) -> Route {
 
 /// A status from the manager, with memory and queue depths filled in,
 /// rendered; `None` if the manager is gone or does not answer in time.
-async fn scrape(events: &mpsc::UnboundedSender<Event>, limit: Duration) -> Option<String> {
-    let (tx, rx) = oneshot::channel();
-    events.send(Event::Status(tx)).ok()?;
-    let mut status = tokio::time::timeout(limit, rx).await.ok()?.ok()?;
-    stats::fill(&mut status).await;
+async fn scrape(snapshots: &Snapshots, limit: Duration) -> Option<String> {
+    let status = tokio::time::timeout(limit, snapshots.get())
+        .await
+        .ok()?
+        .ok()?;
     Some(render(&status))
 }
 
@@ -610,7 +610,9 @@ impl Reply {
 mod tests {
     use super::*;
     use crate::control::proto::{FunctionStats, SlotStatus};
+    use crate::manager::Event;
     use prometheus_parse::{Scrape, Value};
+    use tokio::sync::{mpsc, oneshot};
 
     /// A worker with every count zero. Built from JSON so that it does not
     /// have to name fields of the view that metrics do not use.
@@ -1039,7 +1041,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (events, stop) = fake_manager();
-        tokio::spawn(serve_with(listener, events, limits));
+        tokio::spawn(serve_with(listener, Snapshots::new(events, None), limits));
         (addr, stop)
     }
 
@@ -1132,7 +1134,7 @@ mod tests {
             timeout: Duration::from_millis(200),
             ..LIMITS
         };
-        let server = tokio::spawn(serve_with(listener, events, limits));
+        let server = tokio::spawn(serve_with(listener, Snapshots::new(events, None), limits));
         let silent = tokio::spawn(async move {
             let mut held = Vec::new();
             while let Some(ev) = rx.recv().await {

@@ -1,9 +1,11 @@
 //! Seeing inside a running service: the control socket (`server`), the
-//! `slotman status` client (`client`), the serialised view (`proto`) and
-//! per-slot resource usage (`stats`).
+//! `slotman status` client (`client`), the serialised view (`proto`),
+//! per-slot resource usage (`stats`), the view shared by concurrent requests
+//! (`snapshot`) and the Prometheus endpoint (`metrics`).
 
 pub mod client;
 pub mod metrics;
 pub mod proto;
 pub mod server;
+pub mod snapshot;
 pub mod stats;

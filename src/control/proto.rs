@@ -58,7 +58,8 @@ pub struct WorkerStatus {
     /// Slots recycled (workleft, max_lifetime).
     pub recycles: u64,
     /// Jobs waiting at the job servers for this worker's functions (not yet
-    /// running), from their admin `status`; `None` when no server answered.
+    /// running), from their admin `status`, summed over those of its job
+    /// servers that answered within a second; `None` when none did.
     pub queued: Option<u64>,
     pub job_servers: Vec<String>,
     /// Function names as registered (with prefix).

@@ -8,23 +8,31 @@
 //! arrive within [`REQUEST_TIMEOUT`]; a peer that sends garbage gets an error
 //! reply, a peer that stalls is dropped. Each connection is its own task, so
 //! neither can hold up the manager, which only ever answers a channel message.
+//!
+//! At most [`MAX_CONNECTIONS`] connections are served at once; further
+//! ones wait in the socket's listen backlog, which costs the manager neither
+//! file descriptors nor memory. When even the backlog is full, a client's
+//! connect fails with EAGAIN, which `slotman status` takes as "busy" and
+//! retries. Concurrent requests share one status view ([`super::snapshot`]).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::Semaphore;
 
 use super::proto::{ServiceStatus, PROTOCOL_VERSION};
-use super::stats;
-use crate::manager::Event;
-use crate::placement::scope::Systemd;
+use super::snapshot::Snapshots;
 
 pub const MAX_REQUEST: u64 = 64 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Connections served at once. Answers are quick (one shared view for all
+/// of them), so this only bounds a burst: 64 file descriptors and tasks.
+pub const MAX_CONNECTIONS: usize = 64;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Request {
@@ -45,6 +53,16 @@ pub struct Response {
     pub status: Option<ServiceStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+}
+
+impl Response {
+    fn error(message: String) -> Response {
+        Response {
+            ok: false,
+            status: None,
+            error: Some(message),
+        }
+    }
 }
 
 /// The socket path of `service` under `dir`.
@@ -105,32 +123,38 @@ pub async fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListen
 }
 
 /// Accepts connections until the manager's channel closes.
-pub async fn serve(
-    listener: UnixListener,
-    events: mpsc::UnboundedSender<Event>,
-    bus: Option<Systemd>,
-) {
+pub async fn serve(listener: UnixListener, snapshots: Arc<Snapshots>) {
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
-            Err(e) => {
-                tracing::warn!("control socket accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
+        // The permit first: beyond the limit, clients wait in the backlog.
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return, // Never closed.
+            },
+            _ = snapshots.closed() => return,
         };
-        if events.is_closed() {
-            return;
-        }
-        tokio::spawn(connection(stream, events.clone(), bus.clone()));
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, don't spin.
+                    tracing::warn!("control socket accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = snapshots.closed() => return,
+        };
+        let snapshots = snapshots.clone();
+        tokio::spawn(async move {
+            connection(stream, &snapshots).await;
+            drop(permit);
+        });
     }
 }
 
-async fn connection(
-    stream: UnixStream,
-    events: mpsc::UnboundedSender<Event>,
-    bus: Option<Systemd>,
-) {
+async fn connection(stream: UnixStream, snapshots: &Snapshots) {
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST);
@@ -138,50 +162,32 @@ async fn connection(
     let response = match read {
         Err(_) => return, // Stalled: drop it.
         Ok(Err(_)) | Ok(Ok(0)) => return,
-        Ok(Ok(_)) => answer(&line, &events, bus.as_ref()).await,
+        Ok(Ok(_)) => answer(&line, snapshots).await,
     };
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&out)).await;
 }
 
-async fn answer(
-    line: &[u8],
-    events: &mpsc::UnboundedSender<Event>,
-    bus: Option<&Systemd>,
-) -> Response {
-    let err = |e: String| Response {
-        ok: false,
-        status: None,
-        error: Some(e),
-    };
+async fn answer(line: &[u8], snapshots: &Snapshots) -> Response {
     let req: Request = match serde_json::from_slice(line) {
         Ok(r) => r,
-        Err(e) => return err(format!("bad request: {e}")),
+        Err(e) => return Response::error(format!("bad request: {e}")),
     };
     if req.version != PROTOCOL_VERSION {
-        return err(format!(
+        return Response::error(format!(
             "protocol version {} not supported (this slotman speaks {PROTOCOL_VERSION})",
             req.version
         ));
     }
     match req.request {
-        RequestKind::Status => {
-            let (tx, rx) = oneshot::channel();
-            if events.send(Event::Status(tx)).is_err() {
-                return err("the manager is stopping".into());
-            }
-            match rx.await {
-                Ok(mut status) => {
-                    stats::fill_with(&mut status, bus).await;
-                    Response {
-                        ok: true,
-                        status: Some(status),
-                        error: None,
-                    }
-                }
-                Err(_) => err("the manager is stopping".into()),
-            }
-        }
+        RequestKind::Status => match snapshots.get().await {
+            Ok(status) => Response {
+                ok: true,
+                status: Some(status),
+                error: None,
+            },
+            Err(e) => Response::error(e.to_string()),
+        },
     }
 }
