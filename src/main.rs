@@ -5,6 +5,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use slotman::control::client;
+use slotman::control::server::RequestKind;
 
 #[derive(Parser)]
 #[command(
@@ -43,6 +45,63 @@ enum Command {
         service: Option<String>,
         #[arg(long)]
         json: bool,
+        #[arg(long)]
+        runtime_dir: Option<PathBuf>,
+    },
+    /// Re-read a running service's config and wait until it is applied
+    /// (exit 1 with FILE:LINE when it is refused; the pools keep running).
+    Reload {
+        /// The service (its config is /etc/slotman/SERVICE.toml or the
+        /// file `run --config` was given).
+        service: String,
+        /// Directory of the control socket (default $RUNTIME_DIRECTORY or /run/slotman).
+        #[arg(long)]
+        runtime_dir: Option<PathBuf>,
+    },
+    /// Replace every slot (of the named workers, or all), one at a time,
+    /// the new slot ready before the old one drains; returns when done.
+    /// How new handler code is deployed.
+    Restart {
+        /// The service.
+        service: String,
+        /// Workers to restart (default: all).
+        workers: Vec<String>,
+        /// Directory of the control socket.
+        #[arg(long)]
+        runtime_dir: Option<PathBuf>,
+    },
+    /// A slot (or every slot of a worker) finishes its job in hand and is
+    /// replaced.
+    Drain {
+        /// The service.
+        service: String,
+        /// The worker.
+        worker: String,
+        /// The slot number (as `slotman status` shows it); default: every slot.
+        slot: Option<u32>,
+        /// Directory of the control socket.
+        #[arg(long)]
+        runtime_dir: Option<PathBuf>,
+    },
+    /// A worker's slots finish their jobs in hand and take no new ones
+    /// (they stay registered; jobs wait at the job server) until `resume`,
+    /// a reload or a restart of the service.
+    Pause {
+        /// The service.
+        service: String,
+        /// The worker.
+        worker: String,
+        /// Directory of the control socket.
+        #[arg(long)]
+        runtime_dir: Option<PathBuf>,
+    },
+    /// A paused worker's slots take jobs again.
+    Resume {
+        /// The service.
+        service: String,
+        /// The worker.
+        worker: String,
+        /// Directory of the control socket.
         #[arg(long)]
         runtime_dir: Option<PathBuf>,
     },
@@ -108,6 +167,61 @@ fn main() -> ExitCode {
             json,
             runtime_dir,
         } => run_async(slotman::control::client::status(service, json, runtime_dir)),
+        Command::Reload {
+            service,
+            runtime_dir,
+        } => run_async(client::command(
+            &service,
+            RequestKind::Reload,
+            vec![],
+            None,
+            runtime_dir,
+        )),
+        Command::Restart {
+            service,
+            workers,
+            runtime_dir,
+        } => run_async(client::command(
+            &service,
+            RequestKind::Restart,
+            workers,
+            None,
+            runtime_dir,
+        )),
+        Command::Drain {
+            service,
+            worker,
+            slot,
+            runtime_dir,
+        } => run_async(client::command(
+            &service,
+            RequestKind::Drain,
+            vec![worker],
+            slot,
+            runtime_dir,
+        )),
+        Command::Pause {
+            service,
+            worker,
+            runtime_dir,
+        } => run_async(client::command(
+            &service,
+            RequestKind::Pause,
+            vec![worker],
+            None,
+            runtime_dir,
+        )),
+        Command::Resume {
+            service,
+            worker,
+            runtime_dir,
+        } => run_async(client::command(
+            &service,
+            RequestKind::Resume,
+            vec![worker],
+            None,
+            runtime_dir,
+        )),
         Command::Demo { job_server, jobs } => {
             run_async(slotman::demo::run(slotman::demo::Options {
                 job_server,

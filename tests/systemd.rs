@@ -678,8 +678,9 @@ idle_timeout = "60s"
 }
 
 /// `systemctl reload` returns promptly and a new min takes effect (both
-/// ways); a broken config leaves the service running on the old one, with
-/// the reason in STATUS and in the journal.
+/// ways); a broken config makes `systemctl reload` fail and leaves the
+/// service running on the old one, with the reason in STATUS and in the
+/// journal.
 #[test]
 fn reload_applies_new_min_and_keeps_running_on_a_broken_config() {
     let config = |addr: &str, min: &str| {
@@ -721,10 +722,16 @@ idle_timeout = "1s"
         "test \"$(systemctl show -P ActiveState slotman@reload)\" = active",
     );
 
-    // A broken config: the old one keeps running, STATUS says why.
+    // A broken config: `systemctl reload` fails (ExecReload= is `slotman
+    // reload`, which waits for the verdict), the old one keeps running,
+    // STATUS says why.
     svc.write_config(&config(&svc.g.addr, "\"lots\""));
-    svc.systemctl("reload")
-        .assert_ok("systemctl reload (broken config)");
+    let refused = svc.systemctl("reload");
+    assert!(
+        !refused.status.success(),
+        "systemctl reload of a broken config succeeded: {}",
+        String::from_utf8_lossy(&refused.stderr)
+    );
     let status = sd.wait_for(
         "STATUS= reports the refused reload",
         SETTLE,

@@ -1,5 +1,7 @@
 //! `slotman status [SERVICE] [--json]`: asks a running manager over its
-//! control socket and prints a table (or the JSON for scripts).
+//! control socket and prints a table (or the JSON for scripts); and the
+//! commands (`reload`, `restart`, `drain`, `pause`, `resume`), which wait
+//! for the manager's answer.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -66,6 +68,8 @@ async fn ask(path: &Path, service: &str) -> anyhow::Result<Asked> {
     let mut req = serde_json::to_vec(&Request {
         version: PROTOCOL_VERSION,
         request: RequestKind::Status,
+        workers: Vec::new(),
+        slot: None,
     })?;
     req.push(b'\n');
     s.write_all(&req).await?;
@@ -80,6 +84,52 @@ async fn ask(path: &Path, service: &str) -> anyhow::Result<Asked> {
         _ => Err(anyhow::anyhow!(
             "{}",
             resp.error.unwrap_or_else(|| "no status in reply".into())
+        )),
+    }
+}
+
+/// Sends a command and waits for its answer, as long as it takes (a
+/// restart replaces slots one at a time); prints what was done. An error
+/// is the manager's refusal (a reload's carries `FILE:LINE`).
+pub async fn command(
+    service: &str,
+    kind: RequestKind,
+    workers: Vec<String>,
+    slot: Option<u32>,
+    dir: Option<PathBuf>,
+) -> anyhow::Result<()> {
+    let path = socket_path(&runtime_dir(dir.as_deref()), service);
+    let mut s = UnixStream::connect(&path).await.map_err(|e| {
+        anyhow::anyhow!(
+            "cannot reach {} ({e}): is slotman@{service} running? (non-root runs need --runtime-dir)",
+            path.display()
+        )
+    })?;
+    let mut req = serde_json::to_vec(&Request {
+        version: PROTOCOL_VERSION,
+        request: kind,
+        workers,
+        slot,
+    })?;
+    req.push(b'\n');
+    s.write_all(&req).await?;
+    let mut line = Vec::new();
+    BufReader::new(s)
+        .take(MAX_RESPONSE)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if line.is_empty() {
+        anyhow::bail!("the manager closed the connection without an answer");
+    }
+    let resp: Response = serde_json::from_slice(&line)?;
+    match (resp.ok, resp.message, resp.error) {
+        (true, message, _) => {
+            println!("{}", message.unwrap_or_else(|| "done".into()));
+            Ok(())
+        }
+        (false, _, error) => Err(anyhow::anyhow!(
+            "{}",
+            error.unwrap_or_else(|| "refused".into())
         )),
     }
 }
@@ -193,7 +243,13 @@ pub fn render(st: &ServiceStatus) -> String {
             "\n{} [{}] {}{} slots {}..{}: {} busy, {} idle, {} starting, {} draining | {:.1} jobs/s | done {} failed {} exceptions {} | restarts {} | queued {}\n",
             w.name,
             w.kind,
-            if w.failed { "FAILED " } else { "" },
+            if w.failed {
+                "FAILED "
+            } else if w.paused {
+                "PAUSED "
+            } else {
+                ""
+            },
             w.slots.len(),
             w.min,
             w.max,

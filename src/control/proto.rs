@@ -49,6 +49,9 @@ pub struct WorkerStatus {
     /// What is wrong, one sentence each, in the words of what failed.
     #[serde(default)]
     pub problems: Vec<String>,
+    /// `slotman pause`: its slots take no new job until resumed.
+    #[serde(default)]
+    pub paused: bool,
     pub jobs_complete: u64,
     pub jobs_failed: u64,
     pub jobs_exception: u64,

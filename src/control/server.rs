@@ -26,6 +26,7 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use super::proto::{ServiceStatus, PROTOCOL_VERSION};
+use crate::manager::Command;
 use super::snapshot::Snapshots;
 
 pub const MAX_REQUEST: u64 = 64 * 1024;
@@ -38,12 +39,43 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub struct Request {
     pub version: u32,
     pub request: RequestKind,
+    /// `restart`: the workers (none: all); `drain`, `pause`, `resume`:
+    /// exactly one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub workers: Vec<String>,
+    /// `drain`: one slot of the worker (none: every slot).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u32>,
 }
 
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestKind {
     Status,
+    /// Re-read the config; answers once it is applied or refused.
+    Reload,
+    /// Replace every slot of `workers` (all when empty), one at a time;
+    /// answers when done.
+    Restart,
+    /// The slot (or every slot of the worker) finishes its job and is
+    /// replaced.
+    Drain,
+    /// The worker's slots finish their jobs and take no new ones.
+    Pause,
+    Resume,
+}
+
+impl RequestKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            RequestKind::Status => "status",
+            RequestKind::Reload => "reload",
+            RequestKind::Restart => "restart",
+            RequestKind::Drain => "drain",
+            RequestKind::Pause => "pause",
+            RequestKind::Resume => "resume",
+        }
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -53,6 +85,9 @@ pub struct Response {
     pub status: Option<ServiceStatus>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What a command did, for the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 impl Response {
@@ -61,6 +96,7 @@ impl Response {
             ok: false,
             status: None,
             error: Some(message),
+            message: None,
         }
     }
 }
@@ -155,6 +191,9 @@ pub async fn serve(listener: UnixListener, snapshots: Arc<Snapshots>) {
 }
 
 async fn connection(stream: UnixStream, snapshots: &Snapshots) {
+    // Who asks: commands are logged with it. The socket's mode already
+    // admits only root and `control_group`.
+    let uid = stream.peer_cred().map(|c| c.uid()).ok();
     let (read, mut write) = stream.into_split();
     let mut line = Vec::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST);
@@ -162,14 +201,14 @@ async fn connection(stream: UnixStream, snapshots: &Snapshots) {
     let response = match read {
         Err(_) => return, // Stalled: drop it.
         Ok(Err(_)) | Ok(Ok(0)) => return,
-        Ok(Ok(_)) => answer(&line, snapshots).await,
+        Ok(Ok(_)) => answer(&line, snapshots, uid).await,
     };
     let mut out = serde_json::to_vec(&response).unwrap_or_default();
     out.push(b'\n');
     let _ = tokio::time::timeout(REQUEST_TIMEOUT, write.write_all(&out)).await;
 }
 
-async fn answer(line: &[u8], snapshots: &Snapshots) -> Response {
+async fn answer(line: &[u8], snapshots: &Snapshots, uid: Option<u32>) -> Response {
     let req: Request = match serde_json::from_slice(line) {
         Ok(r) => r,
         Err(e) => return Response::error(format!("bad request: {e}")),
@@ -186,8 +225,54 @@ async fn answer(line: &[u8], snapshots: &Snapshots) -> Response {
                 ok: true,
                 status: Some(status),
                 error: None,
+                message: None,
             },
             Err(e) => Response::error(e.to_string()),
         },
+        kind => {
+            let who = uid.map_or("an unknown user".to_string(), |u| format!("uid {u}"));
+            tracing::info!(
+                command = kind.name(),
+                "{} requested by {who}{}",
+                kind.name(),
+                describe_target(&req)
+            );
+            let one = |workers: Vec<String>| match <[String; 1]>::try_from(workers) {
+                Ok([w]) => Ok(w),
+                Err(_) => Err(format!("{} takes exactly one worker", kind.name())),
+            };
+            let command = match kind {
+                RequestKind::Status | RequestKind::Reload => Ok(Command::Reload),
+                RequestKind::Restart => Ok(Command::Restart(req.workers)),
+                RequestKind::Drain => one(req.workers).map(|worker| Command::Drain {
+                    worker,
+                    slot: req.slot,
+                }),
+                RequestKind::Pause => one(req.workers).map(|w| Command::Pause(w, true)),
+                RequestKind::Resume => one(req.workers).map(|w| Command::Pause(w, false)),
+            };
+            let command = match command {
+                Ok(c) => c,
+                Err(e) => return Response::error(e),
+            };
+            match snapshots.command(command).await {
+                Ok(message) => Response {
+                    ok: true,
+                    status: None,
+                    error: None,
+                    message: Some(message),
+                },
+                Err(e) => Response::error(e),
+            }
+        }
+    }
+}
+
+/// ` of w1, w2` / ` of w#3`: what a command is for, for the log.
+fn describe_target(req: &Request) -> String {
+    match (req.workers.as_slice(), req.slot) {
+        ([], _) => String::new(),
+        ([w], Some(slot)) => format!(" of {w}#{slot}"),
+        (ws, _) => format!(" of {}", ws.join(", ")),
     }
 }

@@ -90,6 +90,18 @@ impl Snapshots {
         Ok(status)
     }
 
+    /// Has the manager carry out `command`; its answer (what was done, or
+    /// why not). Waits as long as the command takes (a restart replaces
+    /// slots one at a time).
+    pub async fn command(&self, command: crate::manager::Command) -> Result<String, String> {
+        let (tx, rx) = oneshot::channel();
+        self.events
+            .send(Event::Command(command, tx))
+            .map_err(|_| Unavailable::Stopping.to_string())?;
+        rx.await
+            .map_err(|_| "the manager stopped before it was done".to_string())?
+    }
+
     /// Whether the manager has gone (its event channel closed).
     pub fn is_closed(&self) -> bool {
         self.events.is_closed()

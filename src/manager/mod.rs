@@ -43,7 +43,28 @@ pub enum Event {
     Status(tokio::sync::oneshot::Sender<ServiceStatus>),
     /// Jobs waiting at the job servers, per worker (from admin `status`).
     QueueDepth(Vec<(String, u64)>),
+    /// An operator's command (`slotman reload|restart|drain|pause|resume`)
+    /// and where its answer goes.
+    Command(Command, Reply),
 }
+
+/// What an operator can ask of a running manager.
+#[derive(Debug)]
+pub enum Command {
+    /// Re-read the config: answered once applied, or refused with why.
+    Reload,
+    /// Replace every slot of these workers (all when empty), the new slot
+    /// ready before the old one drains; answered when done.
+    Restart(Vec<String>),
+    /// The slot (or every slot of the worker) finishes its job and is
+    /// replaced.
+    Drain { worker: String, slot: Option<u32> },
+    /// The worker's slots take no new job (`true`) or take jobs again.
+    Pause(String, bool),
+}
+
+/// Where a command's answer goes: what was done, or why not.
+pub type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
 
 /// What a slot task reports, in the order it happened.
 #[derive(Debug)]
@@ -108,6 +129,15 @@ pub struct Manager {
     health_logged: BTreeMap<String, (Health, BTreeMap<String, String>)>,
     /// The health part of the last STATUS= (empty when ok).
     status_lead: String,
+    /// `slotman restart`s under way.
+    restarts: Vec<Restart>,
+}
+
+/// A `slotman restart` under way.
+struct Restart {
+    workers: Vec<String>,
+    slots: usize,
+    reply: Reply,
 }
 
 impl Manager {
@@ -149,6 +179,7 @@ impl Manager {
             pin_changed: false,
             health_logged: BTreeMap::new(),
             status_lead: String::new(),
+            restarts: Vec::new(),
         }
     }
 
@@ -169,6 +200,7 @@ impl Manager {
             let wake = self.apply_policy();
             self.update_pinning();
             self.log_health();
+            self.finish_restarts();
             let status_wake = self.report_status();
             if self.stopping.is_some() && self.pools.values().all(|p| p.slots.is_empty()) {
                 break;
@@ -304,12 +336,17 @@ impl Manager {
                 self.dirty.insert(worker.clone());
             }
             Event::QueueDepth(depths) => self.dirty.extend(depths.iter().map(|(w, _)| w.clone())),
-            Event::Reload | Event::Stop => self.dirty.extend(self.pools.keys().cloned()),
+            Event::Reload | Event::Stop | Event::Command(..) => {
+                self.dirty.extend(self.pools.keys().cloned())
+            }
             Event::Status(_) => {}
         }
         match ev {
             Event::Slot { worker, id, ev } => self.slot_event(&worker, id, ev),
-            Event::Reload => self.reload(),
+            Event::Reload => {
+                let _ = self.reload();
+            }
+            Event::Command(command, reply) => self.command(command, reply),
             Event::Stop => self.stop(),
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
@@ -374,9 +411,11 @@ impl Manager {
         }
     }
 
-    fn reload(&mut self) {
+    /// Re-reads the config: what changed, or why it was refused (the
+    /// running pools are kept then).
+    fn reload(&mut self) -> Result<String, String> {
         self.notifier.reloading();
-        match config::load(&self.config.path) {
+        let result = match config::load(&self.config.path) {
             Err(e) => {
                 let msg = e.to_string();
                 let first = msg.lines().next().unwrap_or_default().to_string();
@@ -384,18 +423,162 @@ impl Manager {
                 self.reload_error = Some(first);
                 self.last_status.clear();
                 self.report_status();
-                self.notifier.ready();
-                return;
+                Err(format!("reload refused, the running configuration is kept: {msg}"))
             }
             Ok(new) => {
                 self.reload_error = None;
-                self.apply_config(new);
+                // A reload ends a pause.
+                let paused: Vec<String> = self
+                    .pools
+                    .iter()
+                    .filter(|(_, p)| p.paused)
+                    .map(|(n, _)| n.clone())
+                    .collect();
+                for name in paused {
+                    self.pause(&name, false);
+                }
+                Ok(self.apply_config(new))
             }
-        }
+        };
         self.notifier.ready();
+        result
     }
 
-    fn apply_config(&mut self, new: Config) {
+    /// Carries out an operator's command; the answer goes to `reply` now,
+    /// or (restart) once every slot has been replaced.
+    fn command(&mut self, command: Command, reply: Reply) {
+        if self.stopping.is_some() {
+            let _ = reply.send(Err("the service is stopping".into()));
+            return;
+        }
+        let unknown = |pools: &BTreeMap<String, Pool>, w: &str| {
+            (!pools.contains_key(w)).then(|| {
+                let known: Vec<&str> = pools.keys().map(String::as_str).collect();
+                format!("no worker {w:?} (workers: {})", known.join(", "))
+            })
+        };
+        let answer = match command {
+            Command::Reload => self.reload(),
+            Command::Restart(workers) => {
+                if let Some(e) = workers.iter().find_map(|w| unknown(&self.pools, w)) {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+                let workers = match workers.is_empty() {
+                    true => self.pools.keys().cloned().collect(),
+                    false => workers,
+                };
+                let mut slots = 0;
+                for w in &workers {
+                    if self.pools.get(w).is_some_and(|p| p.paused) {
+                        self.pause(w, false);
+                    }
+                    if let Some(pool) = self.pools.get_mut(w) {
+                        pool.generation += 1;
+                        slots += pool.active();
+                    }
+                }
+                tracing::info!("restart of {}: replacing {slots} slots one at a time", workers.join(", "));
+                self.restarts.push(Restart {
+                    workers,
+                    slots,
+                    reply,
+                });
+                return;
+            }
+            Command::Drain { worker, slot } => match unknown(&self.pools, &worker) {
+                Some(e) => Err(e),
+                None => self.drain(&worker, slot),
+            },
+            Command::Pause(worker, on) => match unknown(&self.pools, &worker) {
+                Some(e) => Err(e),
+                None => Ok(self.pause(&worker, on)),
+            },
+        };
+        let _ = reply.send(answer);
+    }
+
+    /// Answers the restarts that are done: no slot of their workers is
+    /// outdated any more.
+    fn finish_restarts(&mut self) {
+        let pools = &self.pools;
+        let stopping = self.stopping.is_some();
+        let (done, pending): (Vec<Restart>, Vec<Restart>) =
+            std::mem::take(&mut self.restarts).into_iter().partition(|r| {
+                stopping
+                    || r.workers.iter().all(|w| {
+                        pools.get(w).map_or(true, |p| {
+                            p.faults.failed
+                                || p.slots.values().all(|s| s.generation == p.generation)
+                        })
+                    })
+            });
+        self.restarts = pending;
+        for r in done {
+            let failed: Vec<&str> = r
+                .workers
+                .iter()
+                .filter(|w| pools.get(*w).is_some_and(|p| p.faults.failed))
+                .map(String::as_str)
+                .collect();
+            let answer = if stopping {
+                Err("the service began to stop before the restart was done".to_string())
+            } else if !failed.is_empty() {
+                Err(format!(
+                    "restart stopped: {} marked failed (see slotman status)",
+                    failed.join(", ")
+                ))
+            } else {
+                tracing::info!("restart of {} done", r.workers.join(", "));
+                Ok(format!("replaced {} slots of {}", r.slots, r.workers.join(", ")))
+            };
+            let _ = r.reply.send(answer);
+        }
+    }
+
+    /// `slotman drain`: the slot (or every slot of the worker) finishes its
+    /// job and is replaced, the new one first.
+    fn drain(&mut self, worker: &str, slot: Option<u32>) -> Result<String, String> {
+        let Some(pool) = self.pools.get_mut(worker) else {
+            return Err(format!("no worker {worker:?}"));
+        };
+        let ids: Vec<u32> = match slot {
+            Some(id) if pool.slots.contains_key(&id) => vec![id],
+            Some(id) => {
+                let known: Vec<String> = pool.slots.keys().map(|i| i.to_string()).collect();
+                return Err(format!("no slot {worker}#{id} (slots: {})", known.join(", ")));
+            }
+            None => pool.slots.keys().copied().collect(),
+        };
+        for id in &ids {
+            if let Some(s) = pool.slots.get_mut(id) {
+                // Outdated: the policy starts its replacement, then drains it.
+                s.retire = true;
+            }
+        }
+        let names: Vec<String> = ids.iter().map(|i| format!("{worker}#{i}")).collect();
+        Ok(format!("replacing {}", names.join(", ")))
+    }
+
+    /// `slotman pause|resume`: tells every slot of the worker.
+    fn pause(&mut self, worker: &str, on: bool) -> String {
+        let Some(pool) = self.pools.get_mut(worker) else {
+            return format!("no worker {worker:?}");
+        };
+        pool.paused = on;
+        for s in pool.slots.values() {
+            let _ = s.cmd.send(SlotCmd::Pause(on));
+        }
+        let what = if on {
+            "paused: its slots finish their jobs in hand and take no new ones"
+        } else {
+            "resumed"
+        };
+        tracing::info!(worker, "worker {worker} {what}");
+        format!("{worker} {what}")
+    }
+
+    fn apply_config(&mut self, new: Config) -> String {
         let mut changes = Vec::new();
         for w in &new.workers {
             match self.pools.get_mut(&w.name) {
@@ -441,16 +624,14 @@ impl Manager {
                 changes.push(format!("-{name}"));
             }
         }
-        tracing::info!(
-            "reloaded {}: {}",
-            new.path.display(),
-            if changes.is_empty() {
-                "no changes".to_string()
-            } else {
-                changes.join(", ")
-            }
-        );
+        let summary = if changes.is_empty() {
+            "no changes".to_string()
+        } else {
+            changes.join(", ")
+        };
+        tracing::info!("reloaded {}: {summary}", new.path.display());
         self.config = new;
+        format!("reloaded: {summary}")
     }
 
     fn slot_event(&mut self, worker: &str, id: u32, ev: SlotEvent) {
@@ -708,6 +889,9 @@ impl Manager {
                 pool.faults.failed = false;
                 pool.faults.consecutive = 0;
             }
+            if pool.paused && !stopping {
+                continue;
+            }
             let decision = policy::decide(&pool.view(stopping), now);
             for action in decision.actions {
                 match action {
@@ -953,6 +1137,7 @@ impl Manager {
                 let count = |f: fn(&SlotState) -> bool| p.count(f) as u32;
                 let (health, problems) = assess(p);
                 WorkerStatus {
+                    paused: p.paused,
                     health: health.as_str().into(),
                     problems: problems.iter().map(|pr| pr.render(now)).collect(),
                     name: name.clone(),
@@ -985,7 +1170,10 @@ impl Manager {
                         .values()
                         .map(|s| SlotStatus {
                             id: s.id,
-                            state: s.state.name().to_string(),
+                            state: match (&s.state, p.paused) {
+                                (SlotState::Idle { .. }, true) => "paused".to_string(),
+                                (state, _) => state.name().to_string(),
+                            },
                             pid: s.pid,
                             unit: s.unit.clone(),
                             uptime_secs: now.duration_since(s.started).as_secs_f64(),
@@ -1092,6 +1280,7 @@ fn start_slot(
             cpu,
             pinned: pin,
             links: BTreeMap::new(),
+            retire: false,
             cmd: tx,
         },
     );

@@ -19,6 +19,8 @@ pub enum SlotCmd {
     Kill,
     /// CPU pinning (`pin_cpu`) on or off.
     Pin(bool),
+    /// Take no new job (`slotman pause`), or take jobs again.
+    Pause(bool),
 }
 
 /// What a slot is doing, as the manager knows it.
@@ -72,6 +74,8 @@ pub struct Slot {
     pub cpu: Option<u32>,
     /// What it was last told about pinning.
     pub pinned: bool,
+    /// `slotman drain`: replace it as if outdated.
+    pub retire: bool,
     /// Its job-server connections as it last reported them.
     pub links: BTreeMap<String, super::health::Link>,
     pub cmd: mpsc::UnboundedSender<SlotCmd>,
@@ -287,6 +291,8 @@ pub struct Pool {
     /// fail, whether it was a start). Cleared by a slot that starts after
     /// failed starts, or by a job done.
     pub failing: Option<Failing>,
+    /// `slotman pause`: its slots take no new job; the policy leaves it be.
+    pub paused: bool,
 }
 
 /// Slots of a worker failing in a row (see [`Pool::failing`]).
@@ -326,6 +332,7 @@ impl Pool {
             queued: 0,
             spawn,
             failing: None,
+            paused: false,
         }
     }
 
@@ -345,7 +352,7 @@ impl Pool {
                         SlotState::Busy { .. } => SlotPhase::Busy,
                         SlotState::Draining { .. } => SlotPhase::Draining,
                     },
-                    outdated: s.generation != self.generation,
+                    outdated: s.generation != self.generation || s.retire,
                     recycle_at: s.recycle_at,
                 })
                 .collect(),

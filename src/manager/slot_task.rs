@@ -84,6 +84,9 @@ pub async fn run(
                 Some(SlotCmd::Pin(on)) => {
                     let _ = write_half.write_all(&report::encode(&ToSlot::Pin { on })).await;
                 }
+                Some(SlotCmd::Pause(on)) => {
+                    let _ = write_half.write_all(&report::encode(&ToSlot::Pause { on })).await;
+                }
                 None => cmds_open = false,
             },
             status = &mut exited => break status,

@@ -100,7 +100,7 @@ pub async fn process_main() -> anyhow::Result<i32> {
         Some(line) => match report::decode::<ToSlot>(&line)? {
             ToSlot::Start(spec) => *spec,
             ToSlot::Drain => return Ok(0),
-            ToSlot::Pin { .. } => anyhow::bail!("the manager's first message was not `start`"),
+            ToSlot::Pin { .. } | ToSlot::Pause { .. } => anyhow::bail!("the manager's first message was not `start`"),
         },
         None => return Ok(0),
     };
@@ -121,6 +121,7 @@ pub async fn process_main() -> anyhow::Result<i32> {
     // it died), with no PR_SET_PDEATHSIG needed.
     let on_msg = drain.clone();
     let on_pin = cpu.clone();
+    let (pause_tx, pause) = tokio::sync::watch::channel(false);
     let manager_gone = CancellationToken::new();
     let on_gone = manager_gone.clone();
     tokio::spawn(async move {
@@ -129,6 +130,9 @@ pub async fn process_main() -> anyhow::Result<i32> {
                 Ok(Some(line)) => match report::decode::<ToSlot>(&line) {
                     Ok(ToSlot::Drain) => on_msg.cancel(),
                     Ok(ToSlot::Pin { on }) => on_pin.set_wanted(on),
+                    Ok(ToSlot::Pause { on }) => {
+                        let _ = pause_tx.send(on);
+                    }
                     Ok(ToSlot::Start(_)) | Err(_) => {}
                 },
                 _ => {
@@ -154,7 +158,7 @@ pub async fn process_main() -> anyhow::Result<i32> {
     });
     let stop_timeout = spec.stop_timeout;
     let reason = tokio::select! {
-        reason = runner::run(spec, tx, drain, cpu) => reason,
+        reason = runner::run(spec, tx, drain, cpu, pause) => reason,
         () = left_alone(&manager_gone, stop_timeout) => {
             tracing::warn!(
                 "the manager is gone and the job in hand outlasted stop_timeout: killing the handler; the job server requeues the job"

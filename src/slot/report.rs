@@ -65,6 +65,9 @@ pub enum ToSlot {
     Drain,
     /// Pinning to [`SlotSpec::cpu`] is on or off from now.
     Pin { on: bool },
+    /// Take no new job after the one in hand (`on`), or take jobs again.
+    /// The connections stay registered; jobs wait at the job servers.
+    Pause { on: bool },
 }
 
 /// How a job ended, as the manager counts it.

@@ -277,6 +277,7 @@ pub async fn run(
     reports: Reports,
     drain: CancellationToken,
     cpu: Arc<CpuPair>,
+    pause: tokio::sync::watch::Receiver<bool>,
 ) -> ExitReason {
     let id = SlotIdentity {
         service: spec.service.clone(),
@@ -338,6 +339,7 @@ pub async fn run(
         });
     }));
     let gate: Gate = Arc::new(Semaphore::new(1));
+    tokio::spawn(hold_while_paused(gate.clone(), pause));
     let jobs = Arc::new(Jobs {
         handler: Mutex::new(handler),
         spec: spec.clone(),
@@ -422,6 +424,35 @@ pub async fn run(
         jobs.handler.into_inner().shutdown().await;
     }
     reason
+}
+
+/// While the manager says paused, holds the slot's one job permit: the
+/// job in hand finishes (the permit is taken once it is answered) and no
+/// connection can grab another; they stay registered meanwhile. Ends when
+/// the gate closes (drain).
+async fn hold_while_paused(gate: Gate, mut pause: tokio::sync::watch::Receiver<bool>) {
+    loop {
+        if pause.wait_for(|on| *on).await.is_err() {
+            return;
+        }
+        let held = tokio::select! {
+            p = gate.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => return,
+            },
+            // Resumed before the job in hand was done.
+            r = pause.wait_for(|on| !*on) => match r {
+                Ok(_) => continue,
+                Err(_) => return,
+            },
+        };
+        tracing::info!("paused: taking no new job");
+        if pause.wait_for(|on| !*on).await.is_err() {
+            return;
+        }
+        drop(held);
+        tracing::info!("resumed");
+    }
 }
 
 /// OOM kills in this process's memory cgroup so far (cgroup v2
