@@ -26,8 +26,8 @@ use tokio::net::{UnixListener, UnixStream};
 use tokio::sync::Semaphore;
 
 use super::proto::{ServiceStatus, PROTOCOL_VERSION};
-use crate::manager::Command;
 use super::snapshot::Snapshots;
+use crate::manager::Command;
 
 pub const MAX_REQUEST: u64 = 64 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);

@@ -423,7 +423,9 @@ impl Manager {
                 self.reload_error = Some(first);
                 self.last_status.clear();
                 self.report_status();
-                Err(format!("reload refused, the running configuration is kept: {msg}"))
+                Err(format!(
+                    "reload refused, the running configuration is kept: {msg}"
+                ))
             }
             Ok(new) => {
                 self.reload_error = None;
@@ -478,7 +480,10 @@ impl Manager {
                         slots += pool.active();
                     }
                 }
-                tracing::info!("restart of {}: replacing {slots} slots one at a time", workers.join(", "));
+                tracing::info!(
+                    "restart of {}: replacing {slots} slots one at a time",
+                    workers.join(", ")
+                );
                 self.restarts.push(Restart {
                     workers,
                     slots,
@@ -503,8 +508,9 @@ impl Manager {
     fn finish_restarts(&mut self) {
         let pools = &self.pools;
         let stopping = self.stopping.is_some();
-        let (done, pending): (Vec<Restart>, Vec<Restart>) =
-            std::mem::take(&mut self.restarts).into_iter().partition(|r| {
+        let (done, pending): (Vec<Restart>, Vec<Restart>) = std::mem::take(&mut self.restarts)
+            .into_iter()
+            .partition(|r| {
                 stopping
                     || r.workers.iter().all(|w| {
                         pools.get(w).map_or(true, |p| {
@@ -530,7 +536,11 @@ impl Manager {
                 ))
             } else {
                 tracing::info!("restart of {} done", r.workers.join(", "));
-                Ok(format!("replaced {} slots of {}", r.slots, r.workers.join(", ")))
+                Ok(format!(
+                    "replaced {} slots of {}",
+                    r.slots,
+                    r.workers.join(", ")
+                ))
             };
             let _ = r.reply.send(answer);
         }
@@ -546,7 +556,10 @@ impl Manager {
             Some(id) if pool.slots.contains_key(&id) => vec![id],
             Some(id) => {
                 let known: Vec<String> = pool.slots.keys().map(|i| i.to_string()).collect();
-                return Err(format!("no slot {worker}#{id} (slots: {})", known.join(", ")));
+                return Err(format!(
+                    "no slot {worker}#{id} (slots: {})",
+                    known.join(", ")
+                ));
             }
             None => pool.slots.keys().copied().collect(),
         };

@@ -100,7 +100,9 @@ pub async fn process_main() -> anyhow::Result<i32> {
         Some(line) => match report::decode::<ToSlot>(&line)? {
             ToSlot::Start(spec) => *spec,
             ToSlot::Drain => return Ok(0),
-            ToSlot::Pin { .. } | ToSlot::Pause { .. } => anyhow::bail!("the manager's first message was not `start`"),
+            ToSlot::Pin { .. } | ToSlot::Pause { .. } => {
+                anyhow::bail!("the manager's first message was not `start`")
+            }
         },
         None => return Ok(0),
     };

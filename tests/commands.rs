@@ -1,0 +1,203 @@
+//! The live controls an operator uses on a running service — `slotman
+//! reload`, `restart`, `drain`, `pause`, `resume` — against a real gearmand
+//! and real handlers.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::service::{handler, submit_bg, Service};
+use common::{slotman_bin, wait_until, Gearmand};
+
+fn config(server: &str, min: u32, max: u32) -> String {
+    format!(
+        "[workers.w]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"echo\", \"sleep\", \"record\"]\njob_servers = [\"{server}\"]\nmin = {min}\nmax = {max}\nidle_timeout = \"1h\"\n",
+        handler()
+    )
+}
+
+fn slotman(svc: &Service, args: &[&str]) -> Output {
+    Command::new(slotman_bin())
+        .args(args)
+        .arg("--runtime-dir")
+        .arg(svc.dir.path())
+        .output()
+        .expect("run slotman")
+}
+
+fn text(out: &Output) -> String {
+    format!(
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+fn slot_ids(svc: &Service) -> BTreeSet<u32> {
+    svc.worker("w").slots.iter().map(|s| s.id).collect()
+}
+
+#[test]
+fn reload_waits_for_the_verdict_and_names_the_broken_line() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new(&config(&g.addr, 1, 4));
+    svc.start();
+    svc.one_slot_ready("w");
+
+    svc.write_config(&config(&g.addr, 2, 4).replace("max = 4", "max = \"lots\""));
+    let out = slotman(&svc, &["reload", "svc"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("svc.toml:") && stderr.contains("max"),
+        "the refusal names FILE:LINE and the key: {}",
+        text(&out)
+    );
+    assert_eq!(svc.worker("w").min, 1, "a refused config was applied");
+
+    svc.write_config(&config(&g.addr, 2, 4));
+    let out = slotman(&svc, &["reload", "svc"]);
+    assert!(out.status.success(), "{}", text(&out));
+    // Applied by the time the command returns.
+    assert_eq!(svc.worker("w").min, 2);
+    assert!(svc.stop(), "manager exit status");
+}
+
+#[test]
+fn restart_replaces_every_slot_under_load_without_losing_a_job_or_capacity() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new(&config(&g.addr, 3, 4));
+    svc.start();
+    wait_until("three slots ready", Duration::from_secs(20), || {
+        svc.worker("w").idle == 3
+    });
+    let before = slot_ids(&svc);
+
+    // A stream of jobs with unique ids while the restart runs, and a watch
+    // on the slots that can take jobs.
+    let stop = Arc::new(AtomicBool::new(false));
+    let submitted = Arc::new(AtomicU32::new(0));
+    let feeder = {
+        let (stop, submitted, addr) = (stop.clone(), submitted.clone(), g.addr.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let batch: Vec<(String, String)> = (i..i + 20)
+                    .map(|n| (format!("job-{n}"), format!("job-{n} 0")))
+                    .collect();
+                submit_bg(&addr, "w::record", batch);
+                i += 20;
+                submitted.store(i, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        })
+    };
+    let low = Arc::new(AtomicU32::new(u32::MAX));
+    let watching = Arc::new(AtomicBool::new(true));
+    let dir = svc.dir.path().to_path_buf();
+    let watcher = {
+        let (low, watching) = (low.clone(), watching.clone());
+        std::thread::spawn(move || {
+            while watching.load(Ordering::Relaxed) {
+                let out = Command::new(slotman_bin())
+                    .args(["status", "svc", "--json", "--runtime-dir"])
+                    .arg(&dir)
+                    .output()
+                    .expect("status");
+                if let Ok(st) =
+                    serde_json::from_slice::<slotman::control::proto::ServiceStatus>(&out.stdout)
+                {
+                    let w = &st.workers[0];
+                    low.fetch_min(w.idle + w.busy, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let out = slotman(&svc, &["restart", "svc"]);
+    watching.store(false, Ordering::Relaxed);
+    let _ = watcher.join();
+    assert!(out.status.success(), "{}", text(&out));
+    stop.store(true, Ordering::Relaxed);
+    let _ = feeder.join();
+
+    let after = slot_ids(&svc);
+    assert!(
+        before.is_disjoint(&after),
+        "old slots left after the restart returned: before {before:?}, after {after:?}"
+    );
+    assert!(
+        low.load(Ordering::Relaxed) >= 3,
+        "ready slots fell to {} during the restart",
+        low.load(Ordering::Relaxed)
+    );
+    let n = submitted.load(Ordering::Relaxed);
+    wait_until("every job ran", Duration::from_secs(30), || {
+        let record = svc.record();
+        let seen: BTreeSet<&str> = record
+            .lines()
+            .filter_map(|l| l.strip_prefix("done "))
+            .collect();
+        (0..n).all(|i| seen.contains(format!("job-{i}").as_str()))
+    });
+    assert!(svc.stop(), "manager exit status");
+}
+
+#[test]
+fn pause_holds_jobs_resume_releases_them_and_drain_replaces_one_slot() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new(&config(&g.addr, 2, 2));
+    svc.start();
+    wait_until("two slots ready", Duration::from_secs(20), || {
+        svc.worker("w").idle == 2
+    });
+
+    let out = slotman(&svc, &["pause", "svc", "w"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let w = svc.worker("w");
+    assert!(w.paused, "status does not show the pause");
+    assert!(w.slots.iter().all(|s| s.state == "paused"), "{:?}", w.slots);
+    submit_bg(
+        &g.addr,
+        "w::record",
+        [("held".to_string(), "held 0".to_string())],
+    );
+    // The job waits at the job server while the worker is paused.
+    wait_until("the job queued", Duration::from_secs(10), || {
+        g.function_status("w::record").0 == 1
+    });
+    assert!(svc.record().is_empty(), "a paused slot ran a job");
+
+    let out = slotman(&svc, &["resume", "svc", "w"]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("the held job ran", Duration::from_secs(10), || {
+        svc.record().contains("held")
+    });
+
+    let before = slot_ids(&svc);
+    let target = *before.iter().next().expect("a slot");
+    let out = slotman(&svc, &["drain", "svc", "w", &target.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("the drained slot replaced", Duration::from_secs(20), || {
+        let now = slot_ids(&svc);
+        !now.contains(&target) && now.len() == 2 && svc.worker("w").idle == 2
+    });
+    let after = slot_ids(&svc);
+    assert_eq!(
+        before.intersection(&after).count(),
+        1,
+        "exactly one slot replaced: before {before:?}, after {after:?}"
+    );
+
+    let out = slotman(&svc, &["drain", "svc", "nope"]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        svc.log().contains("drain requested by uid"),
+        "commands are logged with the caller"
+    );
+    assert!(svc.stop(), "manager exit status");
+}
