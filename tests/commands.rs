@@ -201,3 +201,47 @@ fn pause_holds_jobs_resume_releases_them_and_drain_replaces_one_slot() {
     );
     assert!(svc.stop(), "manager exit status");
 }
+
+#[test]
+fn a_stale_socket_and_a_refused_one_are_called_what_they_are() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    // A socket file nobody listens on: what a killed manager leaves.
+    drop(std::os::unix::net::UnixListener::bind(dir.path().join("gone.sock")).expect("bind"));
+    let out = Command::new(slotman_bin())
+        .args(["status", "gone", "--runtime-dir"])
+        .arg(dir.path())
+        .output()
+        .expect("slotman status");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is stale"),
+        "{}",
+        text(&out)
+    );
+
+    // A live socket of mode 0600 asked by an unprivileged user.
+    if !nix::unistd::Uid::effective().is_root() {
+        return;
+    }
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new(&config(&g.addr, 1, 1));
+    svc.start();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(svc.dir.path(), std::fs::Permissions::from_mode(0o755))
+        .expect("chmod");
+    let out = Command::new("runuser")
+        .args(["-u", "nobody", "--"])
+        .arg(slotman_bin())
+        .args(["status", "svc", "--runtime-dir"])
+        .arg(svc.dir.path())
+        .output()
+        .expect("runuser");
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("permission denied")
+            && String::from_utf8_lossy(&out.stderr).contains("control_group"),
+        "{}",
+        text(&out)
+    );
+    assert!(svc.stop(), "manager exit status");
+}

@@ -60,10 +60,7 @@ async fn ask(path: &Path, service: &str) -> anyhow::Result<Asked> {
                 path.display()
             )))
         }
-        Err(e) => anyhow::bail!(
-            "cannot reach {} ({e}): is slotman@{service} running? (non-root runs need --runtime-dir)",
-            path.display()
-        ),
+        Err(e) => return Err(unreachable(&e, path, service)),
     };
     let mut req = serde_json::to_vec(&Request {
         version: PROTOCOL_VERSION,
@@ -88,6 +85,24 @@ async fn ask(path: &Path, service: &str) -> anyhow::Result<Asked> {
     }
 }
 
+/// Why the control socket cannot be reached, and what to do about it.
+fn unreachable(e: &std::io::Error, path: &Path, service: &str) -> anyhow::Error {
+    use std::io::ErrorKind;
+    let path = path.display();
+    match e.kind() {
+        ErrorKind::PermissionDenied => anyhow::anyhow!(
+            "permission denied on {path}: run it as root (sudo slotman ...) or as a member of the service's control_group"
+        ),
+        ErrorKind::ConnectionRefused => anyhow::anyhow!(
+            "{path} is stale: no manager listens on it (slotman@{service} is not running; a manager that was killed left it)"
+        ),
+        ErrorKind::NotFound => anyhow::anyhow!(
+            "no {path}: is slotman@{service} running? (a manager run by hand with --runtime-dir DIR needs the same --runtime-dir here)"
+        ),
+        _ => anyhow::anyhow!("cannot reach {path}: {e}"),
+    }
+}
+
 /// Sends a command and waits for its answer, as long as it takes (a
 /// restart replaces slots one at a time); prints what was done. An error
 /// is the manager's refusal (a reload's carries `FILE:LINE`).
@@ -99,12 +114,9 @@ pub async fn command(
     dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let path = socket_path(&runtime_dir(dir.as_deref()), service);
-    let mut s = UnixStream::connect(&path).await.map_err(|e| {
-        anyhow::anyhow!(
-            "cannot reach {} ({e}): is slotman@{service} running? (non-root runs need --runtime-dir)",
-            path.display()
-        )
-    })?;
+    let mut s = UnixStream::connect(&path)
+        .await
+        .map_err(|e| unreachable(&e, &path, service))?;
     let mut req = serde_json::to_vec(&Request {
         version: PROTOCOL_VERSION,
         request: kind,

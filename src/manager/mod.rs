@@ -83,6 +83,14 @@ const QUEUE_POLL_TIMEOUT: Duration = Duration::from_secs(2);
 /// Least time between two STATUS= updates.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
+/// `1 worker`, `2 workers`.
+fn count(n: usize, thing: &str) -> String {
+    match n {
+        1 => format!("1 {thing}"),
+        n => format!("{n} {thing}s"),
+    }
+}
+
 /// 1234.0 → "1.2k", 12.0 → "12".
 fn human(v: f64) -> String {
     if v >= 1e6 {
@@ -187,8 +195,8 @@ impl Manager {
     pub async fn run(mut self, mut events: mpsc::UnboundedReceiver<Event>) -> anyhow::Result<()> {
         tracing::info!(
             service = %self.config.service,
-            "starting: {} workers from {}",
-            self.pools.len(),
+            "starting: {} from {}",
+            count(self.pools.len(), "worker"),
             self.config.path.display()
         );
         let watchdog = self.notifier.watchdog_interval();
@@ -1087,8 +1095,9 @@ impl Manager {
             .map(|(n, _)| n.as_str())
             .collect();
         let mut line = format!(
-            "{} workers, {slots} slots ({busy} busy), {} jobs/min",
-            self.pools.len(),
+            "{}, {} ({busy} busy), {} jobs/min",
+            count(self.pools.len(), "worker"),
+            count(slots, "slot"),
             human(per_min)
         );
         if !failed.is_empty() {
