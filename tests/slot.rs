@@ -76,6 +76,10 @@ struct Slot {
     control: tokio::net::unix::OwnedWriteHalf,
     /// Handler process groups the runner reported (`Report::Handler`).
     handlers: Vec<u32>,
+    /// `link` reports so far: (server, error).
+    links: Vec<(String, Option<String>)>,
+    /// `start_failed` reports so far.
+    start_failures: Vec<String>,
 }
 
 impl Slot {
@@ -127,6 +131,8 @@ impl Slot {
             reports: rx,
             control: write,
             handlers: Vec::new(),
+            links: Vec::new(),
+            start_failures: Vec::new(),
         }
     }
 
@@ -148,6 +154,10 @@ impl Slot {
                     assert!(start.is_some() && session.is_some(), "{pid}: no identity");
                     self.handlers.push(pid)
                 }
+                // Job-server links and start failures: kept for the tests
+                // that look at them.
+                Report::Link { server, error } => self.links.push((server, error)),
+                Report::StartFailed { why } => self.start_failures.push(why),
                 r => return r,
             }
         }
@@ -744,6 +754,14 @@ async fn a_handler_that_never_says_ready_fails_the_start_at_its_deadline() {
         Report::Exiting {
             reason: ExitReason::HandlerFailed
         }
+    );
+    // The manager hears why, before the exit.
+    assert!(
+        slot.start_failures
+            .iter()
+            .any(|why| why.contains("did not say READY within 300ms")),
+        "{:?}",
+        slot.start_failures
     );
     assert_eq!(
         slot.wait().await.code(),
