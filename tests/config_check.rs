@@ -160,3 +160,20 @@ fn binary_check_exits_0_when_valid() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[test]
+fn binary_check_refuses_a_duration_the_clock_cannot_hold() {
+    let scratch = Scratch::new();
+    let path = scratch.config(
+        "billing",
+        "[workers.resize]\ncommand = [\"{handler}\"]\nfunctions = [\"resize\"]\nidle_timeout = \"500000000000y\"\n",
+    );
+    let out = slotman_check(&path);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "stderr: {stderr}");
+    let want = format!(
+        "{}:4: workers.resize.idle_timeout: `500000000000y` is longer than 100 years",
+        path.display()
+    );
+    assert!(stderr.contains(&want), "no {want:?} in stderr: {stderr}");
+}

@@ -35,6 +35,8 @@ impl Service {
             .arg("--runtime-dir")
             .arg(dir.path())
             .stdin(Stdio::null())
+            // Its log goes to a file: green tests are quiet.
+            .stderr(std::fs::File::create(dir.path().join("manager.log")).expect("manager log"))
             .spawn()
             .expect("slotman run");
         wait_until("control socket", Duration::from_secs(10), || {

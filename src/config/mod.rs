@@ -24,10 +24,11 @@
 //! # Value syntax
 //!
 //! - durations: "10s", "500ms", "1m 30s" (humantime), or whole seconds as a
-//!   number or digits; for `timeout` and `max_lifetime`, 0 means none, so a
-//!   worker can lift a limit its `[defaults]` set.
+//!   number or digits, at most 100 years (`values::MAX_DURATION`: anything
+//!   the manager adds to a clock fits); for `timeout` and `max_lifetime`, 0
+//!   means none, so a worker can lift a limit its `[defaults]` set.
 //! - sizes: bytes as a number, or "512K", "256M", "1.5G" with systemd's binary
-//!   units (K = 1024); "infinity" for no limit on `memory_*`.
+//!   units (K = 1024), at most u64; "infinity" for no limit on `memory_*`.
 //! - `cpu_quota`: "50%" (of one CPU; "200%" is two); `cpu_weight` 1..=10000;
 //!   `tasks_max` a number or "infinity".
 //! - `env`: `[defaults]` and worker tables merge per variable, the worker's

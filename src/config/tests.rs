@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
+use proptest::strategy::Strategy as _;
+
 use super::probe::Probe;
 use super::validate::{validate, WORKER_KEYS};
 use super::{parse, Config, HandlerKind, WorkerConfig};
@@ -870,4 +872,73 @@ fn spawn_rate_and_queue_scaling() {
     c.max_spawn_rate = 100;
     c.scale_on_queue = true;
     assert!(a.same_processes(&c));
+}
+
+#[test]
+fn durations_and_sizes_beyond_the_clock_are_refused_with_their_line() {
+    check(
+        r#"
+stop_timeout = 9223372036854775807
+[workers.w]
+command = ["/usr/bin/true"]
+functions = ["f"]
+idle_timeout = "500000000000y"
+timeout = "101y"
+max_lifetime = 3155760001
+memory_max = "16E"
+recycle_rss = "99999999999999999999999999999999999999999K"
+"#,
+        r#"
+t.toml:2: stop_timeout: 9223372036854775807 seconds is longer than 100 years, the most a duration may be
+t.toml:6: workers.w.idle_timeout: `500000000000y` is longer than 100 years, the most a duration may be
+t.toml:7: workers.w.timeout: `101y` is longer than 100 years, the most a duration may be
+t.toml:8: workers.w.max_lifetime: 3155760001 seconds is longer than 100 years, the most a duration may be
+t.toml:9: workers.w.memory_max: `16E` is too large (the most is 16E less one byte)
+t.toml:10: workers.w.recycle_rss: `99999999999999999999999999999999999999999K` is too large (the most is 16E less one byte)
+"#,
+    );
+    // The largest of each is taken.
+    let config = parse_ok(
+        "stop_timeout = \"100y\"\n[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\nidle_timeout = 3155760000\nmemory_max = \"18446744073709551615\"\n",
+    );
+    assert_eq!(config.stop_timeout, super::values::MAX_DURATION);
+    let w = worker(&config, "w");
+    assert_eq!(w.idle_timeout, super::values::MAX_DURATION);
+    assert_eq!(w.memory_max, Some(u64::MAX));
+}
+
+proptest::proptest! {
+    /// Any number, as a TOML integer or a string with any unit, in any
+    /// duration or size key: `check` answers (never panics), accepts only
+    /// what the clock holds, and names the line of what it refuses.
+    #[test]
+    fn extreme_values_in_any_key_are_checked(
+        key in proptest::sample::select(vec![
+            "idle_timeout", "timeout", "max_lifetime", "memory_max", "memory_high",
+            "recycle_rss", "max_packet_size",
+        ]),
+        value in proptest::prop_oneof![
+            proptest::num::i64::ANY.prop_map(|n| n.to_string()),
+            (proptest::num::u128::ANY, proptest::sample::select(vec![
+                "", "s", "ms", "ns", "h", "d", "y", "K", "M", "G", "E",
+            ])).prop_map(|(n, u)| format!("\"{n}{u}\"")),
+        ],
+    ) {
+        let text = format!(
+            "[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\n{key} = {value}\n"
+        );
+        match outcome(&text) {
+            Ok(config) => {
+                let w = worker(&config, "w");
+                for d in [Some(w.idle_timeout), w.timeout, w.max_lifetime].into_iter().flatten() {
+                    proptest::prop_assert!(d <= super::values::MAX_DURATION, "{text}");
+                    proptest::prop_assert!(std::time::Instant::now().checked_add(d).is_some());
+                }
+            }
+            Err(e) => proptest::prop_assert!(
+                e.to_string().starts_with(&format!("t.toml:4: workers.w.{key}: ")),
+                "{e}"
+            ),
+        }
+    }
 }

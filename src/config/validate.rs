@@ -817,7 +817,7 @@ fn uint(ctx: &mut Ctx, at: &At, value: &Loc, range: RangeInclusive<u64>) -> Opti
 fn duration(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Duration> {
     match &value.node {
         Node::Int(n) => match u64::try_from(*n) {
-            Ok(secs) => Some(Duration::from_secs(secs)),
+            Ok(secs) => report(ctx, at, values::duration_from_secs(secs)),
             Err(_) => {
                 ctx.err_at(at, format!("must not be negative, not {n}"));
                 None

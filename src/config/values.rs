@@ -3,7 +3,7 @@
 //! value; an `Err` is the message that follows `FILE:LINE: KEY: `.
 
 use std::net::{Ipv6Addr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::DEFAULT_PORT;
 
@@ -17,19 +17,55 @@ const SIZE_UNITS: [(char, u64); 6] = [
     ('K', 1 << 10),
 ];
 
+/// The longest duration a config may give: 100 years (humantime's "100y").
+/// Longer is "never" in all but name, and far longer cannot be added to a
+/// clock reading at all (`Instant + "500000000000y"` overflows).
+pub const MAX_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// A duration string: humantime syntax ("10s", "500ms", "1m 30s"), or bare
-/// digits meaning seconds (as systemd's `TimeoutSec=15`).
+/// digits meaning seconds (as systemd's `TimeoutSec=15`); at most
+/// [`MAX_DURATION`].
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let t = text.trim();
-    if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
-        return t
-            .parse::<u64>()
+    let too_long = || format!("`{text}` is longer than 100 years, the most a duration may be");
+    let d = if !t.is_empty() && t.bytes().all(|b| b.is_ascii_digit()) {
+        t.parse::<u64>()
             .map(Duration::from_secs)
-            .map_err(|_| format!("`{text}` is too large"));
+            .map_err(|_| too_long())?
+    } else {
+        humantime::parse_duration(t).map_err(|e| match e {
+            humantime::DurationError::NumberOverflow => too_long(),
+            _ => format!(
+                "`{text}` is not a duration; write it like \"10s\", \"500ms\" or \"1m 30s\""
+            ),
+        })?
+    };
+    if d > MAX_DURATION {
+        return Err(too_long());
     }
-    humantime::parse_duration(t).map_err(|_| {
-        format!("`{text}` is not a duration; write it like \"10s\", \"500ms\" or \"1m 30s\"")
-    })
+    Ok(d)
+}
+
+/// Whole seconds as a config number gives them, at most [`MAX_DURATION`].
+pub fn duration_from_secs(secs: u64) -> Result<Duration, String> {
+    let d = Duration::from_secs(secs);
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{secs} seconds is longer than 100 years, the most a duration may be"
+        ));
+    }
+    Ok(d)
+}
+
+/// The instant `d` after `t`, for deadlines a config duration sets: `None`,
+/// meaning never, when `d` is beyond [`MAX_DURATION`] (a config cannot give
+/// that; a caller that skipped validation can) or the clock cannot hold it.
+/// Capped so, a deadline also leaves room for the timer's own rounding.
+pub fn after(t: Instant, d: Duration) -> Option<Instant> {
+    if d > MAX_DURATION {
+        return None;
+    }
+    t.checked_add(d)
 }
 
 /// A size: bytes, or a number with a binary unit as systemd reads them
@@ -65,16 +101,21 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
     if whole.is_empty() || fraction.contains('.') || (number.contains('.') && fraction.is_empty()) {
         return Err(bad());
     }
-    let too_large = || format!("`{text}` is too large");
+    let too_large = || format!("`{text}` is too large (the most is 16E less one byte)");
     let whole: u128 = whole.parse().map_err(|_| too_large())?;
-    let mut bytes = whole * u128::from(multiplier);
+    // Checked: 39 digits fit a u128, not times a unit.
+    let mut bytes = whole
+        .checked_mul(u128::from(multiplier))
+        .ok_or_else(too_large)?;
     if !fraction.is_empty() {
         // Exact to the byte without floats: floor(0.fraction * multiplier).
         // Digits past 19 cannot change the result for a u64 multiplier.
         let digits = &fraction[..fraction.len().min(19)];
         let scale = 10u128.pow(digits.len() as u32);
         let frac: u128 = digits.parse().map_err(|_| bad())?;
-        bytes += frac * u128::from(multiplier) / scale;
+        bytes = bytes
+            .checked_add(frac * u128::from(multiplier) / scale)
+            .ok_or_else(too_large)?;
     }
     u64::try_from(bytes).map_err(|_| too_large())
 }
@@ -268,6 +309,9 @@ mod tests {
             ("1.2.3M", Err(())),
             ("-1M", Err(())),
             ("1 M", Err(())),
+            ("340282366920938463463374607431768211455E", Err(())),
+            ("340282366920938463463374607431768211456", Err(())),
+            ("15.99999999999999999999999E", Ok(u64::MAX)),
         ];
         for (text, want) in cases {
             assert_eq!(parse_size(text).map_err(|_| ()), *want, "{text:?}");
@@ -287,10 +331,32 @@ mod tests {
             ("soon", None),
             ("-1s", None),
             ("10 parsecs", None),
+            ("100y", Some(MAX_DURATION)),
+            ("3155760000", Some(MAX_DURATION)),
+            ("100y 1ns", None),
+            ("3155760001", None),
+            ("500000000000y", None),
+            ("99999999999999999999999y", None),
+            ("18446744073709551616", None),
         ];
         for (text, want) in cases {
             assert_eq!(parse_duration(text).ok(), *want, "{text:?}");
         }
+        assert!(parse_duration("500000000000y")
+            .unwrap_err()
+            .contains("longer than 100 years"));
+        assert_eq!(duration_from_secs(3_155_760_000), Ok(MAX_DURATION));
+        assert!(duration_from_secs(u64::MAX).is_err());
+    }
+
+    #[test]
+    fn deadlines_past_the_maximum_are_never() {
+        let now = Instant::now();
+        assert_eq!(after(now, Duration::ZERO), Some(now));
+        assert_eq!(after(now, MAX_DURATION), now.checked_add(MAX_DURATION));
+        assert!(after(now, MAX_DURATION).is_some());
+        assert_eq!(after(now, MAX_DURATION + Duration::from_nanos(1)), None);
+        assert_eq!(after(now, Duration::MAX), None);
     }
 
     #[test]
@@ -368,6 +434,41 @@ mod tests {
                 Some(bytes) => prop_assert_eq!(parsed, Ok(bytes)),
                 None => prop_assert!(parsed.is_err()),
             }
+        }
+
+        /// Extreme numbers with every unit, through both parsers: never a
+        /// panic, and what is accepted fits the clock and a u64.
+        #[test]
+        fn extreme_values_are_refused_not_overflowed(
+            whole in prop_oneof![
+                Just("0".to_string()),
+                any::<u64>().prop_map(|n| n.to_string()),
+                any::<u128>().prop_map(|n| n.to_string()),
+                "[0-9]{1,60}",
+            ],
+            fraction in proptest::option::of("[0-9]{1,30}"),
+            unit in proptest::sample::select(vec![
+                "", "s", "ms", "us", "ns", "m", "h", "d", "w", "M", "y", "years",
+                "K", "M", "G", "T", "P", "E", "KiB", "EiB", "B",
+            ]),
+        ) {
+            let text = match &fraction {
+                Some(f) => format!("{whole}.{f}{unit}"),
+                None => format!("{whole}{unit}"),
+            };
+            if let Ok(d) = parse_duration(&text) {
+                prop_assert!(d <= MAX_DURATION, "{text}: {d:?}");
+                prop_assert!(Instant::now().checked_add(d).is_some());
+            }
+            let _ = parse_size(&text);
+        }
+
+        #[test]
+        fn any_text_is_a_value_or_an_error(text in "\\PC{0,40}") {
+            let _ = parse_duration(&text);
+            let _ = parse_size(&text);
+            let _ = parse_percent(&text);
+            let _ = parse_job_server(&text);
         }
 
         #[test]

@@ -330,12 +330,13 @@ impl Manager {
     }
 
     fn stop_deadline(&self) -> Option<Instant> {
-        let since = self.stopping?;
-        Some(if self.killed {
-            since + self.config.stop_timeout + KILL_GRACE
+        // Checked: a stop_timeout the clock cannot hold waits forever.
+        let deadline = config::values::after(self.stopping?, self.config.stop_timeout)?;
+        if self.killed {
+            deadline.checked_add(KILL_GRACE)
         } else {
-            since + self.config.stop_timeout
-        })
+            Some(deadline)
+        }
     }
 
     fn handle(&mut self, ev: Event) {
@@ -1278,10 +1279,11 @@ fn start_slot(
     let id = pool.next_id;
     pool.next_id += 1;
     let now = Instant::now();
-    let recycle_at = pool.worker.max_lifetime.map(|life| {
+    let recycle_at = pool.worker.max_lifetime.and_then(|life| {
         // Splay up to 10% so that slots started together do not recycle together.
         let splay = life.mul_f64(rand::thread_rng().gen_range(0.0..0.1));
-        now + life + splay
+        // Checked: a lifetime the clock cannot hold is never reached.
+        config::values::after(now, life).and_then(|t| config::values::after(t, splay))
     });
     let (tx, rx) = mpsc::unbounded_channel();
     pool.slots.insert(

@@ -255,7 +255,11 @@ pub fn decide(pool: &PoolView, now: Instant) -> Decision {
         {
             continue;
         }
-        let eligible = since + pool.idle_timeout;
+        // An idle_timeout the clock cannot hold is never reached, by this
+        // slot nor by the ones idle since later.
+        let Some(eligible) = crate::config::values::after(since, pool.idle_timeout) else {
+            break;
+        };
         if eligible <= now {
             drain(
                 s,
@@ -274,6 +278,7 @@ pub fn decide(pool: &PoolView, now: Instant) -> Decision {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::strategy::Strategy as _;
 
     const T: Duration = Duration::from_secs(10);
 
@@ -533,5 +538,74 @@ mod tests {
                 proptest::prop_assert!(matches!(s.state, SlotPhase::Idle { .. }) || ready > max, "drained {s:?}");
             }
         }
+
+        /// Extreme configuration (any idle_timeout or max_lifetime, however
+        /// far past the clock; any min, max and queue depth) never panics,
+        /// and a wake-up is in the future and leaves the timer room.
+        #[test]
+        fn extreme_durations_and_counts_never_panic(
+            min in extreme_count(),
+            max in extreme_count(),
+            queued in extreme_count().prop_map(u64::from),
+            idle_timeout in extreme_duration(),
+            lifetime in proptest::option::of(extreme_duration()),
+            hold in proptest::option::of(extreme_duration()),
+            states in proptest::collection::vec((0u8..4, extreme_duration()), 0..12),
+            removed in proptest::bool::weighted(0.1),
+            stopping in proptest::bool::weighted(0.1),
+        ) {
+            use crate::config::values::{after, MAX_DURATION};
+            let now = Instant::now();
+            let slots = states.iter().enumerate().map(|(i, (s, age))| SlotView {
+                id: i as u32 + 1,
+                state: match s {
+                    0 => SlotPhase::Starting,
+                    // Idle since as long ago as the clock goes back.
+                    1 => SlotPhase::Idle { since: now.checked_sub(*age).unwrap_or(now) },
+                    2 => SlotPhase::Busy,
+                    _ => SlotPhase::Draining,
+                },
+                outdated: i % 4 == 3,
+                // As the manager computes it: checked, `None` past the clock.
+                recycle_at: lifetime.and_then(|l| after(now, l)),
+            }).collect();
+            let p = PoolView {
+                min,
+                max,
+                idle_timeout,
+                slots,
+                queued,
+                hold_until: hold.and_then(|h| after(now, h)),
+                removed,
+                stopping,
+            };
+            let d = decide(&p, now);
+            if let Some(t) = d.wake_at {
+                proptest::prop_assert!(t > now);
+                proptest::prop_assert!(t.checked_add(MAX_DURATION).is_some());
+            }
+        }
+    }
+
+    /// Counts, mostly small (so that pools shrink and retire idle slots)
+    /// with the extremes.
+    fn extreme_count() -> impl proptest::strategy::Strategy<Value = u32> {
+        use proptest::prelude::*;
+        prop_oneof![4 => 0u32..5, 1 => Just(u32::MAX), 1 => any::<u32>()]
+    }
+
+    /// Durations from zero to `Duration::MAX`, weighted to the edges.
+    fn extreme_duration() -> impl proptest::strategy::Strategy<Value = Duration> {
+        use crate::config::values::MAX_DURATION;
+        use proptest::prelude::*;
+        prop_oneof![
+            Just(Duration::ZERO),
+            Just(MAX_DURATION),
+            Just(MAX_DURATION + Duration::from_nanos(1)),
+            Just(Duration::MAX),
+            (0u64..1_000_000).prop_map(Duration::from_millis),
+            any::<u64>().prop_map(Duration::from_secs),
+            (any::<u64>(), 0u32..1_000_000_000).prop_map(|(s, n)| Duration::new(s, n)),
+        ]
     }
 }

@@ -171,8 +171,10 @@ impl Placement {
             tracing::warn!(unit = %unit.name, "{} was left by an earlier run ({}): letting it finish its job, then stopping it", unit.name, unit.active_state);
             let bus = bus.clone();
             tokio::spawn(async move {
-                let deadline = tokio::time::Instant::now() + stop_timeout;
-                while tokio::time::Instant::now() < deadline {
+                // Checked: a stop_timeout the clock cannot hold waits forever.
+                let deadline =
+                    crate::config::values::after(std::time::Instant::now(), stop_timeout);
+                while deadline.map_or(true, |d| std::time::Instant::now() < d) {
                     match bus.active_state(&unit.name).await {
                         Ok(Some(
                             scope::ActiveState::Active
