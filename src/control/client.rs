@@ -344,8 +344,11 @@ mod tests {
             Err(e) => panic!("not taken as busy: {e}"),
         }
         drop(fd);
-        // No one listening at all is an error that says so.
+        // No one listening at all: a stale socket, and it says so.
         let err = ask(&path, "svc").await.err().expect("refused");
-        assert!(err.to_string().contains("is slotman@svc running"), "{err}");
+        assert!(
+            err.to_string().contains("slotman@svc is not running"),
+            "{err}"
+        );
     }
 }
