@@ -25,3 +25,4 @@ pub mod procfs;
 pub mod run;
 pub mod slot;
 pub mod systemd;
+pub mod view;

@@ -16,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use slotman::config::{HandlerKind, WorkerConfig};
 use slotman::slot::handler::{
-    FailReason, Handler, HandlerError, Job, JobEvent, Outcome, SlotIdentity, SCRUBBED_ENV,
+    FailReason, Handler, HandlerError, Job, JobEvent, Outcome, SlotIdentity,
 };
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
@@ -460,7 +460,7 @@ async fn exec_environment_child() {
     assert_eq!(get("SLOTMAN_SLOT"), Some("3"));
     assert_eq!(get("FROM_CONFIG"), Some("a value with spaces"));
     assert_eq!(get("SLOTMAN_TEST_INHERITED"), Some("yes"));
-    for scrubbed in SCRUBBED_ENV {
+    for scrubbed in slotman::slot::handler::scrubbed_env() {
         assert_eq!(get(scrubbed), None, "{scrubbed} reached the handler");
     }
 

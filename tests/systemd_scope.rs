@@ -914,7 +914,7 @@ async fn box_service_probe() {
     // hardening.
     let mut cmd = Command::new("sleep");
     cmd.arg("300").stdin(Stdio::null());
-    for var in slotman::systemd::notify::child_env_removals() {
+    for var in slotman::systemd::notify::MANAGER_ONLY_ENV {
         cmd.env_remove(var);
     }
     std::os::unix::process::CommandExt::uid(&mut cmd, 65534);

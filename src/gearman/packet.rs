@@ -17,7 +17,39 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::codec::{ProtocolError, HEADER_LEN};
+/// Magic (4) + type (4) + body size (4).
+pub const HEADER_LEN: usize = 12;
+
+/// Everything that can go wrong reading or writing Gearman packets.
+#[derive(Debug, thiserror::Error)]
+pub enum ProtocolError {
+    /// The connection failed, or closed in the middle of a packet.
+    #[error("i/o error on Gearman connection: {0}")]
+    Io(#[from] std::io::Error),
+    /// The stream is not Gearman binary protocol (or lost its framing). A
+    /// job server answering a text admin command shows up here as `b"ERR "`.
+    #[error("bad packet magic \"{}\" (expected \\0REQ or \\0RES)", .0.escape_ascii())]
+    BadMagic([u8; 4]),
+    /// A type number this implementation does not know (5 is unused).
+    #[error("unknown packet type {0}")]
+    UnknownType(u32),
+    /// A body larger than the codec's limit, refused before buffering it.
+    #[error("packet body of {size} bytes exceeds the limit of {max} bytes")]
+    TooLarge { size: u32, max: u32 },
+    /// The body holds fewer NUL-separated arguments than the type requires.
+    #[error("{kind} packet has {got} argument(s), expected {expected}")]
+    WrongArgs {
+        kind: PacketType,
+        expected: usize,
+        got: usize,
+    },
+    /// An argument that must be text (a handle, a function name) is not UTF-8.
+    #[error("argument of {kind} packet is not valid UTF-8")]
+    NotUtf8 { kind: PacketType },
+    /// A zero-argument type (NOOP, GRAB_JOB, ...) arrived with a body.
+    #[error("{kind} packet must have an empty body")]
+    NonEmptyBody { kind: PacketType },
+}
 
 /// Which way a packet travels: `Req` to the job server, `Res` from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

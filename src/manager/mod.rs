@@ -18,10 +18,10 @@ use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::config::{self, Config};
-use crate::control::proto::{CurrentJob, ServiceStatus, SlotStatus, WorkerStatus};
 use crate::placement::Placement;
 use crate::slot::report::{ExitReason, Report, SlotSpec};
 use crate::systemd::notify::Notifier;
+use crate::view::{CurrentJob, ServiceStatus, SlotStatus, WorkerStatus};
 use health::{Health, Problem};
 use policy::{Action, Reason};
 use pool::{Pool, Slot, SlotCmd, SlotState};
@@ -771,7 +771,7 @@ impl Manager {
                 for c in &jobs.functions {
                     pool.functions
                         .entry(c.name.clone())
-                        .or_insert_with(|| crate::control::proto::FunctionStats {
+                        .or_insert_with(|| crate::view::FunctionStats {
                             name: c.name.clone(),
                             ..Default::default()
                         })
@@ -1235,7 +1235,7 @@ impl Manager {
         ServiceStatus {
             health: worst,
             problems,
-            version: crate::control::proto::PROTOCOL_VERSION,
+            version: crate::view::PROTOCOL_VERSION,
             service: self.config.service.clone(),
             config: self.config.path.display().to_string(),
             pid: std::process::id(),

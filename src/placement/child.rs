@@ -41,7 +41,7 @@ pub fn spawn_runner(runner: &RunnerCommand, own_session: bool) -> std::io::Resul
     }
     cmd.args(runner.args);
     // systemd's notify/watchdog variables are the manager's alone.
-    for k in crate::slot::handler::SCRUBBED_ENV {
+    for k in crate::systemd::notify::MANAGER_ONLY_ENV {
         cmd.env_remove(k);
     }
     cmd.env(CONTROL_FD_ENV, SLOT_FD.to_string())

@@ -141,9 +141,7 @@ pub fn limits(w: &WorkerConfig) -> Limits {
 /// Whether `auto` means systemd: run by systemd (it sets `INVOCATION_ID`)
 /// as root on a host booted with systemd.
 pub fn systemd_available() -> bool {
-    std::env::var_os("INVOCATION_ID").is_some()
-        && nix::unistd::geteuid().is_root()
-        && std::path::Path::new("/run/systemd/system").is_dir()
+    crate::systemd::notify::running_under_systemd() && nix::unistd::geteuid().is_root()
 }
 
 impl Placement {

@@ -11,8 +11,7 @@ use tokio_util::sync::CancellationToken;
 use super::handler::exec::Launcher;
 use super::handler::SlotIdentity;
 use super::memory::RssCheck;
-use super::report::{ExitReason, Report, SlotSpec};
-use super::runner::Reports;
+use super::report::{ExitReason, Report, Reports, SlotSpec};
 
 /// How often a native worker's memory is looked at when `recycle_rss` is set.
 const NATIVE_RSS_EVERY: std::time::Duration = std::time::Duration::from_secs(2);

@@ -25,9 +25,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::control::proto::{FunctionStats, Histogram};
-
 use crate::config::WorkerConfig;
+
+/// Where reports go (the manager's socket, or a test's channel).
+pub type Reports = tokio::sync::mpsc::UnboundedSender<Report>;
 
 /// Environment variable naming the slot's end of the socketpair.
 pub const CONTROL_FD_ENV: &str = "SLOTMAN_CONTROL_FD";
@@ -196,4 +197,73 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 /// Decodes one line (without its `\n`).
 pub fn decode<'a, T: Deserialize<'a>>(line: &'a [u8]) -> Result<T, serde_json::Error> {
     serde_json::from_slice(line)
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct FunctionStats {
+    /// As registered with the job server (with prefix).
+    pub name: String,
+    pub complete: u64,
+    pub fail: u64,
+    pub exception: u64,
+}
+
+impl FunctionStats {
+    /// Adds `other`'s counts (same function).
+    pub fn merge(&mut self, other: &FunctionStats) {
+        self.complete += other.complete;
+        self.fail += other.fail;
+        self.exception += other.exception;
+    }
+}
+
+/// A fixed-bucket histogram. `counts[i]` counts observations `<= bounds_secs[i]`
+/// and above the previous bound; the last entry of `counts` (one longer than
+/// `bounds_secs`) counts those above every bound. Not cumulative.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Histogram {
+    pub bounds_secs: Vec<f64>,
+    pub counts: Vec<u64>,
+    pub sum_secs: f64,
+    pub count: u64,
+}
+
+/// Bucket bounds for job durations, in seconds.
+pub const DURATION_BOUNDS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0,
+];
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Histogram {
+            bounds_secs: DURATION_BOUNDS.to_vec(),
+            counts: vec![0; DURATION_BOUNDS.len() + 1],
+            sum_secs: 0.0,
+            count: 0,
+        }
+    }
+}
+
+impl Histogram {
+    pub fn observe(&mut self, secs: f64) {
+        let i = self
+            .bounds_secs
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(self.bounds_secs.len());
+        if let Some(c) = self.counts.get_mut(i) {
+            *c += 1;
+        }
+        self.sum_secs += secs;
+        self.count += 1;
+    }
+
+    /// Adds `other`'s observations (same bounds: both use the default).
+    pub fn merge(&mut self, other: &Histogram) {
+        for (c, n) in self.counts.iter_mut().zip(&other.counts) {
+            *c += n;
+        }
+        self.sum_secs += other.sum_secs;
+        self.count += other.count;
+    }
 }

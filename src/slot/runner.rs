@@ -17,11 +17,10 @@ use super::connection::{self, ConnectionSpec, Gate, JobRunner};
 use super::cpu::CpuPair;
 use super::handler::{FailReason, Handler, HandlerError, Job, JobEvent, Outcome, SlotIdentity};
 use super::memory::RssCheck;
-use super::report::{ExitReason, JobCounts, JobResult, Report, SlotSpec, REPORT_EVERY, SHORT_JOB};
+use super::report::{
+    ExitReason, JobCounts, JobResult, Report, Reports, SlotSpec, REPORT_EVERY, SHORT_JOB,
+};
 use crate::config::HandlerKind;
-
-/// Where reports go (the manager's socket, or a test's channel).
-pub type Reports = mpsc::UnboundedSender<Report>;
 
 /// The job side of the slot: the handler plus workleft accounting.
 struct Jobs {

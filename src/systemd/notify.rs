@@ -4,7 +4,7 @@
 //!
 //! The environment is read once, in [`Notifier::from_env`], and never
 //! changed: the manager keeps notifying for its whole life, while each slot
-//! is spawned with [`child_env_removals`] taken out of its environment, so
+//! is spawned with [`MANAGER_ONLY_ENV`] taken out of its environment, so
 //! that no slot can speak for the manager (the unit also says
 //! `NotifyAccess=main`).
 
@@ -22,15 +22,20 @@ use sd_notify::NotifyState;
 /// inherited them could report READY or keep the watchdog happy for a hung
 /// manager), and socket activation, which would hand a slot the manager's
 /// fds' meaning.
-pub fn child_env_removals() -> &'static [&'static str] {
-    &[
-        "NOTIFY_SOCKET",
-        "WATCHDOG_PID",
-        "WATCHDOG_USEC",
-        "LISTEN_FDS",
-        "LISTEN_PID",
-        "LISTEN_FDNAMES",
-    ]
+pub const MANAGER_ONLY_ENV: [&str; 6] = [
+    "NOTIFY_SOCKET",
+    "WATCHDOG_PID",
+    "WATCHDOG_USEC",
+    "LISTEN_FDS",
+    "LISTEN_PID",
+    "LISTEN_FDNAMES",
+];
+
+/// Whether this process runs as a systemd unit (systemd sets
+/// `INVOCATION_ID`) on a host booted with systemd.
+pub fn running_under_systemd() -> bool {
+    std::env::var_os("INVOCATION_ID").is_some()
+        && std::path::Path::new("/run/systemd/system").is_dir()
 }
 
 /// The manager's channel to systemd. Cheap to clone.

@@ -263,7 +263,7 @@ impl Launcher {
     }
 
     /// The command, ready to spawn: the slot's environment minus
-    /// [`SCRUBBED_ENV`], plus `worker.env`, the slot's identity and then
+    /// [`scrubbed_env`], plus `worker.env`, the slot's identity and then
     /// `extra`; stderr inherited, stdin and stdout left to the caller. Fails
     /// only when the user or group could not be resolved (or the command is
     /// empty).
@@ -274,7 +274,7 @@ impl Launcher {
         };
         let mut cmd = Command::new(program);
         cmd.args(args);
-        for name in SCRUBBED_ENV {
+        for name in scrubbed_env() {
             cmd.env_remove(name);
         }
         cmd.envs(self.env.iter().map(|(k, v)| (k, v)));

@@ -195,13 +195,12 @@ pub(crate) fn handler_stderr() -> Option<std::os::fd::OwnedFd> {
 }
 
 /// Environment variables that belong to the manager/slot and must not reach
-/// a handler: systemd's notify/watchdog and our internal control channel.
-pub const SCRUBBED_ENV: &[&str] = &[
-    "NOTIFY_SOCKET",
-    "WATCHDOG_PID",
-    "WATCHDOG_USEC",
-    "LISTEN_FDS",
-    "LISTEN_PID",
-    "LISTEN_FDNAMES",
-    crate::slot::report::CONTROL_FD_ENV,
-];
+/// a handler: systemd's notify/watchdog and socket activation
+/// ([`crate::systemd::notify::MANAGER_ONLY_ENV`]), and our internal control
+/// channel.
+pub fn scrubbed_env() -> impl Iterator<Item = &'static str> {
+    crate::systemd::notify::MANAGER_ONLY_ENV
+        .iter()
+        .copied()
+        .chain([crate::slot::report::CONTROL_FD_ENV])
+}
