@@ -106,6 +106,8 @@ pub struct Manager {
     config: Config,
     pools: BTreeMap<String, Pool>,
     placement: Arc<Placement>,
+    /// Starts slots (processes; a fake in tests).
+    launch: Arc<dyn Launch>,
     events_tx: mpsc::UnboundedSender<Event>,
     notifier: Notifier,
     stopping: Option<Instant>,
@@ -154,6 +156,18 @@ impl Manager {
         placement: Placement,
         events_tx: mpsc::UnboundedSender<Event>,
     ) -> Manager {
+        let placement = Arc::new(placement);
+        let launch = Arc::new(Processes(placement.clone()));
+        Manager::with_launch(config, placement, launch, events_tx)
+    }
+
+    /// A manager whose slots are started by `launch`.
+    pub fn with_launch(
+        config: Config,
+        placement: Arc<Placement>,
+        launch: Arc<dyn Launch>,
+        events_tx: mpsc::UnboundedSender<Event>,
+    ) -> Manager {
         let cpus = cpus::Cpus::of_this_process(&config.service);
         let pools = config
             .workers
@@ -167,7 +181,8 @@ impl Manager {
         Manager {
             config,
             pools,
-            placement: Arc::new(placement),
+            placement,
+            launch,
             events_tx,
             notifier: Notifier::from_env(),
             stopping: None,
@@ -175,7 +190,7 @@ impl Manager {
             ready_sent: false,
             last_status: String::new(),
             reload_error: None,
-            started: Instant::now(),
+            started: pool::now(),
             queue_poll: None,
             queue_inflight: false,
             queue_polled: None,
@@ -225,7 +240,7 @@ impl Manager {
                     None => break,
                 },
                 _ = sleep_until(wake) => {
-                    let now = Instant::now();
+                    let now = pool::now();
                     if deadline.is_some_and(|d| now >= d) {
                         self.kill_all();
                     }
@@ -283,7 +298,7 @@ impl Manager {
         } else if self.queue_poll.is_none() && !self.queue_inflight {
             // The first look is at once (a burst has just landed); then at
             // most one every QUEUE_POLL.
-            let now = Instant::now();
+            let now = pool::now();
             let next = self.queue_polled.map_or(now, |t| t + QUEUE_POLL);
             self.queue_poll = Some(next.max(now));
         }
@@ -296,7 +311,7 @@ impl Manager {
             return;
         }
         self.queue_inflight = true;
-        self.queue_polled = Some(Instant::now());
+        self.queue_polled = Some(pool::now());
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
             let mut servers: Vec<&String> = saturated.iter().flat_map(|(_, s, _)| s).collect();
@@ -381,7 +396,7 @@ impl Manager {
             "stopping: draining {slots} slots (jobs in hand finish first, up to {})",
             humantime::format_duration(self.config.stop_timeout)
         );
-        self.stopping = Some(Instant::now());
+        self.stopping = Some(pool::now());
         for pool in self.pools.values_mut() {
             for slot in pool.slots.values_mut() {
                 slot.exit_expected = true;
@@ -657,7 +672,7 @@ impl Manager {
     }
 
     fn slot_event(&mut self, worker: &str, id: u32, ev: SlotEvent) {
-        let now = Instant::now();
+        let now = pool::now();
         let Some(pool) = self.pools.get_mut(worker) else {
             return;
         };
@@ -889,7 +904,7 @@ impl Manager {
     /// Runs the policy on every pool and carries out its actions. Returns the
     /// earliest instant it must run again without an event.
     fn apply_policy(&mut self) -> Option<Instant> {
-        let now = Instant::now();
+        let now = pool::now();
         let stopping = self.stopping.is_some();
         let mut wake: Option<Instant> = None;
         let due: Vec<String> = self
@@ -950,13 +965,12 @@ impl Manager {
                                 _ => None,
                             };
                             let pin = self.pinning && pool.worker.pin_cpu;
-                            start_slot(
+                            let spec = start_slot(
                                 (&self.config.service, self.config.stop_timeout),
                                 pool,
                                 (cpu, pin),
-                                &self.placement,
-                                &self.events_tx,
                             );
+                            self.launch.launch(spec, &self.events_tx);
                         }
                     }
                     Action::Drain { slot, reason } => {
@@ -1081,7 +1095,7 @@ impl Manager {
     /// jobs/min`. Sent when it changes, at most once a second (a busy pool
     /// changes it with every job); returns when to send a pending change.
     fn report_status(&mut self) -> Option<Instant> {
-        let now = Instant::now();
+        let now = pool::now();
         let slots: usize = self.pools.values().map(|p| p.slots.len()).sum();
         let busy: usize = self.pools.values().map(|p| p.busy()).sum();
         let per_min: f64 = self
@@ -1152,7 +1166,7 @@ impl Manager {
 
     /// The status view; memory/CPU are filled in by the control server.
     fn status(&mut self) -> ServiceStatus {
-        let now = Instant::now();
+        let now = pool::now();
         let workers: Vec<WorkerStatus> = self
             .pools
             .iter_mut()
@@ -1269,16 +1283,42 @@ fn assess(pool: &Pool) -> (Health, Vec<Problem>) {
     })
 }
 
+/// How a slot the manager has entered in its pool comes to run. The real
+/// one places a runner process and relays its socket ([`slot_task`]); the
+/// manager's tests put a fake in its place and play the slot's part.
+pub trait Launch: Send + Sync {
+    fn launch(&self, slot: Launched, events: &mpsc::UnboundedSender<Event>);
+}
+
+/// A slot to start: what it runs, and the manager's commands to it.
+pub struct Launched {
+    pub spec: SlotSpec,
+    pub cmds: mpsc::UnboundedReceiver<SlotCmd>,
+}
+
+/// Slots as processes, placed by `placement`.
+struct Processes(Arc<Placement>);
+
+impl Launch for Processes {
+    fn launch(&self, slot: Launched, events: &mpsc::UnboundedSender<Event>) {
+        tokio::spawn(slot_task::run(
+            self.0.clone(),
+            slot.spec,
+            events.clone(),
+            slot.cmds,
+        ));
+    }
+}
+
+/// Enters a new slot in `pool`; what to launch.
 fn start_slot(
     (service, stop_timeout): (&str, std::time::Duration),
     pool: &mut Pool,
     (cpu, pin): (Option<u32>, bool),
-    placement: &Arc<Placement>,
-    events: &mpsc::UnboundedSender<Event>,
-) {
+) -> Launched {
     let id = pool.next_id;
     pool.next_id += 1;
-    let now = Instant::now();
+    let now = pool::now();
     let recycle_at = pool.worker.max_lifetime.and_then(|life| {
         // Splay up to 10% so that slots started together do not recycle together.
         let splay = life.mul_f64(rand::thread_rng().gen_range(0.0..0.1));
@@ -1316,7 +1356,7 @@ fn start_slot(
         pin,
         stop_timeout: Some(stop_timeout),
     };
-    tokio::spawn(slot_task::run(placement.clone(), spec, events.clone(), rx));
+    Launched { spec, cmds: rx }
 }
 
 async fn sleep_until(t: Option<Instant>) {
@@ -1331,3 +1371,6 @@ async fn sleep_until(t: Option<Instant>) {
 pub struct RunOptions {
     pub runtime_dir: Option<PathBuf>,
 }
+
+#[cfg(test)]
+mod tests;

@@ -81,6 +81,12 @@ pub struct Slot {
     pub cmd: mpsc::UnboundedSender<SlotCmd>,
 }
 
+/// The manager's clock: tokio's, so that tests can run the manager on
+/// paused time; as a std `Instant` for the pure policy.
+pub fn now() -> Instant {
+    tokio::time::Instant::now().into_std()
+}
+
 /// Restart accounting, like systemd's StartLimitBurst / RestartSec growth.
 #[derive(Debug, Default)]
 pub struct Faults {
@@ -192,7 +198,7 @@ pub struct Rate {
 impl Default for Rate {
     fn default() -> Self {
         Rate {
-            origin: Instant::now(),
+            origin: now(),
             buckets: [0; 60],
             head: 0,
             last: None,
@@ -253,7 +259,7 @@ impl SpawnBucket {
     pub fn new(rate: u32) -> Self {
         SpawnBucket {
             tokens: rate.max(1) as f64,
-            last: Instant::now(),
+            last: now(),
         }
     }
 
