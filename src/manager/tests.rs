@@ -3,7 +3,6 @@
 //! [`Launch`], and reads what the manager decides from the commands it
 //! sends its slots and the status it reports.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
