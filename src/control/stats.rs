@@ -90,10 +90,7 @@ impl Sample {
             match rows {
                 Ok(rows) => {
                     let waiting = sample.queues.entry(server).or_default();
-                    for r in rows {
-                        let w = waiting.entry(r.name).or_default();
-                        *w = w.saturating_add(r.queued.saturating_sub(r.running));
-                    }
+                    crate::gearman::admin::add_waiting(waiting, rows);
                 }
                 Err(e) => tracing::debug!(server, "admin status for slotman status failed: {e}"),
             }

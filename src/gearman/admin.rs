@@ -36,6 +36,18 @@ pub struct FunctionStatus {
     pub workers: u64,
 }
 
+/// Jobs waiting (queued, not yet running) per function, added over `rows`
+/// into `into`: what "queue depth" means everywhere in slotman.
+pub fn add_waiting(
+    into: &mut std::collections::HashMap<String, u64>,
+    rows: impl IntoIterator<Item = FunctionStatus>,
+) {
+    for r in rows {
+        let w = into.entry(r.name).or_default();
+        *w = w.saturating_add(r.queued.saturating_sub(r.running));
+    }
+}
+
 /// One line of `workers`: a connection (worker or client) to the job server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerInfo {

@@ -89,6 +89,14 @@ fn human(v: f64) -> String {
     }
 }
 
+/// A saturated pool whose queue depth is wanted: its job servers and
+/// functions (as registered).
+struct QueueQuery {
+    worker: String,
+    servers: Vec<String>,
+    functions: Vec<String>,
+}
+
 pub struct Manager {
     config: Config,
     pools: BTreeMap<String, Pool>,
@@ -240,7 +248,7 @@ impl Manager {
     /// there with jobs waiting (health); an idle slot would take a waiting
     /// job itself. So the job
     /// servers are asked only then, and an idle service polls nothing.
-    fn saturated(&self) -> Vec<(String, Vec<String>, Vec<String>)> {
+    fn saturated(&self) -> Vec<QueueQuery> {
         if self.stopping.is_some() {
             return Vec::new();
         }
@@ -260,7 +268,11 @@ impl Manager {
                     .iter()
                     .map(|f| p.worker.registered_name(f))
                     .collect();
-                (n.clone(), p.worker.job_servers.clone(), functions)
+                QueueQuery {
+                    worker: n.clone(),
+                    servers: p.worker.job_servers.clone(),
+                    functions,
+                }
             })
             .collect()
     }
@@ -294,30 +306,24 @@ impl Manager {
         self.queue_polled = Some(pool::now());
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
-            let mut servers: Vec<&String> = saturated.iter().flat_map(|(_, s, _)| s).collect();
+            let mut servers: Vec<&String> = saturated.iter().flat_map(|q| &q.servers).collect();
             servers.sort();
             servers.dedup();
-            let mut waiting: BTreeMap<String, u64> = BTreeMap::new();
+            let mut waiting = std::collections::HashMap::new();
             for server in servers {
                 match crate::gearman::admin::status(server, QUEUE_POLL_TIMEOUT).await {
-                    Ok(rows) => {
-                        for r in rows {
-                            *waiting.entry(r.name).or_default() +=
-                                r.queued.saturating_sub(r.running);
-                        }
-                    }
+                    Ok(rows) => crate::gearman::admin::add_waiting(&mut waiting, rows),
                     Err(e) => tracing::debug!(server, "admin status failed: {e}"),
                 }
             }
             let depths = saturated
                 .iter()
-                .map(|(w, _, fs)| {
-                    (
-                        w.clone(),
-                        fs.iter()
-                            .map(|f| waiting.get(f).copied().unwrap_or(0))
-                            .sum(),
-                    )
+                .map(|q| {
+                    let depth = q
+                        .functions
+                        .iter()
+                        .map(|f| waiting.get(f).copied().unwrap_or(0));
+                    (q.worker.clone(), depth.sum())
                 })
                 .collect();
             let _ = tx.send(Event::QueueDepth(depths));
@@ -403,7 +409,9 @@ impl Manager {
         for (name, pool) in &self.pools {
             for slot in pool.slots.values() {
                 match &slot.job {
-                    Some((function, handle, _)) => {
+                    Some(pool::JobInHand {
+                        function, handle, ..
+                    }) => {
                         tracing::warn!(worker = %name, slot = slot.id, "stop_timeout passed: killing slot {name}#{} (its job {function} {handle} goes back to the job server)", slot.id)
                     }
                     None => {
@@ -604,7 +612,11 @@ impl Manager {
                 tracing::debug!(worker, slot = id, pid, "slot {worker}#{id} ready");
             }
             Report::Busy { function, handle } => {
-                slot.job = Some((function.clone(), handle.clone(), now));
+                slot.job = Some(pool::JobInHand {
+                    function: function.clone(),
+                    handle: handle.clone(),
+                    since: now,
+                });
                 if !matches!(slot.state, SlotState::Draining { .. }) {
                     slot.state = SlotState::Busy {
                         function,

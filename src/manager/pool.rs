@@ -61,7 +61,7 @@ pub struct Slot {
     pub generation: u64,
     pub jobs_done: u64,
     /// The job in hand (function, handle, since), also while draining.
-    pub job: Option<(String, String, Instant)>,
+    pub job: Option<JobInHand>,
     pub recycle_at: Option<Instant>,
     /// It said `exiting`, or we told it to drain: its exit is not a crash.
     pub exit_expected: bool,
@@ -85,6 +85,15 @@ pub struct Slot {
 /// paused time; as a std `Instant` for the pure policy.
 pub fn now() -> Instant {
     tokio::time::Instant::now().into_std()
+}
+
+/// The job a slot has in hand, as its last `busy` said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobInHand {
+    /// As registered (with prefix).
+    pub function: String,
+    pub handle: String,
+    pub since: Instant,
 }
 
 /// Restart accounting, like systemd's StartLimitBurst / RestartSec growth.

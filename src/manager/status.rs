@@ -194,10 +194,10 @@ impl Manager {
                             jobs_done: s.jobs_done,
                             jobs_left: (p.worker.workleft > 0)
                                 .then(|| p.worker.workleft.saturating_sub(s.jobs_done)),
-                            job: s.job.as_ref().map(|(function, handle, since)| CurrentJob {
-                                function: function.clone(),
-                                handle: handle.clone(),
-                                running_secs: now.duration_since(*since).as_secs_f64(),
+                            job: s.job.as_ref().map(|j| CurrentJob {
+                                function: j.function.clone(),
+                                handle: j.handle.clone(),
+                                running_secs: now.duration_since(j.since).as_secs_f64(),
                             }),
                             memory_bytes: None,
                             cpu_usage_nsec: None,
