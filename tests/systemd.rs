@@ -1478,3 +1478,74 @@ fn install_script_installs_a_working_example_service() {
     let left = sd.sh("test ! -e /usr/bin/slotman && test ! -e /etc/systemd/system/slotman@.service && test -e /etc/slotman/example.toml");
     left.assert_ok("--uninstall removes the program and units, keeps /etc/slotman");
 }
+
+/// What an operator sees from systemd: `systemctl status` leads with health
+/// when it is not ok — a job server gone, a handler that cannot start — and
+/// `slotman status` says the same. With `SLOTMAN_TEST_SHOW=DIR` the views
+/// are written to DIR (for the docs and notes).
+#[test]
+fn systemctl_status_leads_with_health_when_not_ok() {
+    let config = |addr: &str, script: &str| {
+        format!(
+            "[workers.w]\nkind = \"stdio\"\ncommand = [\"python3\", \"{script}\"]\nfunctions = [\"echo\"]\njob_servers = [\"{addr}\"]\nmin = 2\nmax = 2\nuser = \"nobody\"\n"
+        )
+    };
+    let fixture = fixture_handler();
+    let Some(mut svc) = Svc::new("health", |addr| config(addr, &fixture)) else {
+        return;
+    };
+    let show = std::env::var_os("SLOTMAN_TEST_SHOW").map(std::path::PathBuf::from);
+    let keep = |svc: &Svc, name: &str| {
+        let Some(dir) = &show else { return };
+        let st = svc.sd.sh(&format!(
+            "systemctl status --no-pager --lines=0 {} | head -12; echo; slotman status health",
+            svc.unit()
+        ));
+        let _ = std::fs::write(dir.join(format!("{name}.txt")), st.text());
+    };
+    svc.start();
+    svc.wait_scopes(2, SETTLE);
+    svc.sd.wait_for(
+        "STATUS= without a health lead",
+        SETTLE,
+        "systemctl show -P StatusText slotman@health | grep -q '^1 worker, 2 slots'",
+    );
+    keep(&svc, "healthy");
+
+    svc.g.kill();
+    let status = svc.sd.wait_for(
+        "STATUS= says the job server is unreachable",
+        SETTLE,
+        "systemctl show -P StatusText slotman@health | grep '^failed: job server .* unreachable from 2 of 2 slots'",
+    );
+    assert!(status.text().contains(&svc.g.addr), "{}", status.text());
+    keep(&svc, "job-server-down");
+    svc.g.restart();
+    svc.sd.wait_for(
+        "STATUS= back to ok",
+        SETTLE,
+        "systemctl show -P StatusText slotman@health | grep -q '^1 worker, 2 slots'",
+    );
+
+    // A handler file that does not exist: the handler's own words.
+    svc.write_config(&config(&svc.g.addr, "/opt/workers/missing_worker.py"));
+    svc.systemctl("reload").assert_ok("systemctl reload");
+    let restart = svc.sd.exec(&["slotman", "restart", "health"]);
+    assert!(!restart.status.success(), "a restart onto a broken handler succeeded");
+    let status = svc.sd.wait_for(
+        "STATUS= quotes the handler",
+        SETTLE,
+        "systemctl show -P StatusText slotman@health | grep \"can't open file '/opt/workers/missing_worker.py'\"",
+    );
+    assert!(
+        status.text().starts_with("degraded: ") || status.text().starts_with("failed: "),
+        "{}",
+        status.text()
+    );
+    keep(&svc, "broken-handler");
+    let journal = svc.journal();
+    assert!(
+        journal.contains("can't open file"),
+        "the manager's journal does not say why:\n{journal}"
+    );
+}

@@ -92,9 +92,7 @@ impl Manager {
             count(slots, "slot"),
             human(per_min)
         );
-        if !failed.is_empty() {
-            line.push_str(&format!("; failed: {}", failed.join(",")));
-        }
+        // A failed worker is named by the health lead below.
         let (health, problem, problems) = self.service_health();
         let lead = match health {
             Health::Ok => String::new(),
