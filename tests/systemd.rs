@@ -1531,7 +1531,10 @@ fn systemctl_status_leads_with_health_when_not_ok() {
     svc.write_config(&config(&svc.g.addr, "/opt/workers/missing_worker.py"));
     svc.systemctl("reload").assert_ok("systemctl reload");
     let restart = svc.sd.exec(&["slotman", "restart", "health"]);
-    assert!(!restart.status.success(), "a restart onto a broken handler succeeded");
+    assert!(
+        !restart.status.success(),
+        "a restart onto a broken handler succeeded"
+    );
     let status = svc.sd.wait_for(
         "STATUS= quotes the handler",
         SETTLE,

@@ -51,7 +51,7 @@ enum Asked {
 }
 
 async fn ask(path: &Path, service: &str) -> anyhow::Result<Asked> {
-    let mut s = match UnixStream::connect(path).await {
+    let s = match UnixStream::connect(path).await {
         Ok(s) => s,
         // EAGAIN: the listen backlog is full.
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -62,20 +62,13 @@ async fn ask(path: &Path, service: &str) -> anyhow::Result<Asked> {
         }
         Err(e) => return Err(unreachable(&e, path, service)),
     };
-    let mut req = serde_json::to_vec(&Request {
+    let request = Request {
         version: PROTOCOL_VERSION,
         request: RequestKind::Status,
         workers: Vec::new(),
         slot: None,
-    })?;
-    req.push(b'\n');
-    s.write_all(&req).await?;
-    let mut line = Vec::new();
-    BufReader::new(s)
-        .take(MAX_RESPONSE)
-        .read_until(b'\n', &mut line)
-        .await?;
-    let resp: Response = serde_json::from_slice(&line)?;
+    };
+    let resp = exchange(s, &request).await?;
     match (resp.ok, resp.status) {
         (true, Some(st)) => Ok(Asked::Status(st)),
         _ => Err(anyhow::anyhow!(
@@ -83,6 +76,22 @@ async fn ask(path: &Path, service: &str) -> anyhow::Result<Asked> {
             resp.error.unwrap_or_else(|| "no status in reply".into())
         )),
     }
+}
+
+/// One request line out, one response line back.
+async fn exchange(mut s: UnixStream, request: &Request) -> anyhow::Result<Response> {
+    let mut req = serde_json::to_vec(request)?;
+    req.push(b'\n');
+    s.write_all(&req).await?;
+    let mut line = Vec::new();
+    BufReader::new(s)
+        .take(MAX_RESPONSE)
+        .read_until(b'\n', &mut line)
+        .await?;
+    if line.is_empty() {
+        anyhow::bail!("the manager closed the connection without an answer");
+    }
+    Ok(serde_json::from_slice(&line)?)
 }
 
 /// Why the control socket cannot be reached, and what to do about it.
@@ -114,26 +123,16 @@ pub async fn command(
     dir: Option<PathBuf>,
 ) -> anyhow::Result<()> {
     let path = socket_path(&runtime_dir(dir.as_deref()), service);
-    let mut s = UnixStream::connect(&path)
+    let s = UnixStream::connect(&path)
         .await
         .map_err(|e| unreachable(&e, &path, service))?;
-    let mut req = serde_json::to_vec(&Request {
+    let request = Request {
         version: PROTOCOL_VERSION,
         request: kind,
         workers,
         slot,
-    })?;
-    req.push(b'\n');
-    s.write_all(&req).await?;
-    let mut line = Vec::new();
-    BufReader::new(s)
-        .take(MAX_RESPONSE)
-        .read_until(b'\n', &mut line)
-        .await?;
-    if line.is_empty() {
-        anyhow::bail!("the manager closed the connection without an answer");
-    }
-    let resp: Response = serde_json::from_slice(&line)?;
+    };
+    let resp = exchange(s, &request).await?;
     match (resp.ok, resp.message, resp.error) {
         (true, message, _) => {
             println!("{}", message.unwrap_or_else(|| "done".into()));

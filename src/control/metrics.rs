@@ -21,7 +21,6 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use super::proto::{Histogram, ServiceStatus, WorkerStatus};
 use super::snapshot::Snapshots;
@@ -366,33 +365,13 @@ pub async fn serve(listener: TcpListener, snapshots: Arc<Snapshots>) {
 }
 
 async fn serve_with(listener: TcpListener, snapshots: Arc<Snapshots>, limits: Limits) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return, // Never closed.
-            },
-            _ = snapshots.closed() => return,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, don't spin.
-                    tracing::warn!("metrics accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = snapshots.closed() => return,
-        };
-        let snapshots = snapshots.clone();
-        tokio::spawn(async move {
-            connection(stream, &snapshots, limits).await;
-            drop(permit);
-        });
-    }
+    let accept = || async { listener.accept().await.map(|(s, _)| s) };
+    let serving = snapshots.clone();
+    super::accept::serve_bounded(accept, &snapshots, MAX_CONNECTIONS, "metrics", |stream| {
+        let snapshots = serving.clone();
+        async move { connection(stream, &snapshots, limits).await }
+    })
+    .await;
 }
 
 /// What a request asks for.

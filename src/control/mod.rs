@@ -3,6 +3,7 @@
 //! per-slot resource usage (`stats`), the view shared by concurrent requests
 //! (`snapshot`) and the Prometheus endpoint (`metrics`).
 
+mod accept;
 pub mod client;
 pub mod metrics;
 pub mod proto;

@@ -23,7 +23,6 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::Semaphore;
 
 use super::proto::{ServiceStatus, PROTOCOL_VERSION};
 use super::snapshot::Snapshots;
@@ -160,34 +159,19 @@ pub async fn bind(path: &Path, group: Option<&str>) -> anyhow::Result<UnixListen
 
 /// Accepts connections until the manager's channel closes.
 pub async fn serve(listener: UnixListener, snapshots: Arc<Snapshots>) {
-    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        // The permit first: beyond the limit, clients wait in the backlog.
-        let permit = tokio::select! {
-            p = permits.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return, // Never closed.
-            },
-            _ = snapshots.closed() => return,
-        };
-        let stream = tokio::select! {
-            r = listener.accept() => match r {
-                Ok((s, _)) => s,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, don't spin.
-                    tracing::warn!("control socket accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = snapshots.closed() => return,
-        };
-        let snapshots = snapshots.clone();
-        tokio::spawn(async move {
-            connection(stream, &snapshots).await;
-            drop(permit);
-        });
-    }
+    let accept = || async { listener.accept().await.map(|(s, _)| s) };
+    let serving = snapshots.clone();
+    super::accept::serve_bounded(
+        accept,
+        &snapshots,
+        MAX_CONNECTIONS,
+        "control socket",
+        |stream| {
+            let snapshots = serving.clone();
+            async move { connection(stream, &snapshots).await }
+        },
+    )
+    .await;
 }
 
 async fn connection(stream: UnixStream, snapshots: &Snapshots) {
