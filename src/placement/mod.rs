@@ -9,6 +9,7 @@
 
 pub mod child;
 pub mod scope;
+pub mod unit_name;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;

@@ -44,10 +44,13 @@ use zbus::proxy::CacheProperties;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, Value};
 use zbus::DBusError;
 
+use super::unit_name::UnitKind;
 /// How long any job may take before we stop waiting for its `JobRemoved`.
 /// Starting a scope takes milliseconds and stopping one is bounded by its
 /// `TimeoutStopUSec` (`SCOPE_STOP_TIMEOUT`); this only guards against a
 /// signal that never comes.
+pub use super::unit_name::*;
+
 const JOB_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// How long systemd lets a scope's processes react to SIGTERM before it sends
@@ -189,146 +192,6 @@ trait Service {
     fn cpu_usage_nsec(&self) -> zbus::Result<u64>;
     #[zbus(property(emits_changed_signal = "false"))]
     fn tasks_current(&self) -> zbus::Result<u64>;
-}
-
-// ---------------------------------------------------------------------------
-// Names
-// ---------------------------------------------------------------------------
-
-/// Escapes `s` for use in a unit name exactly as `systemd-escape` does
-/// (without `--path`): `/` becomes `-`; ASCII letters, digits, `:`, `_` and
-/// `.` (except a leading `.`) stay; every other byte becomes `\xNN`.
-pub fn escape_unit_component(s: &str) -> String {
-    escape(s, true)
-}
-
-/// Like [`escape_unit_component`], but `/` becomes `\x2f` instead of `-`, so
-/// the result never contains a dash. slotman builds its unit names from
-/// these, so that a service or worker name can never add a level to the slice
-/// tree or make one service's names match another's globs.
-pub fn escape_name_component(s: &str) -> String {
-    escape(s, false)
-}
-
-fn escape(s: &str, slash_to_dash: bool) -> String {
-    let mut out = String::with_capacity(s.len());
-    for (i, &b) in s.as_bytes().iter().enumerate() {
-        let keep = b.is_ascii_alphanumeric() || b == b':' || b == b'_' || (b == b'.' && i > 0);
-        if keep {
-            out.push(char::from(b));
-        } else if b == b'/' && slash_to_dash {
-            out.push('-');
-        } else {
-            out.push_str(&format!("\\x{b:02x}"));
-        }
-    }
-    out
-}
-
-/// Reverses [`escape_name_component`]. `None` if `s` is not something it
-/// produced (a stray `-`, a bad `\x` sequence or bytes that are not UTF-8).
-fn unescape_name_component(s: &str) -> Option<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'\\' => {
-                let hex = s
-                    .get(i + 2..i + 4)
-                    .filter(|_| bytes.get(i + 1) == Some(&b'x'))?;
-                out.push(u8::from_str_radix(hex, 16).ok()?);
-                i += 4;
-            }
-            b'-' => return None,
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8(out).ok()
-}
-
-/// `slotman-SERVICE.slice`. Its parent is `slotman.slice`: systemd takes a
-/// slice's parent from the prefix before the last dash.
-pub fn slice_name(service: &str) -> String {
-    format!("slotman-{}.slice", escape_name_component(service))
-}
-
-/// `slotman-SERVICE-WORKER-SLOT.scope`, e.g.
-/// `slotman-billing-TestWorker-3.scope`.
-///
-/// systemd limits unit names to 255 bytes; with the prefix, the slot number
-/// and the escaping of unusual characters (four bytes each), a service and
-/// worker name of about 100 plain characters together still fit.
-pub fn scope_name(service: &str, worker: &str, slot: u32) -> String {
-    format!(
-        "slotman-{}-{}-{slot}.scope",
-        escape_name_component(service),
-        escape_name_component(worker)
-    )
-}
-
-/// A glob for [`Systemd::list_units`] matching every slot scope of
-/// `service` and nothing of any other service. The escaped name needs no
-/// quoting: it has no glob characters, and systemd matches unit patterns with
-/// `FNM_NOESCAPE`, so the `\` of `\xNN` stands for itself.
-pub fn scope_pattern(service: &str) -> String {
-    format!("slotman-{}-*.scope", escape_name_component(service))
-}
-
-/// What a slot scope's name says, as [`scope_name`] built it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ScopeId {
-    pub service: String,
-    pub worker: String,
-    pub slot: u32,
-}
-
-/// Reads a name made by [`scope_name`] back (for example to tell which
-/// worker a scope left by an earlier run belonged to). `None` for any other
-/// unit name.
-pub fn parse_scope_name(unit: &str) -> Option<ScopeId> {
-    let body = unit.strip_prefix("slotman-")?.strip_suffix(".scope")?;
-    // Escaped components contain no dash, so there are exactly three parts.
-    let mut parts = body.split('-');
-    let (service, worker, slot) = (parts.next()?, parts.next()?, parts.next()?);
-    if parts.next().is_some() {
-        return None;
-    }
-    Some(ScopeId {
-        service: unescape_name_component(service)?,
-        worker: unescape_name_component(worker)?,
-        slot: parse_decimal(slot)?,
-    })
-}
-
-/// A decimal number exactly as `format!` writes it (no sign, no leading
-/// zeros), so that parsing a name and building it again round-trips.
-fn parse_decimal(s: &str) -> Option<u32> {
-    let canonical =
-        !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()) && (s == "0" || !s.starts_with('0'));
-    canonical.then(|| s.parse().ok()).flatten()
-}
-
-/// The unit types slotman reads properties of; each has its own interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum UnitKind {
-    Scope,
-    Slice,
-    Service,
-}
-
-impl UnitKind {
-    fn of(unit: &str) -> Result<UnitKind, PlacementError> {
-        match unit.rsplit_once('.').map(|(_, suffix)| suffix) {
-            Some("scope") => Ok(UnitKind::Scope),
-            Some("slice") => Ok(UnitKind::Slice),
-            Some("service") => Ok(UnitKind::Service),
-            _ => Err(PlacementError::UnsupportedUnit(unit.to_owned())),
-        }
-    }
 }
 
 // ---------------------------------------------------------------------------
@@ -906,7 +769,9 @@ impl Systemd {
                 }
             }};
         }
-        Ok(match UnitKind::of(unit)? {
+        let kind =
+            UnitKind::of(unit).ok_or_else(|| PlacementError::UnsupportedUnit(unit.to_owned()))?;
+        Ok(match kind {
             UnitKind::Scope => read!(ScopeProxy, |p| Some(p.result().await.map_err(err)?)),
             UnitKind::Service => read!(ServiceProxy, |p| Some(p.result().await.map_err(err)?)),
             // A slice has no result of its own.
@@ -989,63 +854,7 @@ fn unit_from_proc_cgroup(text: &str) -> Option<String> {
     })
 }
 
-/// Reads what systemd 252 reads only on the unified hierarchy straight from
-/// a unit's cgroup (the `ControlGroup` property, relative to the cgroup
-/// mount), in every place a v2 or v1 hierarchy may be mounted.
-mod cgroupfs {
-    use std::path::PathBuf;
-
-    const ROOT: &str = "/sys/fs/cgroup";
-
-    fn read(hierarchy: &str, cgroup: &str, file: &str) -> Option<String> {
-        if cgroup.is_empty() {
-            return None;
-        }
-        let mut path = PathBuf::from(ROOT);
-        if !hierarchy.is_empty() {
-            path.push(hierarchy);
-        }
-        path.push(cgroup.trim_start_matches('/'));
-        path.push(file);
-        std::fs::read_to_string(path).ok()
-    }
-
-    /// The value of `key` in a flat-keyed cgroup file ("key value" lines).
-    fn keyed(text: &str, key: &str) -> Option<u64> {
-        text.lines()
-            .find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.trim().parse().ok())
-    }
-
-    /// CPU time used, from `cpu.stat` of the unified hierarchy, which the
-    /// kernel keeps for every cgroup even without the cpu controller; on a
-    /// hybrid host that hierarchy is mounted at `unified`.
-    pub(super) fn cpu_usage_nsec(cgroup: &str) -> Option<u64> {
-        ["", "unified"]
-            .iter()
-            .find_map(|h| keyed(&read(h, cgroup, "cpu.stat")?, "usage_usec"))
-            .map(|usec| usec.saturating_mul(1000))
-    }
-
-    /// The kernel's OOM-kill counter: `memory.events` on cgroup v2,
-    /// `memory.oom_control` on a v1 memory controller.
-    pub(super) fn oom_kills(cgroup: &str) -> Option<u64> {
-        read("", cgroup, "memory.events")
-            .and_then(|t| keyed(&t, "oom_kill"))
-            .or_else(|| keyed(&read("memory", cgroup, "memory.oom_control")?, "oom_kill"))
-    }
-
-    #[cfg(test)]
-    mod tests {
-        #[test]
-        fn keyed_values() {
-            let text = "usage_usec 1234\nuser_usec 1000\nsystem_usec 234\n";
-            assert_eq!(super::keyed(text, "usage_usec"), Some(1234));
-            assert_eq!(super::keyed(text, "user"), None);
-            let oom = "oom_kill_disable 0\nunder_oom 0\noom_kill 3\n";
-            assert_eq!(super::keyed(oom, "oom_kill"), Some(3));
-        }
-    }
-}
+mod cgroupfs;
 
 #[cfg(test)]
 mod tests {
