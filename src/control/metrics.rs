@@ -1,7 +1,6 @@
 //! The optional Prometheus endpoint (`metrics_listen = "127.0.0.1:9477"`):
-//! [`render`] turns the status view into the text exposition format 0.0.4,
-//! [`serve`] answers `GET /metrics` over a deliberately tiny HTTP/1.1
-//! responder.
+//! [`serve`] answers `GET /metrics` with [`render`]'s exposition over a
+//! deliberately tiny HTTP/1.1 responder.
 //!
 //! The responder reads one request head per connection (at most
 //! [`MAX_HEAD`] bytes, within [`TIMEOUT`]), answers it with
@@ -14,7 +13,6 @@
 //! There is no authentication: the endpoint belongs on loopback, which is
 //! what the examples use; the config accepts any address it is given.
 
-use std::fmt::{Display, Write as _};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,7 +20,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::proto::{Histogram, ServiceStatus, WorkerStatus};
+pub use super::exposition::{render, CONTENT_TYPE};
 use super::snapshot::Snapshots;
 
 /// Largest request head read (request line and headers).
@@ -35,299 +33,6 @@ pub const MAX_CONNECTIONS: usize = 64;
 /// How long, and how many bytes, a connection is drained after the answer.
 const LINGER: Duration = Duration::from_secs(1);
 const LINGER_BYTES: usize = 64 * 1024;
-/// The text exposition format, version 0.0.4.
-pub const CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-
-/// The slot states `slotman_slots` always has a series for.
-const STATES: [&str; 4] = ["starting", "idle", "busy", "draining"];
-
-// ---------------------------------------------------------------------------
-// Rendering
-
-/// The status as Prometheus text exposition format (0.0.4). Families are
-/// complete and never interleaved; a family without samples (no queue depth
-/// known, no memory known) is left out entirely.
-pub fn render(status: &ServiceStatus) -> String {
-    let service = status.service.as_str();
-    let mut out = Families::default();
-
-    out.family(
-        "slotman_up",
-        "gauge",
-        "1 while the slotman manager answers.",
-    );
-    out.sample("slotman_up", &[("service", service)], 1);
-
-    out.family(
-        "slotman_config_reload_failed",
-        "gauge",
-        "1 when the last reload failed and the previous configuration is still running.",
-    );
-    out.sample(
-        "slotman_config_reload_failed",
-        &[("service", service)],
-        u8::from(status.reload_error.is_some()),
-    );
-
-    let workers = &status.workers;
-
-    out.family(
-        "slotman_slots",
-        "gauge",
-        "Slots of a worker by state (starting, idle, busy, draining).",
-    );
-    for w in workers {
-        let counts = [w.starting, w.idle, w.busy, w.draining];
-        for (state, n) in STATES.iter().zip(counts) {
-            let [s, wk] = worker_labels(service, w);
-            out.sample("slotman_slots", &[s, wk, ("state", state)], n);
-        }
-    }
-
-    out.family(
-        "slotman_slots_min",
-        "gauge",
-        "The worker's configured min slots.",
-    );
-    for w in workers {
-        out.sample("slotman_slots_min", &worker_labels(service, w), w.min);
-    }
-    out.family(
-        "slotman_slots_max",
-        "gauge",
-        "The worker's configured max slots.",
-    );
-    for w in workers {
-        out.sample("slotman_slots_max", &worker_labels(service, w), w.max);
-    }
-
-    out.family(
-        "slotman_worker_failed",
-        "gauge",
-        "1 while the worker is marked failed after repeated slot failures.",
-    );
-    for w in workers {
-        out.sample(
-            "slotman_worker_failed",
-            &worker_labels(service, w),
-            u8::from(w.failed),
-        );
-    }
-
-    out.family(
-        "slotman_worker_health",
-        "gauge",
-        "1 for the worker's health (ok, degraded: serving but something is wrong, failed: cannot serve), 0 for the others.",
-    );
-    for w in workers {
-        for health in ["ok", "degraded", "failed"] {
-            let [s, wk] = worker_labels(service, w);
-            out.sample(
-                "slotman_worker_health",
-                &[s, wk, ("health", health)],
-                u8::from(w.health == health),
-            );
-        }
-    }
-
-    out.family(
-        "slotman_build_info",
-        "gauge",
-        "Always 1; the running slotman's version.",
-    );
-    out.sample(
-        "slotman_build_info",
-        &[("service", service), ("version", env!("CARGO_PKG_VERSION"))],
-        1,
-    );
-
-    out.family(
-        "slotman_jobs_total",
-        "counter",
-        "Jobs finished by the worker's slots, by registered function and result (complete, fail, exception).",
-    );
-    for w in workers {
-        for f in &w.functions {
-            let results = [
-                ("complete", f.complete),
-                ("fail", f.fail),
-                ("exception", f.exception),
-            ];
-            for (result, n) in results {
-                let [s, wk] = worker_labels(service, w);
-                let l = [s, wk, ("function", f.name.as_str()), ("result", result)];
-                out.sample("slotman_jobs_total", &l, n);
-            }
-        }
-    }
-
-    out.family(
-        "slotman_job_duration_seconds",
-        "histogram",
-        "Job durations as the slots measured them.",
-    );
-    for w in workers {
-        out.histogram(
-            "slotman_job_duration_seconds",
-            &worker_labels(service, w),
-            &w.durations,
-        );
-    }
-
-    out.family(
-        "slotman_slot_restarts_total",
-        "counter",
-        "Slots that exited unexpectedly and were replaced.",
-    );
-    for w in workers {
-        out.sample(
-            "slotman_slot_restarts_total",
-            &worker_labels(service, w),
-            w.restarts,
-        );
-    }
-
-    out.family(
-        "slotman_slot_recycles_total",
-        "counter",
-        "Slots recycled after workleft jobs or max_lifetime.",
-    );
-    for w in workers {
-        out.sample(
-            "slotman_slot_recycles_total",
-            &worker_labels(service, w),
-            w.recycles,
-        );
-    }
-
-    out.family(
-        "slotman_queue_depth",
-        "gauge",
-        "Jobs waiting at the job servers for the worker's functions (only when a job server answered).",
-    );
-    for w in workers {
-        if let Some(q) = w.queued {
-            out.sample("slotman_queue_depth", &worker_labels(service, w), q);
-        }
-    }
-
-    out.family(
-        "slotman_worker_memory_bytes",
-        "gauge",
-        "Memory of the worker's slots, summed over the slots whose memory is known.",
-    );
-    for w in workers {
-        let known: Vec<u64> = w.slots.iter().filter_map(|s| s.memory_bytes).collect();
-        if !known.is_empty() {
-            let sum = known.iter().fold(0u64, |a, b| a.saturating_add(*b));
-            out.sample(
-                "slotman_worker_memory_bytes",
-                &worker_labels(service, w),
-                sum,
-            );
-        }
-    }
-
-    out.finish()
-}
-
-/// The labels every per-worker series has.
-fn worker_labels<'a>(service: &'a str, w: &'a WorkerStatus) -> [(&'static str, &'a str); 2] {
-    [("service", service), ("worker", w.name.as_str())]
-}
-
-/// Metric families under construction: a family's header is written only
-/// once it has a sample.
-#[derive(Default)]
-struct Families {
-    out: String,
-    /// The current family's `# HELP`/`# TYPE` lines, until its first sample.
-    pending: Option<String>,
-}
-
-impl Families {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        // Help texts are ours and have no backslash or newline to escape.
-        debug_assert!(!help.contains(['\\', '\n']));
-        self.pending = Some(format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl Display) {
-        if let Some(header) = self.pending.take() {
-            self.out.push_str(&header);
-        }
-        self.out.push_str(name);
-        if !labels.is_empty() {
-            self.out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.out.push(',');
-                }
-                self.out.push_str(k);
-                self.out.push_str("=\"");
-                escape_label_value(v, &mut self.out);
-                self.out.push('"');
-            }
-            self.out.push('}');
-        }
-        // Writing to a String cannot fail.
-        let _ = writeln!(self.out, " {value}");
-    }
-
-    /// `_bucket` series with cumulative counts and `le`, then `_sum` and
-    /// `_count`. The `+Inf` bucket and `_count` are the same number.
-    fn histogram(&mut self, name: &str, labels: &[(&str, &str)], h: &Histogram) {
-        let bucket = format!("{name}_bucket");
-        let mut cumulative = 0u64;
-        for (i, bound) in h.bounds_secs.iter().enumerate() {
-            cumulative = cumulative.saturating_add(h.counts.get(i).copied().unwrap_or(0));
-            let le = Float(*bound).to_string();
-            let mut l = labels.to_vec();
-            l.push(("le", &le));
-            self.sample(&bucket, &l, cumulative);
-        }
-        let above: u64 = h.counts.iter().skip(h.bounds_secs.len()).sum();
-        let total = cumulative.saturating_add(above).max(h.count);
-        let mut l = labels.to_vec();
-        l.push(("le", "+Inf"));
-        self.sample(&bucket, &l, total);
-        self.sample(&format!("{name}_sum"), labels, Float(h.sum_secs));
-        self.sample(&format!("{name}_count"), labels, total);
-    }
-
-    fn finish(self) -> String {
-        self.out
-    }
-}
-
-/// A float as the exposition format spells it (`+Inf`, `-Inf`, `NaN`).
-struct Float(f64);
-
-impl Display for Float {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let v = self.0;
-        if v.is_nan() {
-            f.write_str("NaN")
-        } else if v.is_infinite() {
-            f.write_str(if v > 0.0 { "+Inf" } else { "-Inf" })
-        } else {
-            // Rust never uses an exponent here, and "1" for 1.0: both valid.
-            write!(f, "{v}")
-        }
-    }
-}
-
-/// Label values escape backslash, double quote and newline.
-fn escape_label_value(value: &str, out: &mut String) {
-    for c in value.chars() {
-        match c {
-            '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
-            '\n' => out.push_str("\\n"),
-            c => out.push(c),
-        }
-    }
-}
 
 // ---------------------------------------------------------------------------
 // Serving
@@ -588,7 +293,9 @@ impl Reply {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::proto::{FunctionStats, SlotStatus};
+    use crate::control::proto::{
+        FunctionStats, Histogram, ServiceStatus, SlotStatus, WorkerStatus,
+    };
     use crate::manager::Event;
     use prometheus_parse::{Scrape, Value};
     use tokio::sync::{mpsc, oneshot};
@@ -849,58 +556,6 @@ mod tests {
     const DURATION_BUCKETS: usize = crate::control::proto::DURATION_BOUNDS.len();
 
     #[test]
-    fn inf_bucket_equals_count_even_for_a_short_counts_vector() {
-        let h = Histogram {
-            bounds_secs: vec![1.0, 2.0],
-            counts: vec![1],
-            sum_secs: 7.5,
-            count: 3,
-        };
-        let mut f = Families::default();
-        f.family("h_seconds", "histogram", "h");
-        f.histogram("h_seconds", &[], &h);
-        let text = f.finish();
-        assert!(text.contains("h_seconds_bucket{le=\"1\"} 1\n"), "{text}");
-        assert!(text.contains("h_seconds_bucket{le=\"2\"} 1\n"), "{text}");
-        assert!(text.contains("h_seconds_bucket{le=\"+Inf\"} 3\n"), "{text}");
-        assert!(text.contains("h_seconds_sum 7.5\n"), "{text}");
-        assert!(text.contains("h_seconds_count 3\n"), "{text}");
-    }
-
-    /// Label values of one sample line, unescaped by the exposition format's
-    /// rules (prometheus-parse splits labels on `,` and `=` and does not
-    /// unescape, so escaping is checked with this strict reader).
-    fn labels_of(line: &str) -> Vec<(String, String)> {
-        let inner = &line[line.find('{').expect("labels") + 1..];
-        let mut out = Vec::new();
-        let mut chars = inner.chars();
-        loop {
-            let name: String = chars.by_ref().take_while(|&c| c != '=').collect();
-            assert_eq!(chars.next(), Some('"'), "{line}");
-            let mut value = String::new();
-            loop {
-                match chars.next().expect("unterminated value") {
-                    '"' => break,
-                    '\\' => match chars.next().expect("dangling escape") {
-                        '\\' => value.push('\\'),
-                        '"' => value.push('"'),
-                        'n' => value.push('\n'),
-                        other => panic!("bad escape \\{other} in {line}"),
-                    },
-                    '\n' => panic!("raw newline in {line}"),
-                    c => value.push(c),
-                }
-            }
-            out.push((name, value));
-            match chars.next() {
-                Some(',') => continue,
-                Some('}') => return out,
-                other => panic!("after a label: {other:?} in {line}"),
-            }
-        }
-    }
-
-    #[test]
     fn label_values_are_escaped() {
         // prometheus-parse takes labels apart at `,`, `=` and the first `}`
         // and does not unescape, so it gets a value without those; the strict
@@ -946,16 +601,6 @@ mod tests {
         let labels = labels_of(job);
         assert_eq!(labels[2], ("function".to_owned(), format!("fn{nasty}")));
         assert_eq!(labels[3].0, "result");
-    }
-
-    #[test]
-    fn floats_are_spelled_as_prometheus_reads_them() {
-        assert_eq!(Float(1.0).to_string(), "1");
-        assert_eq!(Float(0.001).to_string(), "0.001");
-        assert_eq!(Float(f64::INFINITY).to_string(), "+Inf");
-        assert_eq!(Float(f64::NEG_INFINITY).to_string(), "-Inf");
-        assert_eq!(Float(f64::NAN).to_string(), "NaN");
-        assert_eq!(Float(1e-7).to_string().parse::<f64>(), Ok(1e-7));
     }
 
     #[test]
@@ -1132,5 +777,38 @@ mod tests {
             .await
             .expect("serve returns when the manager is gone")
             .expect("no panic");
+    }
+
+    /// Label values of one sample line, unescaped by the exposition format's
+    /// rules (prometheus-parse splits labels on `,` and `=` and does not
+    /// unescape, so escaping is checked with this strict reader).
+    fn labels_of(line: &str) -> Vec<(String, String)> {
+        let inner = &line[line.find('{').expect("labels") + 1..];
+        let mut out = Vec::new();
+        let mut chars = inner.chars();
+        loop {
+            let name: String = chars.by_ref().take_while(|&c| c != '=').collect();
+            assert_eq!(chars.next(), Some('"'), "{line}");
+            let mut value = String::new();
+            loop {
+                match chars.next().expect("unterminated value") {
+                    '"' => break,
+                    '\\' => match chars.next().expect("dangling escape") {
+                        '\\' => value.push('\\'),
+                        '"' => value.push('"'),
+                        'n' => value.push('\n'),
+                        other => panic!("bad escape \\{other} in {line}"),
+                    },
+                    '\n' => panic!("raw newline in {line}"),
+                    c => value.push(c),
+                }
+            }
+            out.push((name, value));
+            match chars.next() {
+                Some(',') => continue,
+                Some('}') => return out,
+                other => panic!("after a label: {other:?} in {line}"),
+            }
+        }
     }
 }
