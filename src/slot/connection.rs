@@ -32,7 +32,7 @@ use tokio::time::Instant;
 use tokio_util::codec::Encoder;
 use tokio_util::sync::CancellationToken;
 
-use super::wire::Wire;
+use super::wire::{Expect, Wire};
 
 use crate::gearman::codec::{PacketCodec, ProtocolError};
 use crate::gearman::packet::{Packet, PacketType};
@@ -131,9 +131,9 @@ impl Conn {
     }
 
     /// Reads the next packet; EOF and protocol errors end the session.
-    /// `fast`: an answer is due at once (see [`Pace`](super::wire::Pace)).
-    async fn next_packet(&mut self, fast: bool) -> Result<Packet, String> {
-        packet_or_end(self.wire.next(&mut self.codec, fast).await)
+    /// `expect`: whether an answer is due at once (see [`Expect`]).
+    async fn next_packet(&mut self, expect: Expect) -> Result<Packet, String> {
+        packet_or_end(self.wire.next(&mut self.codec, expect).await)
     }
 }
 
@@ -277,7 +277,7 @@ async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
     conn.flush().await?;
     let echoed = async {
         loop {
-            let p = conn.next_packet(false).await?;
+            let p = conn.next_packet(Expect::Whenever).await?;
             match p.kind {
                 PacketType::EchoRes => return Ok(()),
                 PacketType::Error => return Err(server_error(&p)),
@@ -356,7 +356,7 @@ async fn session<R: JobRunner>(
                     };
                     tokio::select! {
                         _ = drain.cancelled() => return SessionEnd::Closed,
-                        p = conn.next_packet(false) => match p {
+                        p = conn.next_packet(Expect::Whenever) => match p {
                             Ok(p) => {
                                 heard = Instant::now();
                                 match p.kind {
@@ -392,7 +392,7 @@ async fn session<R: JobRunner>(
                                     Ok(p) => break p,
                                     Err(_) => return SessionEnd::Closed,
                                 },
-                                p = conn.next_packet(false) => match p {
+                                p = conn.next_packet(Expect::Whenever) => match p {
                                     Ok(_) => {} // NOOPs while awake mean nothing new.
                                     Err(why) => return SessionEnd::Broken(why),
                                 },
@@ -533,7 +533,7 @@ async fn await_grab(
 /// gearmand's reply to a grab: a JOB_ASSIGN* (`Some`) or NO_JOB (`None`).
 async fn grab_reply(spec: &ConnectionSpec, conn: &mut Conn) -> Result<Option<Packet>, String> {
     loop {
-        let p = conn.next_packet(true).await?;
+        let p = conn.next_packet(Expect::Due).await?;
         if let Some(reply) = as_grab_reply(spec, p) {
             return reply;
         }

@@ -5,7 +5,7 @@
 //! While a stream of jobs flows, every job needs two waits: for the
 //! handler's answer and for gearmand's next assignment. Through the runtime
 //! each wait is a failed read, a park in epoll_wait and a wake-up of the task.
-//! Here a wait that is due (`fast`: the request went out a moment ago) goes
+//! Here a wait that is due ([`Expect::Due`]: the request went out a moment ago) goes
 //! straight to the kernel, without the read that would fail first: on the
 //! socket one recv(2) that waits (the socket is left blocking, with a
 //! receive timeout; the runtime's own reads pass `MSG_DONTWAIT`), on the
@@ -65,8 +65,8 @@ impl Pace {
     }
 
     /// What the next wait may be.
-    fn next_wait(&self, fast: bool) -> Wait {
-        if !fast || !self.enabled.load(Ordering::Relaxed) {
+    fn next_wait(&self, expect: Expect) -> Wait {
+        if expect == Expect::Whenever || !self.enabled.load(Ordering::Relaxed) {
             return Wait::Runtime;
         }
         let since = self
@@ -78,6 +78,14 @@ impl Pace {
             Wait::Block(MAX_BLOCK)
         }
     }
+}
+
+/// Whether the other side owes an answer now (a request went out a moment
+/// ago), so that a wait for it may block the thread, or may take any time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Expect {
+    Due,
+    Whenever,
 }
 
 enum Wait {
@@ -198,19 +206,20 @@ impl<F: AsRawFd + AsFd> Wire<F> {
     }
 
     /// The next item, reading and waiting as needed; `None` at a clean EOF.
-    /// With `fast`, waits may block the thread (see [`Pace`]). Cancel-safe:
+    /// When an answer is [`Expect::Due`], waits may block the thread (see
+    /// [`Pace`]). Cancel-safe:
     /// what was read stays in the buffer.
     pub async fn next<D: Decoder>(
         &mut self,
         codec: &mut D,
-        fast: bool,
+        expect: Expect,
     ) -> Option<Result<D::Item, D::Error>> {
         let pace = Pace::get();
-        // A `fast` answer was asked for a moment ago, and the other process
+        // A due answer was asked for a moment ago, and the other process
         // has yet to run (on this CPU, when pinned): a read now would fail,
         // so a blocking wait comes first. It (poll(2), or recv(2) on a
         // socket) returns at once for anything already here.
-        let mut read_first = !fast;
+        let mut read_first = expect == Expect::Whenever;
         loop {
             if read_first {
                 if let Some(next) = self.try_next(codec) {
@@ -219,7 +228,7 @@ impl<F: AsRawFd + AsFd> Wire<F> {
             } else if let Some(item) = codec.decode(&mut self.buf).transpose() {
                 return Some(item);
             }
-            let wait = pace.next_wait(fast);
+            let wait = pace.next_wait(expect);
             if !std::mem::replace(&mut read_first, true) && !matches!(wait, Wait::Block(_)) {
                 // Only poll(2) or recv(2) may go first: the runtime's
                 // readiness is edge-triggered and may not show what is here.
@@ -386,13 +395,14 @@ mod tests {
             std::thread::sleep(MAX_BLOCK / 2);
             peer.write_all(b"o\n").expect("write");
         });
-        let first = wire.next(&mut codec, true).await;
+        let first = wire.next(&mut codec, Expect::Due).await;
         assert_eq!(first.map(|r| r.ok()), Some(Some("one".to_string())));
-        let second = wire.next(&mut codec, true).await;
+        let second = wire.next(&mut codec, Expect::Due).await;
         assert_eq!(second.map(|r| r.ok()), Some(Some("two".to_string())));
         writer.join().expect("writer");
         // The peer is gone: a clean end, not an error or a hang.
-        let end = tokio::time::timeout(Duration::from_secs(5), wire.next(&mut codec, true)).await;
+        let end =
+            tokio::time::timeout(Duration::from_secs(5), wire.next(&mut codec, Expect::Due)).await;
         assert!(matches!(end, Ok(None)), "expected EOF");
     }
 

@@ -18,7 +18,7 @@ use tokio::process::ChildStdin;
 use tokio::time::timeout as within;
 use tokio_util::sync::CancellationToken;
 
-use crate::slot::wire::Wire;
+use crate::slot::wire::{Expect, Wire};
 
 use super::exec::{describe, GroupChild, Launcher};
 use super::framing::{job_header, FramingError, FromHandler, SlotmanCodec};
@@ -301,7 +301,7 @@ impl Process {
             }
         };
         let first = tokio::select! {
-            first = within(ready_timeout, process.frames.next(false)) => Some(first),
+            first = within(ready_timeout, process.frames.next(Expect::Whenever)) => Some(first),
             () = cancelled => None,
         };
         let Some(first) = first else {
@@ -442,7 +442,8 @@ impl Process {
         });
         // Waiting for the answer may block the thread only once the whole job
         // is in the pipe: a large payload is written while the answer is read.
-        let mut read = pin!(read_answer(&mut self.frames, events, small));
+        let expect = if small { Expect::Due } else { Expect::Whenever };
+        let mut read = pin!(read_answer(&mut self.frames, events, expect));
         let mut deadline = pin!(async {
             match timeout {
                 Some(limit) => tokio::time::sleep(limit).await,
@@ -503,8 +504,8 @@ struct Frames {
 }
 
 impl Frames {
-    async fn next(&mut self, fast: bool) -> Option<Result<FromHandler, FramingError>> {
-        self.wire.next(&mut self.codec, fast).await
+    async fn next(&mut self, expect: Expect) -> Option<Result<FromHandler, FramingError>> {
+        self.wire.next(&mut self.codec, expect).await
     }
 }
 
@@ -526,11 +527,11 @@ enum Ended {
 async fn read_answer(
     frames: &mut Frames,
     events: &mpsc::Sender<JobEvent>,
-    fast: bool,
+    expect: Expect,
 ) -> Result<Outcome, Ended> {
     loop {
         // A stream of short jobs waits without the runtime (wire.rs).
-        let event = match frames.next(fast).await {
+        let event = match frames.next(expect).await {
             Some(Ok(FromHandler::Status {
                 numerator,
                 denominator,
