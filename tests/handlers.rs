@@ -9,11 +9,14 @@
 //! know that a handler's whole process group is gone, the handler holds a
 //! FIFO open and the test waits for its end of file ([`GroupWatch`]).
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::quiet::ChildLog;
 use slotman::config::{HandlerKind, WorkerConfig};
 use slotman::slot::handler::{
     FailReason, Handler, HandlerError, Job, JobEvent, Outcome, SlotIdentity,
@@ -64,6 +67,14 @@ fn worker(kind: HandlerKind, command: &[&str]) -> WorkerConfig {
         pin_cpu: true,
         ready_timeout: Duration::from_secs(30),
     }
+}
+
+/// An example's worker, its stderr (the example's own log lines) kept in
+/// `log`, shown only if the test fails.
+fn example(kind: HandlerKind, command: &[&str], log: &ChildLog) -> WorkerConfig {
+    let command = log.wrap(command);
+    let command: Vec<&str> = command.iter().map(String::as_str).collect();
+    worker(kind, &command)
 }
 
 fn stdio_test(mode: &[&str]) -> WorkerConfig {
@@ -739,9 +750,11 @@ async fn example_python() {
     let Some(python) = interpreter("python3", "example_python") else {
         return;
     };
-    let mut h = start(&worker(
+    let log = ChildLog::new("the example's stderr");
+    let mut h = start(&example(
         HandlerKind::Stdio,
         &[&python, &repo_file("examples/python/worker.py")],
+        &log,
     ))
     .await;
     check_reverse(&mut h).await;
@@ -761,9 +774,11 @@ async fn example_perl() {
     let Some(perl) = interpreter("perl", "example_perl") else {
         return;
     };
-    let mut h = start(&worker(
+    let log = ChildLog::new("the example's stderr");
+    let mut h = start(&example(
         HandlerKind::Stdio,
         &[&perl, &repo_file("examples/perl/worker.pl")],
+        &log,
     ))
     .await;
     check_reverse(&mut h).await;
@@ -776,9 +791,11 @@ async fn example_php() {
     let Some(php) = interpreter("php", "example_php") else {
         return;
     };
-    let mut h = start(&worker(
+    let log = ChildLog::new("the example's stderr");
+    let mut h = start(&example(
         HandlerKind::Stdio,
         &[&php, &repo_file("examples/php/worker.php")],
+        &log,
     ))
     .await;
     check_reverse(&mut h).await;
@@ -787,9 +804,11 @@ async fn example_php() {
 
 #[tokio::test]
 async fn example_shell_exec() {
-    let mut h = start(&worker(
+    let log = ChildLog::new("the example's stderr");
+    let mut h = start(&example(
         HandlerKind::Exec,
         &["sh", &repo_file("examples/shell/reverse.sh")],
+        &log,
     ))
     .await;
     check_reverse(&mut h).await;
@@ -801,9 +820,11 @@ async fn example_shell_stdio() {
     let Some(bash) = interpreter("bash", "example_shell_stdio") else {
         return;
     };
-    let mut h = start(&worker(
+    let log = ChildLog::new("the example's stderr");
+    let mut h = start(&example(
         HandlerKind::Stdio,
         &[&bash, &repo_file("examples/shell/stdio-worker.sh")],
+        &log,
     ))
     .await;
     assert_eq!(

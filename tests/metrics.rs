@@ -10,16 +10,19 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::quiet::ChildLog;
 use common::{free_port, slotman_bin, spawn_tied_to_process, wait_until, Gearmand};
 use prometheus_parse::{Scrape, Value};
 use slotman::gearman::client::{Client, JobResult};
 
 const WORKER: &str = "Echo";
 
-/// A `slotman run --config DIR/svc.toml --runtime-dir DIR`, stopped on drop.
+/// A `slotman run --config DIR/svc.toml --runtime-dir DIR`, stopped on drop;
+/// its log is shown if the test fails.
 struct Service {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    _log: ChildLog,
 }
 
 impl Service {
@@ -28,16 +31,19 @@ impl Service {
         let path = dir.path().join("svc.toml");
         std::fs::write(&path, config).expect("write config");
         let mut cmd = Command::new(slotman_bin());
+        let log = ChildLog::new("the manager's log");
         cmd.arg("run")
             .arg("--config")
             .arg(&path)
             .arg("--runtime-dir")
             .arg(dir.path())
-            .stdin(Stdio::null());
+            .stdin(Stdio::null())
+            .stderr(log.stdio());
         let child = spawn_tied_to_process(cmd).expect("start slotman run");
         let mut svc = Service {
             dir,
             child: Some(child),
+            _log: log,
         };
         let sock = svc.dir.path().join("svc.sock");
         wait_until("the control socket", Duration::from_secs(10), || {

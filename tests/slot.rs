@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+use common::quiet::ChildLog;
 use common::{cpus_allowed, first_child, skip, slotman_bin, Gearmand};
 use slotman::gearman::client::{Client, JobResult};
 use slotman::placement::child::spawn_runner;
@@ -80,6 +81,28 @@ struct Slot {
     links: Vec<(String, Option<String>)>,
     /// `start_failed` reports so far.
     start_failures: Vec<String>,
+    /// The runner's stderr and its handlers': shown if the test fails.
+    _log: ChildLog,
+}
+
+/// `runner` with its stderr (its log, and its handlers' stderr) appended to
+/// `log`. The strings are leaked: a `RunnerCommand`'s arguments are static.
+fn logged(runner: &RunnerCommand, log: &ChildLog) -> RunnerCommand {
+    assert!(runner.arg0.is_none(), "{runner:?}: an arg0 cannot be kept");
+    let program = runner.program.to_str().expect("a UTF-8 runner path");
+    let command: Vec<&str> = std::iter::once(program)
+        .chain(runner.args.iter().copied())
+        .collect();
+    let mut wrapped = log
+        .wrap(&command)
+        .into_iter()
+        .map(|s| &*Box::leak(s.into_boxed_str()));
+    let program = wrapped.next().expect("a program").into();
+    RunnerCommand {
+        program,
+        args: Box::leak(wrapped.collect::<Vec<&'static str>>().into_boxed_slice()),
+        arg0: None,
+    }
 }
 
 impl Slot {
@@ -109,7 +132,8 @@ impl Slot {
     async fn spawn(spec: &SlotSpec, runner: &RunnerCommand) -> Slot {
         // As the manager starts it outside systemd.
         let own_session = spec.worker.kind == slotman::config::HandlerKind::Exec;
-        let runner = spawn_runner(runner, own_session).expect("spawn slot");
+        let log = ChildLog::new("the slot runner's log");
+        let runner = spawn_runner(&logged(runner, &log), own_session).expect("spawn slot");
         let (read, mut write) = runner.control.into_split();
         write
             .write_all(&report::encode(&ToSlot::Start(Box::new(spec.clone()))))
@@ -133,6 +157,7 @@ impl Slot {
             handlers: Vec::new(),
             links: Vec::new(),
             start_failures: Vec::new(),
+            _log: log,
         }
     }
 

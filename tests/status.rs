@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::quiet::{show, ChildLog};
 use common::{slotman_bin, wait_until, Gearmand};
 use slotman::control::proto::ServiceStatus;
 use slotman::control::server::{Response, MAX_CONNECTIONS};
@@ -19,15 +20,18 @@ use slotman::control::snapshot::SAMPLE_MAX_AGE;
 use slotman::gearman::client::{Client, JobResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+/// A `slotman run`, stopped on drop; its log is shown if the test fails.
 struct Service {
     dir: tempfile::TempDir,
     child: Child,
+    _log: ChildLog,
 }
 
 impl Service {
     fn start(config: &str) -> Service {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::write(dir.path().join("svc.toml"), config).expect("config");
+        let log = ChildLog::new("the manager's log");
         let child = Command::new(slotman_bin())
             .arg("run")
             .arg("--config")
@@ -36,13 +40,17 @@ impl Service {
             .arg(dir.path())
             .stdin(Stdio::null())
             // Its log goes to a file: green tests are quiet.
-            .stderr(std::fs::File::create(dir.path().join("manager.log")).expect("manager log"))
+            .stderr(log.stdio())
             .spawn()
             .expect("slotman run");
         wait_until("control socket", Duration::from_secs(10), || {
             dir.path().join("svc.sock").exists()
         });
-        Service { dir, child }
+        Service {
+            dir,
+            child,
+            _log: log,
+        }
     }
 
     fn status_json(&self) -> ServiceStatus {
@@ -342,13 +350,6 @@ fn burst(sock: &Path, clients: usize, each: usize) -> (Vec<ServiceStatus>, usize
         }
         (statuses, busy)
     })
-}
-
-/// Whether the test was asked to show its figures (`SLOTMAN_TEST_SHOW=1`).
-fn show(what: &str) {
-    if std::env::var_os("SLOTMAN_TEST_SHOW").is_some() {
-        let _ = writeln!(std::io::stderr(), "{what}");
-    }
 }
 
 #[test]

@@ -15,6 +15,10 @@
 //!
 //! Needs root, systemd, dbus, gearmand and gearman-tools; skips (or fails,
 //! with `SLOTMAN_TEST_REQUIRE=all|systemd`) otherwise.
+//!
+//! Timings, properties and journal excerpts are noted with
+//! `common::quiet::show`: shown with a failure, or in every run with
+//! `SLOTMAN_TEST_SHOW=1`.
 
 mod common;
 
@@ -22,6 +26,7 @@ use std::collections::BTreeSet;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+use common::quiet::show;
 use common::sdbox::{describe, OutputExt, SdBox};
 use common::{skip, Gearmand};
 
@@ -70,7 +75,7 @@ fn sdbox() -> Option<&'static SdBox> {
         );
         sd.sh("systemctl daemon-reload")
             .assert_ok("systemctl daemon-reload");
-        let _ = writeln_stderr(&format!(
+        show(&format!(
             "systemd box: booted in {:.2?}, set up in {:.2?} ({})",
             sd.boot_time,
             started.elapsed(),
@@ -113,11 +118,6 @@ fn tool_on_path(tool: &str) -> bool {
         .status()
         .map(|s| s.success())
         .unwrap_or(false)
-}
-
-fn writeln_stderr(line: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    writeln!(std::io::stderr(), "{line}")
 }
 
 /// One instance `slotman@NAME` with its own gearmand; stopped (and, if the
@@ -351,7 +351,7 @@ impl Svc {
 impl Drop for Svc {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            let _ = writeln_stderr(&format!(
+            show(&format!(
                 "---- diagnostics of {} ----\n{}",
                 self.unit(),
                 self.diagnostics()
@@ -427,7 +427,7 @@ cpu_weight = 50
     };
     let sd = svc.sd;
     let took = svc.start();
-    let _ = writeln_stderr(&format!("[up] systemctl start returned after {took:.2?}"));
+    show(&format!("[up] systemctl start returned after {took:.2?}"));
 
     let p = props(
         sd,
@@ -446,7 +446,7 @@ cpu_weight = 50
             "ControlGroup",
         ],
     );
-    let _ = writeln_stderr(&format!("[up] {} {p:?}", svc.unit()));
+    show(&format!("[up] {} {p:?}", svc.unit()));
     assert_eq!(p["ActiveState"], "active", "{p:?}");
     assert_eq!(p["SubState"], "running", "{p:?}");
     assert_eq!(p["Type"], "notify", "{p:?}");
@@ -471,7 +471,7 @@ cpu_weight = 50
         .collect();
     assert_eq!((w.len(), log.len()), (2, 1), "scopes: {scopes:?}");
     let list = sd.exec(&["systemctl", "list-units", "--no-pager", "slotman-up-*"]);
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[up] systemctl list-units 'slotman-up-*':\n{}",
         list.text()
     ));
@@ -492,7 +492,7 @@ cpu_weight = 50
                 "CPUUsageNSec",
             ],
         );
-        let _ = writeln_stderr(&format!("[up] {s} {sp:?}"));
+        show(&format!("[up] {s} {sp:?}"));
         assert_eq!(sp["Slice"], "slotman-up.slice", "{s}: {sp:?}");
         assert_eq!(sp["MemoryMax"], "67108864", "{s}: {sp:?}");
         assert_eq!(sp["MemoryAccounting"], "yes", "{s}: {sp:?}");
@@ -504,7 +504,7 @@ cpu_weight = 50
         assert!(sp["PartOf"].contains(&svc.unit()), "{s}: {sp:?}");
         assert!(sp["Before"].contains(&svc.unit()), "{s}: {sp:?}");
         let limit = kernel_memory_limit(sd, s);
-        let _ = writeln_stderr(&format!("[up] {s} kernel limit: {limit:?}"));
+        show(&format!("[up] {s} kernel limit: {limit:?}"));
         assert_eq!(
             limit.as_ref().map(|(_, v)| v.as_str()),
             Some("67108864"),
@@ -602,7 +602,7 @@ idle_timeout = "60s"
     );
     let entry: serde_json::Value = serde_json::from_str(entry.text().lines().next().unwrap_or(""))
         .expect("journalctl -o json gives JSON");
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[logs] journal entry of the handler's stderr: {entry}"
     ));
     let field = |k: &str| {
@@ -654,7 +654,7 @@ idle_timeout = "60s"
     );
     svc.wait_scopes(3, SETTLE);
     let manager = svc.journal();
-    let _ = writeln_stderr(&format!("[logs] journalctl -u slotman@logs:\n{manager}"));
+    show(&format!("[logs] journalctl -u slotman@logs:\n{manager}"));
     assert!(
         manager.lines().any(|l| l.starts_with("start log 0→1")),
         "no start decision:\n{manager}"
@@ -711,7 +711,7 @@ idle_timeout = "1s"
     svc.systemctl("reload")
         .assert_ok("systemctl reload (min 1 → 3)");
     let took = t.elapsed();
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[reload] systemctl reload returned after {took:.2?}"
     ));
     assert!(took < Duration::from_secs(5), "reload took {took:?}");
@@ -737,7 +737,7 @@ idle_timeout = "1s"
         SETTLE,
         "systemctl show -P StatusText slotman@reload | grep -i 'reload failed'",
     );
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[reload] StatusText after a broken config: {}",
         status.text()
     ));
@@ -884,7 +884,7 @@ memory_max = "64M"
     assert_eq!(out.text(), "held", "w::hold 16: {}", describe(&out));
     // Past it: the kernel kills the handler, the job fails.
     let out = svc.job("w::hold", "200");
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[oom] w::hold 200 → {}",
         describe(&out).replace('\n', " ")
     ));
@@ -910,13 +910,13 @@ memory_max = "64M"
     assert_eq!(p["MainPID"], main.to_string(), "{p:?}");
     assert_eq!(p["NRestarts"], "0", "{p:?}");
     let journal = svc.journal();
-    let _ = writeln_stderr(&format!("[oom] journalctl -u slotman@oom:\n{journal}"));
+    show(&format!("[oom] journalctl -u slotman@oom:\n{journal}"));
     assert!(
         journal.to_lowercase().contains("oom"),
         "the manager's journal does not mention the OOM kill:\n{journal}"
     );
     let old = sd.journal(&before[0], &["-o", "cat"]);
-    let _ = writeln_stderr(&format!("[oom] journalctl -u {}:\n{old}", before[0]));
+    show(&format!("[oom] journalctl -u {}:\n{old}", before[0]));
     let out = svc.job("w::echo", "still-here");
     assert_eq!(
         out.text(),
@@ -961,7 +961,7 @@ max = 2
         "test \"$(systemctl show -P ActiveState slotman@stop)\" = deactivating && \
          systemctl show -P StatusText slotman@stop | grep -iE 'stop|drain'",
     );
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[stop] StatusText while draining: {}",
         draining.text()
     ));
@@ -970,7 +970,7 @@ max = 2
         .assert_ok("systemctl stop");
     let took = t.elapsed();
     let out = job.join().expect("the job thread");
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[stop] systemctl stop took {took:.2?}; the running job → {}",
         describe(&out).replace('\n', " ")
     ));
@@ -990,7 +990,7 @@ max = 2
     let left = svc.all_scopes();
     assert!(left.is_empty(), "scopes left after stop: {left:?}");
     let slice = svc.sd.units("slotman-stop.slice", true);
-    let _ = writeln_stderr(&format!("[stop] slotman-stop.slice after stop: {slice:?}"));
+    show(&format!("[stop] slotman-stop.slice after stop: {slice:?}"));
     let journal = svc.journal();
     assert!(
         journal.contains("stopped"),
@@ -1041,7 +1041,7 @@ max = 2
     let all = svc.all_scopes();
     assert_eq!(all.len(), 2, "scopes after restart (any state): {all:?}");
     let out = job.join().expect("the job thread");
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[restart] systemctl restart took {took:.2?}; the job in hand → {}",
         describe(&out).replace('\n', " ")
     ));
@@ -1113,7 +1113,7 @@ max = 2
     // What systemd does on its own right after.
     let right_after = props(sd, &svc.unit(), &["ActiveState", "SubState", "Result"]);
     let scopes_after = svc.all_scopes();
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[kill] 0.3 s after SIGKILL: {} {right_after:?}; scopes {scopes_after:?}",
         svc.unit()
     ));
@@ -1145,7 +1145,7 @@ max = 2
         );
     }
     let journal = svc.journal();
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[kill] NRestarts={}; journalctl -u slotman@kill (last 12):\n{}",
         svc.prop("NRestarts"),
         journal
@@ -1176,7 +1176,7 @@ max = 2
         .map(|s| format!("{s}:\n{}", sd.journal(s, &["-o", "cat"])))
         .collect();
     let old_journal = old_journal.join("");
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[kill] the job in hand at SIGKILL → {}\n[kill] old scopes' journal:\n{old_journal}",
         describe(&out).replace('\n', " ")
     ));
@@ -1219,7 +1219,7 @@ memory_max = "64M"
     other.wait_scopes(2, SETTLE);
 
     let out = sd.exec(&["slotman", "status", "status"]);
-    let _ = writeln_stderr(&format!("[status] slotman status status:\n{}", out.text()));
+    show(&format!("[status] slotman status status:\n{}", out.text()));
     out.assert_ok("slotman status status");
     let table = out.text();
     for s in &scopes {
@@ -1253,7 +1253,7 @@ memory_max = "64M"
         let unit = s["unit"].as_str().unwrap_or("");
         let mem = s["memory_bytes"].as_u64();
         let sd_mem: Option<u64> = sd.prop(unit, "MemoryCurrent").parse().ok();
-        let _ = writeln_stderr(&format!(
+        show(&format!(
             "[status] {unit}: memory_bytes {mem:?}, MemoryCurrent {sd_mem:?}, cpu_usage_nsec {}, tasks {}",
             s["cpu_usage_nsec"], s["tasks"]
         ));
@@ -1268,7 +1268,7 @@ memory_max = "64M"
 
     // Both services are listed; stopping one keeps the other's socket.
     let all = sd.exec(&["slotman", "status"]);
-    let _ = writeln_stderr(&format!("[status] slotman status (all):\n{}", all.text()));
+    show(&format!("[status] slotman status (all):\n{}", all.text()));
     other
         .systemctl("stop")
         .assert_ok("systemctl stop slotman@status2");
@@ -1316,7 +1316,7 @@ max = 1
             "Result",
         ],
     );
-    let _ = writeln_stderr(&format!("[wd] first ping {first}, after 5 s {p:?}"));
+    show(&format!("[wd] first ping {first}, after 5 s {p:?}"));
     assert_eq!(p["ActiveState"], "active", "{p:?}");
     assert_eq!(p["MainPID"], main.to_string(), "{p:?}");
     assert_eq!(p["NRestarts"], "0", "{p:?}");
@@ -1358,7 +1358,7 @@ min = {min}
          systemctl show -p ActiveState,SubState,Result,NRestarts slotman@broken",
     );
     let journal = svc.journal();
-    let _ = writeln_stderr(&format!(
+    show(&format!(
         "[broken] {}; journal:\n{journal}",
         p.text().replace('\n', " ")
     ));
@@ -1434,7 +1434,7 @@ fn install_script_installs_a_working_example_service() {
         "--binary".as_ref(),
         bin.as_os_str(),
     ]);
-    let _ = writeln_stderr(&format!("[install] {}", out.text()));
+    show(&format!("[install] {}", out.text()));
     out.assert_ok("install.sh in a fresh box");
     sd.sh(&format!(
         "sed -i 's/127.0.0.1:4730/{}/' /etc/slotman/example.toml",
@@ -1462,7 +1462,7 @@ fn install_script_installs_a_working_example_service() {
              [ -f $h$cg/cgroup.procs ] && { procs=$(cat $h$cg/cgroup.procs); break; }; done; \
            for p in $procs; do ps -o user=,args= -p $p; done; done",
     );
-    let _ = writeln_stderr(&format!("[install] slot processes:\n{}", users.text()));
+    show(&format!("[install] slot processes:\n{}", users.text()));
     assert!(
         users
             .text()
