@@ -138,7 +138,7 @@ pub fn assess(f: &Facts) -> (Health, Vec<Problem>) {
     if let Some((slots, queued)) = f.held_at_max {
         problems.push(Problem {
             key: "held at max".into(),
-            text: format!("pool held at max ({slots} slots, all busy) with {queued} jobs queued"),
+            text: format!("pool held at max ({slots} busy of {slots}) with {queued} jobs queued"),
             since: None,
         });
         health = health.max(Health::Degraded);
@@ -276,7 +276,7 @@ mod tests {
                     ..Default::default()
                 },
                 Health::Degraded,
-                vec!["pool held at max (1 slots, all busy) with 7 jobs queued"],
+                vec!["pool held at max (1 busy of 1) with 7 jobs queued"],
             ),
             (
                 "native worker: no servers of its own",

@@ -379,7 +379,8 @@ impl Manager {
         self.notifier.stopping();
         let slots: usize = self.pools.values().map(|p| p.slots.len()).sum();
         tracing::info!(
-            "stopping: draining {slots} slots (jobs in hand finish first, up to {})",
+            "stopping: draining {} (jobs in hand finish first, up to {})",
+            count(slots, "slot"),
             humantime::format_duration(self.config.stop_timeout)
         );
         self.stopping = Some(pool::now());

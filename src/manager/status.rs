@@ -108,7 +108,7 @@ impl Manager {
             line = format!("{lead}; {line}");
         }
         if self.stopping.is_some() {
-            line = format!("stopping: {slots} slots left ({busy} busy)");
+            line = format!("stopping: {} left ({busy} busy)", count(slots, "slot"));
         }
         if let Some(e) = &self.reload_error {
             line = format!("{line}; reload failed, running the previous config: {e}");

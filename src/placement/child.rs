@@ -9,8 +9,8 @@
 //! dies first (see [`kill_session`]). Other runners stay out of new
 //! sessions because on Linux each session is also a scheduler autogroup:
 //! the kernel then shares CPU between slots as if each were a logged-in
-//! user, against gearmand and everything else on the host (BENCHMARKS.md,
-//! F22: ~12 % of stdio throughput at N = 4).
+//! user, against gearmand and everything else on the host (it cost about a
+//! tenth of stdio throughput at 4 slots; BENCHMARKS.md).
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};

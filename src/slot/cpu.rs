@@ -6,8 +6,8 @@
 //! the one it wakes wherever a CPU looks free, so each hand-over is a
 //! cross-CPU wake-up (an inter-processor interrupt, on a VM an exit to the
 //! hypervisor) and a cold cache. On one CPU the hand-over is a plain switch.
-//! bench/floor/measure.py, N = 4 on 2 CPUs: runner 17.4 → 15.1 µs per job,
-//! handler 6.3 → 4.7 (BENCHMARKS.md, session 5).
+//! At 4 slots on 2 CPUs that saves about a seventh of the runner's CPU per
+//! job and a fifth of the handler's (bench/floor/measure.py; BENCHMARKS.md).
 //!
 //! The manager picks the CPU (spreading its slots, `manager/cpus.rs`) and
 //! says when pinning is on: only while the service has more slots than

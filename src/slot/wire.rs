@@ -10,7 +10,7 @@
 //! socket one recv(2) that waits (the socket is left blocking, with a
 //! receive timeout; the runtime's own reads pass `MSG_DONTWAIT`), on the
 //! pipe poll(2) and one read. That is ~5 system calls per job where the
-//! runtime's way took ~8 (BENCHMARKS.md, session 6). The [`Pace`] keeps
+//! runtime's way took ~8 (`bench/profile` counts them). The [`Pace`] keeps
 //! that from starving the runtime's other tasks (reports, signals, the
 //! manager's messages): the thread blocks at most [`MAX_BLOCK`] at a time and
 //! yields to the runtime at least every [`SLICE`].

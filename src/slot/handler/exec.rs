@@ -297,7 +297,7 @@ impl Launcher {
         // No pre_exec hook: with one, std falls back from posix_spawn
         // (clone(CLONE_VM|CLONE_VFORK)) to fork(), which copies the runner's
         // page tables and costs ~130 µs per exec job (bench/profile --kind
-        // exec; BENCHMARKS.md F8). So no PR_SET_PDEATHSIG here (it would be
+        // exec). So no PR_SET_PDEATHSIG here (it would be
         // sound: the runner spawns from its one thread, which lives as long
         // as it). "A handler never outlives its runner" comes instead from:
         // the runner, which kills the group whenever it drops a job
