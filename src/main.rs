@@ -38,8 +38,12 @@ enum Command {
         #[arg(long)]
         runtime_dir: Option<PathBuf>,
     },
-    /// Validate a config file without starting anything (exit 1 if invalid).
-    Check { file: PathBuf },
+    /// Validate a config without starting anything: everything `run` would
+    /// refuse, with FILE:LINE (exit 1 if invalid).
+    Check {
+        /// A config file, or a service name (reads /etc/slotman/SERVICE.toml).
+        file: PathBuf,
+    },
     /// Show a running service's pools and slots.
     Status {
         service: Option<String>,
@@ -126,7 +130,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file } => match slotman::config::check(&file) {
+        Command::Check { file } => match slotman::config::check(&service_or_file(file)) {
             Ok(summary) => {
                 println!("{summary}");
                 ExitCode::SUCCESS
@@ -257,6 +261,16 @@ fn block_on<F: std::future::Future<Output = anyhow::Result<()>>>(
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(e),
     }
+}
+
+/// `billing` (no such file, a bare name) means /etc/slotman/billing.toml,
+/// as for `run`.
+fn service_or_file(file: PathBuf) -> PathBuf {
+    let bare = file.components().count() == 1 && file.extension().is_none();
+    if bare && !file.exists() {
+        return PathBuf::from(format!("/etc/slotman/{}.toml", file.display()));
+    }
+    file
 }
 
 fn fail(e: anyhow::Error) -> ExitCode {

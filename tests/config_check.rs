@@ -177,3 +177,63 @@ fn binary_check_refuses_a_duration_the_clock_cannot_hold() {
     );
     assert!(stderr.contains(&want), "no {want:?} in stderr: {stderr}");
 }
+
+#[test]
+fn check_and_run_refuse_what_the_host_lacks_and_run_exits_78() {
+    let scratch = Scratch::new();
+    let cases = [
+        ("user", "[workers.w]\ncommand = [\"{handler}\"]\nfunctions = [\"f\"]\nuser = \"nosuchuser-slotman\"\n", "w.toml:4: workers.w.user: no user"),
+        ("group", "[workers.w]\ncommand = [\"{handler}\"]\nfunctions = [\"f\"]\ngroup = \"nosuchgroup-slotman\"\n", "w.toml:4: workers.w.group: no group"),
+        ("control_group", "control_group = \"nosuchgroup-slotman\"\n[workers.w]\ncommand = [\"{handler}\"]\nfunctions = [\"f\"]\n", "w.toml:1: control_group: no group"),
+        ("program", "[workers.w]\ncommand = [\"/nonexistent/slotman-test/run\"]\nfunctions = [\"f\"]\n", "w.toml:2: workers.w.command"),
+        ("working_directory", "[workers.w]\ncommand = [\"{handler}\"]\nfunctions = [\"f\"]\nworking_directory = \"/nonexistent/slotman-test\"\n", "w.toml:4: workers.w.working_directory"),
+    ];
+    for (what, text, expect) in cases {
+        let path = scratch.config("w", text);
+        let out = Command::new(env!("CARGO_BIN_EXE_slotman"))
+            .arg("check")
+            .arg(&path)
+            .output()
+            .expect("slotman check");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{what}: {stderr}");
+        assert!(stderr.contains(expect), "{what}: {stderr}");
+        let run = Command::new(env!("CARGO_BIN_EXE_slotman"))
+            .args(["run", "--placement", "child", "--runtime-dir"])
+            .arg(scratch.dir.path())
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .expect("slotman run");
+        assert_eq!(
+            run.status.code(),
+            Some(78),
+            "{what}: run must exit 78 (EX_CONFIG): {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+    }
+}
+
+#[test]
+fn check_takes_a_service_name_like_run() {
+    if !nix::unistd::Uid::effective().is_root() {
+        return; // Writing /etc/slotman needs root; CI runs as root.
+    }
+    let scratch = Scratch::new();
+    let name = format!("slotman-check-test-{}", std::process::id());
+    let path = PathBuf::from(format!("/etc/slotman/{name}.toml"));
+    std::fs::create_dir_all("/etc/slotman").expect("mkdir /etc/slotman");
+    let text = VALID.replace("{handler}", scratch.handler.to_str().expect("utf-8"));
+    std::fs::write(&path, text).expect("write");
+    let out = Command::new(env!("CARGO_BIN_EXE_slotman"))
+        .args(["check", &name])
+        .output()
+        .expect("slotman check");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains(&format!("{name}.toml: ok")));
+}

@@ -1,5 +1,6 @@
 //! The only part of config checking that looks at the host: does a command's
-//! program exist and is it executable, does a working directory exist.
+//! program exist and is it executable, does a working directory exist, do
+//! the users and groups named exist.
 //! Validation asks through [`Probe`], so it stays testable with a fake host.
 
 use std::os::unix::fs::PermissionsExt;
@@ -14,6 +15,9 @@ pub(crate) trait Probe {
     fn directory(&self, dir: &Path) -> Result<(), String>;
     /// The `PATH` handlers inherit when their worker's `env` sets none.
     fn search_path(&self) -> Option<String>;
+    /// `Ok` when the user (`group`: false) or group named exists; a
+    /// numeric id is taken as it is.
+    fn account(&self, name: &str, group: bool) -> Result<(), String>;
 }
 
 /// The real file system and environment.
@@ -47,6 +51,22 @@ impl Probe for Host {
 
     fn search_path(&self) -> Option<String> {
         std::env::var("PATH").ok()
+    }
+
+    fn account(&self, name: &str, group: bool) -> Result<(), String> {
+        if name.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(());
+        }
+        let found = match group {
+            true => nix::unistd::Group::from_name(name).map(|g| g.is_some()),
+            false => nix::unistd::User::from_name(name).map(|u| u.is_some()),
+        };
+        let what = if group { "group" } else { "user" };
+        match found {
+            Ok(true) => Ok(()),
+            Ok(false) => Err(format!("no {what} {name:?} on this host")),
+            Err(e) => Err(format!("cannot look up {what} {name:?}: {e}")),
+        }
     }
 }
 

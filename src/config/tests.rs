@@ -38,6 +38,17 @@ impl Probe for FakeHost {
     fn search_path(&self) -> Option<String> {
         Some("/usr/bin:/bin".into())
     }
+
+    fn account(&self, name: &str, group: bool) -> Result<(), String> {
+        match (name, group) {
+            ("nobody" | "www-data" | "u", false)
+            | ("nogroup" | "www-data" | "slotman" | "g" | "adm", true) => Ok(()),
+            _ => Err(format!(
+                "no {} {name:?} on this host",
+                if group { "group" } else { "user" }
+            )),
+        }
+    }
 }
 
 fn outcome(text: &str) -> Result<Config, super::ConfigError> {
@@ -941,4 +952,17 @@ proptest::proptest! {
             ),
         }
     }
+}
+
+#[test]
+fn unknown_users_and_groups_are_refused_at_their_line() {
+    check(
+        "control_group = \"nosuchgroup\"\n[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\nuser = \"nosuchuser\"\ngroup = \"nosuchgroup\"\n",
+        "t.toml:1: control_group: no group \"nosuchgroup\" on this host\nt.toml:5: workers.w.user: no user \"nosuchuser\" on this host\nt.toml:6: workers.w.group: no group \"nosuchgroup\" on this host",
+    );
+    // Known names, and numeric ids, pass.
+    check(
+        "control_group = \"adm\"\n[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
+        "ok: 1 worker (w: stdio, 1..4 slots)",
+    );
 }

@@ -345,6 +345,11 @@ fn build(ctx: &mut Ctx, root: &Loc, path: &Path, probe: Option<&dyn Probe>) -> O
 
     let (stop_timeout, _) = stop_timeout.or_builtin(Duration::from_secs(60))?;
     let (metrics_listen, _) = metrics_listen.map_some().or_builtin(None)?;
+    if let (Some(probe), Field::Set(name, at)) = (probe, &control_group) {
+        if let Err(why) = probe.account(name, true) {
+            ctx.err_at(at, why);
+        }
+    }
     let (control_group, _) = control_group.map_some().or_builtin(None)?;
     Some(Config {
         path: path.to_owned(),
@@ -584,6 +589,18 @@ fn finish(
             .unwrap_or_else(|| FALLBACK_PATH.to_owned());
         if let Err(message) = program_exists(probe, &command.argv[0], &search_path) {
             ctx.err_at(&command.program, message);
+        }
+    }
+    if let Some(probe) = probe {
+        for (field, group) in [
+            (w.user.clone().over(&d.user), false),
+            (w.group.clone().over(&d.group), true),
+        ] {
+            if let Field::Set(name, at) = &field {
+                if let Err(why) = probe.account(name, group) {
+                    ctx.err_at(at, why);
+                }
+            }
         }
     }
     let working_directory = w.working_directory.over(&d.working_directory);
