@@ -46,9 +46,12 @@ enum Command {
     },
     /// Show a running service's pools and slots.
     Status {
+        /// The service (default: a line for every running service).
         service: Option<String>,
+        /// The whole view as JSON, for scripts (health, problems, slots).
         #[arg(long)]
         json: bool,
+        /// Directory of the control socket (default $RUNTIME_DIRECTORY or /run/slotman).
         #[arg(long)]
         runtime_dir: Option<PathBuf>,
     },
@@ -282,4 +285,34 @@ fn fail(e: anyhow::Error) -> ExitCode {
     }
     eprintln!("slotman: {e:#}");
     ExitCode::from(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every subcommand, argument and flag says what it is in `--help`.
+    #[test]
+    fn everything_in_help_has_a_line_of_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let builtin = matches!(arg.get_id().as_str(), "help" | "version");
+                if !builtin && !arg.is_hide_set() && arg.get_help().is_none() {
+                    missing.push(format!("{path} {}", arg.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.is_hide_set() || sub.get_name() == "help" {
+                    continue;
+                }
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (about)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&super::Cli::command(), "slotman", &mut missing);
+        assert!(missing.is_empty(), "no help for: {missing:?}");
+    }
 }

@@ -71,6 +71,17 @@ pub fn after(t: Instant, d: Duration) -> Option<Instant> {
 /// A size: bytes, or a number with a binary unit as systemd reads them
 /// ("512K", "256M", "1.5G"; K = 1024); "KiB" spellings are accepted too.
 /// `infinity` is handled by the caller, where it is allowed.
+/// A duration for a person: whole seconds from 10 s up (`1m 30s`), whole
+/// milliseconds below (`250ms`), never `10s 1ms 114us 139ns`.
+pub fn human_duration(d: Duration) -> String {
+    let rounded = if d >= Duration::from_secs(10) {
+        Duration::from_secs(d.as_secs() + u64::from(d.subsec_millis() >= 500))
+    } else {
+        Duration::from_millis(d.as_millis().min(u128::from(u64::MAX)) as u64)
+    };
+    humantime::format_duration(rounded).to_string()
+}
+
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let bad = || format!("`{text}` is not a size; write it like \"512K\", \"256M\" or \"1G\"");
     let t = text.trim();
@@ -475,6 +486,19 @@ mod tests {
         fn whole_seconds_read_back(secs in 0u64..10_000_000) {
             prop_assert_eq!(parse_duration(&secs.to_string()), Ok(Duration::from_secs(secs)));
             prop_assert_eq!(parse_duration(&format!("{secs}s")), Ok(Duration::from_secs(secs)));
+        }
+    }
+
+    #[test]
+    fn durations_read_as_a_person_writes_them() {
+        for (d, text) in [
+            (Duration::new(10, 1_114_139), "10s"),
+            (Duration::new(90, 600_000_000), "1m 31s"),
+            (Duration::from_micros(250_400), "250ms"),
+            (Duration::from_millis(3_500), "3s 500ms"),
+            (Duration::ZERO, "0s"),
+        ] {
+            assert_eq!(human_duration(d), text);
         }
     }
 }

@@ -381,7 +381,7 @@ impl Manager {
         tracing::info!(
             "stopping: draining {} (jobs in hand finish first, up to {})",
             count(slots, "slot"),
-            humantime::format_duration(self.config.stop_timeout)
+            config::values::human_duration(self.config.stop_timeout)
         );
         self.stopping = Some(pool::now());
         for pool in self.pools.values_mut() {

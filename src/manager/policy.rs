@@ -75,7 +75,7 @@ impl std::fmt::Display for Reason {
             Reason::BelowMin => write!(f, "below min"),
             Reason::AllBusy { busy } => write!(f, "all {busy} slots busy"),
             Reason::Queued { queued } => write!(f, "{queued} jobs queued"),
-            Reason::Idle(d) => write!(f, "idle {}", humantime::format_duration(*d)),
+            Reason::Idle(d) => write!(f, "idle {}", crate::config::values::human_duration(*d)),
             Reason::Lifetime => write!(f, "max_lifetime reached"),
             Reason::ConfigChanged => write!(f, "configuration changed"),
             Reason::Removed => write!(f, "worker removed from config"),

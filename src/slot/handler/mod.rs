@@ -83,7 +83,11 @@ impl std::fmt::Display for FailReason {
             FailReason::Died(why) => write!(f, "handler died: {why}"),
             FailReason::Framing(why) => write!(f, "handler broke the framing: {why}"),
             FailReason::Timeout(d) => {
-                write!(f, "timed out after {}", humantime::format_duration(*d))
+                write!(
+                    f,
+                    "timed out after {}",
+                    crate::config::values::human_duration(*d)
+                )
             }
             FailReason::Spawn(why) => write!(f, "handler could not start: {why}"),
         }
@@ -103,7 +107,7 @@ pub enum HandlerError {
     ExitedBeforeReady { program: String, status: String },
     #[error("handler {program:?} wrote {line:?} instead of READY")]
     NotReady { program: String, line: String },
-    #[error("handler {program:?} did not say READY within {}", humantime::format_duration(*.after))]
+    #[error("handler {program:?} did not say READY within {}", crate::config::values::human_duration(*.after))]
     ReadyTimeout { program: String, after: Duration },
     /// The slot was told to drain while the handler was starting: no
     /// failure, the slot just leaves.
