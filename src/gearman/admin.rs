@@ -62,11 +62,12 @@ pub struct WorkerInfo {
 /// Failures of the admin protocol, from connecting to parsing.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    #[error("admin connection to job server {addr} failed: {source}")]
+    #[error("admin connection to job server {addr} failed: {error}")]
     Io {
         addr: String,
-        #[source]
-        source: std::io::Error,
+        // The cause is part of the message, not a `source`: an error chain
+        // printed with `{:#}` would say it twice.
+        error: std::io::Error,
     },
     #[error("job server {addr} did not answer `{command}` within {timeout:?}")]
     Timeout {
@@ -230,9 +231,9 @@ async fn exchange(
     shape: Shape,
     timeout: Duration,
 ) -> Result<String, AdminError> {
-    let io_err = |source| AdminError::Io {
+    let io_err = |error| AdminError::Io {
         addr: addr.to_string(),
-        source,
+        error,
     };
     let work = async {
         let mut stream = TcpStream::connect(addr).await.map_err(io_err)?;

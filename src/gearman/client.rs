@@ -53,11 +53,12 @@ pub struct JobReply {
 /// Client failures.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
-    #[error("cannot connect to job server {addr}: {source}")]
+    #[error("cannot connect to job server {addr}: {error}")]
     Connect {
         addr: String,
-        #[source]
-        source: std::io::Error,
+        // The cause is part of the message, not a `source`: an error chain
+        // printed with `{:#}` would say it twice.
+        error: std::io::Error,
     },
     #[error(transparent)]
     Protocol(#[from] ProtocolError),
@@ -106,9 +107,9 @@ impl Client {
     pub async fn connect(addr: &str) -> Result<Client, ClientError> {
         let stream = TcpStream::connect(addr)
             .await
-            .map_err(|source| ClientError::Connect {
+            .map_err(|error| ClientError::Connect {
                 addr: addr.to_string(),
-                source,
+                error,
             })?;
         // Requests are small and we wait for each answer: don't let Nagle
         // hold them back.

@@ -97,11 +97,12 @@ impl std::fmt::Display for FailReason {
 /// Errors starting a handler (before any job).
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
-    #[error("cannot start handler {program:?}: {source}")]
+    #[error("cannot start handler {program:?}: {error}")]
     Spawn {
         program: String,
-        #[source]
-        source: std::io::Error,
+        // The cause is part of the message, not a `source`: an error chain
+        // printed with `{:#}` would say it twice.
+        error: std::io::Error,
     },
     #[error("handler {program:?} exited before it said READY ({status})")]
     ExitedBeforeReady { program: String, status: String },

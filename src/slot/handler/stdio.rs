@@ -246,9 +246,9 @@ impl Process {
     ) -> Result<Box<Process>, HandlerError> {
         count_child_exits();
         let program = launcher.program().to_owned();
-        let spawn_error = |source| HandlerError::Spawn {
+        let spawn_error = |error| HandlerError::Spawn {
             program: program.clone(),
-            source,
+            error,
         };
         let mut cmd = launcher
             .command(&[])
