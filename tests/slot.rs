@@ -57,16 +57,7 @@ fn spec(fx: &Fixture, kind: &str, servers: &[&str], extra: &str) -> SlotSpec {
         "[workers.t]\nkind = {kind:?}\ncommand = {command}\nfunctions = {FUNCTIONS}\njob_servers = [{}]\n{extra}\n",
         servers.join(", ")
     );
-    let path = fx.dir.join("svc.toml");
-    let config = slotman::config::parse(&toml, &path).unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    SlotSpec {
-        service: "svc".into(),
-        slot: 1,
-        worker: config.workers[0].clone(),
-        cpu: None,
-        pin: false,
-        stop_timeout: None,
-    }
+    spec_of(fx, &toml)
 }
 
 /// A running runner process and the reports it sends.
@@ -297,16 +288,7 @@ async fn any_unique_id_and_function_name_reach_the_handler_exactly() {
             "[workers.t]\nkind = {kind:?}\ncommand = [\"/bin/bash\", {script:?}, {kind:?}]\nfunctions = {functions:?}\njob_servers = [{:?}]\n",
             g.addr
         );
-        let config = slotman::config::parse(&toml, &fx.dir.join("svc.toml"))
-            .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-        let spec = SlotSpec {
-            service: "svc".into(),
-            slot: 1,
-            worker: config.workers[0].clone(),
-            cpu: None,
-            pin: false,
-            stop_timeout: None,
-        };
+        let spec = spec_of(&fx, &toml);
         let _slot = Slot::start(&spec).await;
         let mut c = Client::connect(&g.addr).await.expect("connect client");
         for function in functions {
@@ -757,16 +739,7 @@ fn mute_spec(fx: &Fixture, ready_timeout: &str) -> SlotSpec {
     let toml = format!(
         "[workers.t]\nkind = \"stdio\"\ncommand = [\"/bin/sleep\", \"1000\"]\nfunctions = [\"x\"]\njob_servers = [\"127.0.0.1:1\"]\nready_timeout = {ready_timeout:?}\n"
     );
-    let config = slotman::config::parse(&toml, &fx.dir.join("svc.toml"))
-        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    SlotSpec {
-        service: "svc".into(),
-        slot: 1,
-        worker: config.workers[0].clone(),
-        cpu: None,
-        pin: false,
-        stop_timeout: None,
-    }
+    spec_of(fx, &toml)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -842,16 +815,7 @@ async fn a_replacement_handler_that_never_says_ready_fails_its_job_and_the_slot(
         g.addr,
         mark.display().to_string()
     );
-    let config = slotman::config::parse(&toml, &fx.dir.join("svc.toml"))
-        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
-    let spec = SlotSpec {
-        service: "svc".into(),
-        slot: 1,
-        worker: config.workers[0].clone(),
-        cpu: None,
-        pin: false,
-        stop_timeout: None,
-    };
+    let spec = spec_of(&fx, &toml);
     let mut slot = Slot::start(&spec).await;
     assert_eq!(submit(&g.addr, "crash", "x").await.result, JobResult::Fail);
     // Its replacement never says READY: the next job fails at the deadline,
@@ -872,4 +836,18 @@ async fn a_replacement_handler_that_never_says_ready_fails_its_job_and_the_slot(
         slot.wait().await.code(),
         Some(slotman::slot::EXIT_HANDLER_FAILED)
     );
+}
+
+/// Slot 1 of service `svc` running the one worker of `toml`.
+fn spec_of(fx: &Fixture, toml: &str) -> SlotSpec {
+    let config = slotman::config::parse(toml, &fx.dir.join("svc.toml"))
+        .unwrap_or_else(|e| panic!("{e}\n{toml}"));
+    SlotSpec {
+        service: "svc".into(),
+        slot: 1,
+        worker: config.workers[0].clone(),
+        cpu: None,
+        pin: false,
+        stop_timeout: None,
+    }
 }
