@@ -313,3 +313,62 @@ fn a_job_for_a_function_the_slot_never_registered_is_failed_unrun() {
     drop(s);
     assert!(svc.stop(), "manager exit status");
 }
+
+/// With one job server a runner may wait for due answers in the kernel
+/// (slot/wire.rs); that must not slow a drain or a `timeout` while short
+/// jobs stream.
+#[test]
+fn a_drain_and_a_timeout_stay_prompt_while_jobs_stream() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new(&format!(
+        "stop_timeout = \"60s\"\n[workers.w]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"echo\", \"sleep\"]\njob_servers = [\"{}\"]\nmin = 2\nmax = 2\ntimeout = \"300ms\"\n",
+        handler(),
+        g.addr
+    ));
+    svc.start();
+    wait_until("two slots up", Duration::from_secs(20), || {
+        svc.worker("w").idle == 2
+    });
+    let streaming = Arc::new(AtomicBool::new(true));
+    let feeder = {
+        let (streaming, addr) = (streaming.clone(), g.addr.clone());
+        std::thread::spawn(move || {
+            let mut i = 0;
+            while streaming.load(Ordering::Relaxed) {
+                submit_bg(&addr, "w::echo", jobs(200, &format!("s{i}")));
+                i += 1;
+            }
+        })
+    };
+    wait_until("jobs streaming", Duration::from_secs(20), || {
+        svc.worker("w").jobs_complete > 500
+    });
+    // A job past its timeout fails at the timeout, not later.
+    let t = Instant::now();
+    let result = common::service::rt().block_on(async {
+        let mut c = slotman::gearman::client::Client::connect(&g.addr)
+            .await
+            .expect("connect");
+        c.submit("w::sleep", "late", "5").await.expect("submit")
+    });
+    let took = t.elapsed();
+    assert_eq!(
+        result.result,
+        slotman::gearman::client::JobResult::Fail,
+        "the sleeping job was not failed"
+    );
+    assert!(
+        took < Duration::from_secs(3),
+        "a 300ms timeout failed the job after {took:?}"
+    );
+    // A stop drains while the stream goes on: the jobs in hand are short.
+    let t = Instant::now();
+    assert!(svc.stop(), "manager exit status");
+    let took = t.elapsed();
+    streaming.store(false, Ordering::Relaxed);
+    let _ = feeder.join();
+    assert!(
+        took < Duration::from_secs(5),
+        "a stop under a stream of short jobs took {took:?}"
+    );
+}
