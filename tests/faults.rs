@@ -1,6 +1,9 @@
 //! Partial failures a production host brings, against real gearmand and real
 //! handlers: a job server that hangs, a connection that goes silent without
-//! closing, a server that assigns a job the slot never asked for.
+//! closing, a server that assigns a job the slot never asked for; and how
+//! late a drain or a job's `timeout` acts while jobs stream through a slot
+//! with one job server (the slot whose waits may block its thread,
+//! `slot::wire::Pace`).
 
 mod common;
 
@@ -246,15 +249,26 @@ fn read_packet(s: &mut TcpStream) -> Option<(u32, Vec<Vec<u8>>)> {
     Some((kind, args))
 }
 
+/// Writes one response packet, as a job server does.
 fn write_packet(s: &mut TcpStream, kind: u32, args: &[&[u8]]) {
+    write_with_magic(s, b"\0RES", kind, args);
+}
+
+/// Writes one request packet, as a client does.
+fn write_request(s: &mut TcpStream, kind: u32, args: &[&[u8]]) {
+    write_with_magic(s, b"\0REQ", kind, args);
+}
+
+fn write_with_magic(s: &mut TcpStream, magic: &[u8; 4], kind: u32, args: &[&[u8]]) {
     let body = args.join(&0u8);
-    let mut p = b"\0RES".to_vec();
+    let mut p = magic.to_vec();
     p.extend_from_slice(&kind.to_be_bytes());
     p.extend_from_slice(&(body.len() as u32).to_be_bytes());
     p.extend_from_slice(&body);
     s.write_all(&p).expect("write packet");
 }
 
+const JOB_CREATED: u32 = 8;
 const ECHO_REQ: u32 = 16;
 const ECHO_RES: u32 = 17;
 const GRAB_JOB_UNIQ: u32 = 30;
@@ -262,6 +276,7 @@ const JOB_ASSIGN_UNIQ: u32 = 31;
 const NO_JOB: u32 = 10;
 const WORK_COMPLETE: u32 = 13;
 const WORK_FAIL: u32 = 14;
+const SUBMIT_JOB_HIGH: u32 = 21;
 
 #[test]
 fn a_job_for_a_function_the_slot_never_registered_is_failed_unrun() {
@@ -314,61 +329,187 @@ fn a_job_for_a_function_the_slot_never_registered_is_failed_unrun() {
     assert!(svc.stop(), "manager exit status");
 }
 
-/// With one job server a runner may wait for due answers in the kernel
-/// (slot/wire.rs); that must not slow a drain or a `timeout` while short
-/// jobs stream.
+/// Jobs of about 1 ms (the test handler's `sleep`) queued by the latency
+/// tests below: seconds of work, so that a drain or a timeout is tested while
+/// they still stream.
+const STREAM: u64 = 4000;
+/// How much later than its due a drain or a timeout may act: a hang guard
+/// (the tests print what they measured; see them with `--nocapture`).
+const MARGIN: Duration = Duration::from_secs(1);
+
+/// A stdio worker `w` (functions `echo`, `sleep`) of `slots` slots on the one
+/// job server `addr` (so its waits may block: `slot::wire::Pace`), with
+/// `extra` worker keys.
+fn one_server_config(addr: &str, slots: u32, extra: &str) -> String {
+    format!(
+        "stop_timeout = \"60s\"\n[workers.w]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"echo\", \"sleep\"]\njob_servers = [\"{addr}\"]\nmin = {slots}\nmax = {slots}\n{extra}\n",
+        handler()
+    )
+}
+
+/// Queues [`STREAM`] background jobs of 1 ms each.
+fn queue_stream(addr: &str) {
+    let jobs = (0..STREAM).map(|i| (format!("stream-{i}"), "0.001".to_string()));
+    submit_bg(addr, "w::sleep", jobs);
+}
+
+/// Jobs of the stream not yet done.
+fn stream_left(g: &Gearmand) -> u64 {
+    g.function_status("w::sleep").0
+}
+
+/// Waits until another `n` jobs of the stream are done.
+fn streams_on(g: &Gearmand, n: u64) {
+    let start = stream_left(g);
+    wait_until("jobs stream", Duration::from_secs(20), || {
+        stream_left(g) + n <= start
+    });
+}
+
+/// A process's exit, watched through a pidfd: it stays that process's even
+/// once the number is reused.
+struct Exit(std::os::fd::OwnedFd);
+
+impl Exit {
+    fn watch(pid: u32) -> Exit {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open takes a pid and flags, and returns a new fd or -1.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+        assert!(
+            fd >= 0,
+            "pidfd_open({pid}): {}",
+            std::io::Error::last_os_error()
+        );
+        // SAFETY: a descriptor just opened, which nothing else owns.
+        Exit(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) })
+    }
+
+    /// Waits at most `limit` for the process to exit (to be a zombie, before
+    /// anyone reaps it): whether it did.
+    fn wait(&self, limit: Duration) -> bool {
+        use std::os::fd::AsFd;
+        let mut fds = [nix::poll::PollFd::new(
+            self.0.as_fd(),
+            nix::poll::PollFlags::POLLIN,
+        )];
+        let ms = u16::try_from(limit.as_millis()).unwrap_or(u16::MAX);
+        matches!(nix::poll::poll(&mut fds, ms), Ok(n) if n > 0)
+    }
+}
+
+/// How long runner `pid` takes to exit after `drain` asks it to.
+fn drain_latency(pid: u32, drain: impl FnOnce()) -> Duration {
+    let exit = Exit::watch(pid);
+    let asked = Instant::now();
+    drain();
+    assert!(
+        exit.wait(Duration::from_secs(30)),
+        "runner {pid} still running 30 s after its drain"
+    );
+    asked.elapsed()
+}
+
+/// A drain while 1-ms jobs stream through a one-server slot ends the runner
+/// after the job in hand: its blocking waits leave the runtime the turns it
+/// needs to see a SIGTERM or the manager's `drain`, and to act on them.
 #[test]
-fn a_drain_and_a_timeout_stay_prompt_while_jobs_stream() {
+fn a_drain_while_jobs_stream_waits_only_for_the_job_in_hand() {
     let Some(g) = Gearmand::start() else { return };
-    let mut svc = Service::new(&format!(
-        "stop_timeout = \"60s\"\n[workers.w]\nkind = \"stdio\"\ncommand = {}\nfunctions = [\"echo\", \"sleep\"]\njob_servers = [\"{}\"]\nmin = 2\nmax = 2\ntimeout = \"300ms\"\n",
-        handler(),
-        g.addr
-    ));
+    let mut svc = Service::new(&one_server_config(&g.addr, 1, ""));
+    svc.start();
+    let first = svc.one_slot_ready("w");
+    queue_stream(&g.addr);
+    streams_on(&g, 100);
+    let by_signal = drain_latency(first, || signal(first, Signal::SIGTERM));
+    let left = stream_left(&g);
+    assert!(
+        by_signal < MARGIN,
+        "the runner exited {by_signal:?} after a SIGTERM, with 1-ms jobs streaming"
+    );
+    assert!(left > 0, "the stream ran dry: this drain proved nothing");
+
+    // Its replacement, drained by the manager's stop: a `drain` message on
+    // its socket, which interrupts no system call.
+    let mut second = None;
+    wait_until("a new slot", Duration::from_secs(20), || {
+        second = svc
+            .worker("w")
+            .slots
+            .iter()
+            .find_map(|s| s.pid.filter(|&p| p != first));
+        second.is_some()
+    });
+    let second = second.expect("a new runner");
+    streams_on(&g, 100);
+    let by_stop = drain_latency(second, || svc.signal(Signal::SIGTERM));
+    let left = stream_left(&g);
+    eprintln!(
+        "drain → runner exit, 1-ms jobs streaming: SIGTERM to the runner {by_signal:?}, the manager's stop {by_stop:?}"
+    );
+    assert!(
+        by_stop < MARGIN,
+        "the runner exited {by_stop:?} after the manager's stop, with 1-ms jobs streaming"
+    );
+    assert!(left > 0, "the stream ran dry: this drain proved nothing");
+    let mut manager = svc.child.take().expect("running");
+    wait_until("the manager exits", Duration::from_secs(30), || {
+        manager.try_wait().expect("wait").is_some()
+    });
+}
+
+/// Submits a job ahead of every queued one (SUBMIT_JOB_HIGH) and waits for
+/// its end: the packet that ended it, and how long after JOB_CREATED.
+fn submit_high(addr: &str, function: &str, unique: &str, payload: &[u8]) -> (u32, Duration) {
+    let mut s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write_request(
+        &mut s,
+        SUBMIT_JOB_HIGH,
+        &[function.as_bytes(), unique.as_bytes(), payload],
+    );
+    let mut created = None;
+    loop {
+        let (kind, _) = read_packet(&mut s).expect("the job's end within 30 s");
+        match kind {
+            JOB_CREATED => created = Some(Instant::now()),
+            WORK_COMPLETE | WORK_FAIL => {
+                return (kind, created.expect("JOB_CREATED first").elapsed())
+            }
+            _ => {}
+        }
+    }
+}
+
+/// A job that runs past its `timeout` amid a stream of 1-ms jobs is failed on
+/// time: a blocking wait for its answer gives way to the runtime, whose
+/// timer ends the job.
+#[test]
+fn a_job_past_its_timeout_is_failed_on_time_while_jobs_stream() {
+    let Some(g) = Gearmand::start() else { return };
+    let timeout = Duration::from_millis(300);
+    let mut svc = Service::new(&one_server_config(&g.addr, 2, "timeout = \"300ms\""));
     svc.start();
     wait_until("two slots up", Duration::from_secs(20), || {
         svc.worker("w").idle == 2
     });
-    let streaming = Arc::new(AtomicBool::new(true));
-    let feeder = {
-        let (streaming, addr) = (streaming.clone(), g.addr.clone());
-        std::thread::spawn(move || {
-            let mut i = 0;
-            while streaming.load(Ordering::Relaxed) {
-                submit_bg(&addr, "w::echo", jobs(200, &format!("s{i}")));
-                i += 1;
-            }
-        })
-    };
-    wait_until("jobs streaming", Duration::from_secs(20), || {
-        svc.worker("w").jobs_complete > 500
-    });
-    // A job past its timeout fails at the timeout, not later.
-    let t = Instant::now();
-    let result = common::service::rt().block_on(async {
-        let mut c = slotman::gearman::client::Client::connect(&g.addr)
-            .await
-            .expect("connect");
-        c.submit("w::sleep", "late", "5").await.expect("submit")
-    });
-    let took = t.elapsed();
-    assert_eq!(
-        result.result,
-        slotman::gearman::client::JobResult::Fail,
-        "the sleeping job was not failed"
-    );
-    assert!(
-        took < Duration::from_secs(3),
-        "a 300ms timeout failed the job after {took:?}"
-    );
-    // A stop drains while the stream goes on: the jobs in hand are short.
-    let t = Instant::now();
+    queue_stream(&g.addr);
+    let mut took = Vec::new();
+    for i in 0..3 {
+        // Jobs stream on both slots; the slow job goes next on one of them,
+        // and the other slot streams on meanwhile.
+        streams_on(&g, 100);
+        let (end, after) = submit_high(&g.addr, "w::sleep", &format!("slow-{i}"), b"5");
+        assert_eq!(end, WORK_FAIL, "the job that ran past its timeout");
+        assert!(
+            after < timeout + MARGIN,
+            "failed {after:?} after it was queued ahead of 1-ms jobs (timeout {timeout:?})"
+        );
+        took.push(after);
+    }
+    // The slots went on with the stream after each timed-out job.
+    streams_on(&g, 100);
+    assert!(stream_left(&g) > 0, "the stream ran dry during the test");
+    eprintln!("job queued → failed for its timeout of {timeout:?}, 1-ms jobs streaming: {took:?}");
     assert!(svc.stop(), "manager exit status");
-    let took = t.elapsed();
-    streaming.store(false, Ordering::Relaxed);
-    let _ = feeder.join();
-    assert!(
-        took < Duration::from_secs(5),
-        "a stop under a stream of short jobs took {took:?}"
-    );
 }
