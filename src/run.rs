@@ -44,6 +44,22 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
             }
         }
     }
+    // A stop that systemd cuts short kills the jobs a drain was waiting
+    // for: refuse a config whose stop_timeout the unit cannot honour.
+    if let Some((unit, limit)) = placement.own_stop_timeout().await {
+        if config.stop_timeout >= limit {
+            return Err(crate::config::ConfigError::host(
+                &config.path,
+                "stop_timeout",
+                format!(
+                    "{} is not shorter than {unit}'s TimeoutStopSec= ({}): systemd would kill the jobs a stop waits for; raise TimeoutStopSec= in a drop-in (systemctl edit {unit}) or lower stop_timeout",
+                    crate::config::values::human_duration(config.stop_timeout),
+                    crate::config::values::human_duration(limit)
+                ),
+            )
+            .into());
+        }
+    }
     let bus = placement.systemd_bus();
     let (tx, rx) = mpsc::unbounded_channel();
     let mut hup = signal(SignalKind::hangup()).context("installing SIGHUP handler")?;

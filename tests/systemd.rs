@@ -1552,3 +1552,33 @@ fn systemctl_status_leads_with_health_when_not_ok() {
         "the manager's journal does not say why:\n{journal}"
     );
 }
+
+/// A `stop_timeout` the unit's `TimeoutStopSec=` would cut short is refused
+/// at start with FILE:LINE and exit 78, which the unit does not restart.
+#[test]
+fn a_stop_timeout_longer_than_the_units_is_refused_at_start() {
+    let fixture = fixture_handler();
+    let Some(svc) = Svc::new("longstop", |addr| {
+        format!(
+            "stop_timeout = \"2m\"\n[workers.w]\nkind = \"stdio\"\ncommand = [\"python3\", \"{fixture}\"]\nfunctions = [\"echo\"]\njob_servers = [\"{addr}\"]\n"
+        )
+    }) else {
+        return;
+    };
+    let out = svc.systemctl("start");
+    assert!(
+        !out.status.success(),
+        "slotman@longstop started with a stop_timeout its unit cannot honour"
+    );
+    let sd = svc.sd;
+    sd.wait_for(
+        "the manager exited 78 and was not restarted",
+        SETTLE,
+        "test \"$(systemctl show -P ExecMainStatus slotman@longstop)\" = 78 && test \"$(systemctl show -P NRestarts slotman@longstop)\" = 0",
+    );
+    let journal = svc.journal();
+    assert!(
+        journal.contains("/etc/slotman/longstop.toml:1: stop_timeout: 2m is not shorter than slotman@longstop.service's TimeoutStopSec= (1m 30s)"),
+        "{journal}"
+    );
+}

@@ -30,6 +30,30 @@ impl ConfigError {
         }
     }
 
+    /// A top-level `key` of the file at `path` that this host cannot honour
+    /// (found only once the manager runs: its unit's settings). Points at
+    /// the key's line, or line 1 when the key is left at its default.
+    pub fn host(path: &Path, key: &str, message: String) -> ConfigError {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        let line = text
+            .lines()
+            .take_while(|l| !l.trim_start().starts_with('['))
+            .position(|l| {
+                l.trim_start()
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.trim_start().starts_with('='))
+            })
+            .map_or(1, |i| i + 1);
+        ConfigError::Invalid {
+            path: path.to_owned(),
+            issues: vec![ConfigIssue {
+                line,
+                key: Some(key.to_owned()),
+                message,
+            }],
+        }
+    }
+
     /// The file as the caller named it.
     pub fn path(&self) -> &Path {
         match self {

@@ -335,6 +335,22 @@ impl Placement {
     }
 
     /// The bus, for cgroup accounting in `slotman status`.
+    /// The manager's own service's `TimeoutStopSec=`, when it runs as a
+    /// systemd service (`None`: not known, or infinite).
+    pub async fn own_stop_timeout(&self) -> Option<(String, std::time::Duration)> {
+        let Placement::Systemd(sd) = self else {
+            return None;
+        };
+        let unit = sd.owner.as_deref()?;
+        match sd.bus.service_stop_timeout(unit).await {
+            Ok(t) => t.map(|t| (unit.to_string(), t)),
+            Err(e) => {
+                tracing::debug!("cannot read TimeoutStopSec of {unit}: {e}");
+                None
+            }
+        }
+    }
+
     pub fn systemd_bus(&self) -> Option<Systemd> {
         match self {
             Placement::Systemd(sd) => Some(sd.bus.clone()),

@@ -192,6 +192,8 @@ trait Service {
     fn cpu_usage_nsec(&self) -> zbus::Result<u64>;
     #[zbus(property(emits_changed_signal = "false"))]
     fn tasks_current(&self) -> zbus::Result<u64>;
+    #[zbus(property(emits_changed_signal = "false"), name = "TimeoutStopUSec")]
+    fn timeout_stop_usec(&self) -> zbus::Result<u64>;
 }
 
 // ---------------------------------------------------------------------------
@@ -738,6 +740,29 @@ impl Systemd {
             Err(PlacementError::NoSuchUnit(_)) => Ok(None),
             Err(e) => Err(e),
         }
+    }
+
+    /// How long systemd waits for service `unit` to stop before it kills
+    /// it (`TimeoutStopSec=`); `None` for infinity or a unit not loaded.
+    pub async fn service_stop_timeout(
+        &self,
+        unit: &str,
+    ) -> Result<Option<Duration>, PlacementError> {
+        let Some(path) = self.unit_path(unit).await? else {
+            return Ok(None);
+        };
+        let service = ServiceProxy::builder(&self.conn)
+            .path(path)
+            .map_err(PlacementError::Bus)?
+            .cache_properties(CacheProperties::No)
+            .build()
+            .await
+            .map_err(PlacementError::Bus)?;
+        let usec = service
+            .timeout_stop_usec()
+            .await
+            .map_err(|e| call_error(unit, e))?;
+        Ok((usec != u64::MAX).then(|| Duration::from_micros(usec)))
     }
 
     /// Reads the cgroup properties of the unit at `path` through the
