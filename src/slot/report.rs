@@ -264,15 +264,18 @@ impl Told {
 pub struct Links(std::collections::HashMap<String, Option<String>>);
 
 impl Links {
-    pub fn report(&mut self, reports: &Reports, server: &str, error: Option<&str>) {
+    /// Reports the state of `server` if it changed; whether it did.
+    pub fn report(&mut self, reports: &Reports, server: &str, error: Option<&str>) -> bool {
         let now = error.map(str::to_string);
-        if self.0.get(server) != Some(&now) {
-            self.0.insert(server.to_string(), now.clone());
-            let _ = reports.send(Report::Link {
-                server: server.to_string(),
-                error: now,
-            });
+        if self.0.get(server) == Some(&now) {
+            return false;
         }
+        self.0.insert(server.to_string(), now.clone());
+        let _ = reports.send(Report::Link {
+            server: server.to_string(),
+            error: now,
+        });
+        true
     }
 }
 

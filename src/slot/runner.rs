@@ -248,7 +248,7 @@ pub async fn run(
         &spec.service,
         &spec.worker.name,
         spec.slot,
-        spec.worker.kind != HandlerKind::Native,
+        spec.worker.kind != HandlerKind::Native || spec.worker.proxy,
     ) {
         Ok((fd, tags)) => {
             super::handler::set_handler_stderr(fd);
@@ -260,7 +260,15 @@ pub async fn run(
         }
     };
     if spec.worker.kind == HandlerKind::Native {
-        return super::native::run(&spec, &id, &reports, &drain).await;
+        return super::native::run(super::native::Native {
+            spec: &spec,
+            id: &id,
+            reports: &reports,
+            drain: &drain,
+            pause,
+            log_tags,
+        })
+        .await;
     }
     let mut handler = match Handler::start(&spec.worker, &id, &drain).await {
         Ok(h) => h,
