@@ -55,8 +55,14 @@ pub async fn serve(
     };
     let _ = worker.set_nodelay(true);
     let mut session = Session::new(id, Instant::now());
-    let (ended, mut to_server) =
-        relay(&mut worker, &mut upstream, &shared, &mut session, &generation).await;
+    let (ended, mut to_server) = relay(
+        &mut worker,
+        &mut upstream,
+        &shared,
+        &mut session,
+        &generation,
+    )
+    .await;
     let lost = session.close(&shared, ended.fail_job, Instant::now());
     if let Some(fail) = lost.as_ref().and_then(|l| l.fail.clone()) {
         fail.encode(&mut to_server);

@@ -217,8 +217,12 @@ impl Session {
                 job.function.clear();
                 job.function.push_str(&String::from_utf8_lossy(args.get(1)));
                 job.started = Some(now);
-                job.reported =
-                    shared.started(self.id, &job.function, &String::from_utf8_lossy(handle), now);
+                job.reported = shared.started(
+                    self.id,
+                    &job.function,
+                    &String::from_utf8_lossy(handle),
+                    now,
+                );
                 Verdict::Pass
             }
             PacketType::EchoRes if self.echo_since.is_some() && args.get(0) == RELAY_ECHO => {
@@ -346,7 +350,14 @@ mod tests {
     fn shared(timeout: Option<Duration>, workleft: u64) -> (Shared, Reports) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         (
-            Shared::new(tx, "slotman:s:w:1:42".into(), 1 << 20, timeout, workleft, None),
+            Shared::new(
+                tx,
+                "slotman:s:w:1:42".into(),
+                1 << 20,
+                timeout,
+                workleft,
+                None,
+            ),
             Reports(rx),
         )
     }
@@ -393,21 +404,39 @@ mod tests {
     async fn a_job_passes_and_is_reported_busy_then_counted() {
         let (sh, mut rx) = shared(None, 0);
         let mut s = Session::new(1, Instant::now());
-        assert_eq!(worker(&mut s, &sh, PacketType::CanDo, b"w::echo"), Verdict::Pass);
-        assert_eq!(worker(&mut s, &sh, PacketType::GrabJobAll, b""), Verdict::Pass);
+        assert_eq!(
+            worker(&mut s, &sh, PacketType::CanDo, b"w::echo"),
+            Verdict::Pass
+        );
+        assert_eq!(
+            worker(&mut s, &sh, PacketType::GrabJobAll, b""),
+            Verdict::Pass
+        );
         assert!(!sh.idle(), "the grab holds the slot's job");
-        assert_eq!(server(&mut s, &sh, PacketType::JobAssignUniq, ASSIGN), Verdict::Pass);
+        assert_eq!(
+            server(&mut s, &sh, PacketType::JobAssignUniq, ASSIGN),
+            Verdict::Pass
+        );
         let reports = rx.all();
         assert!(
             matches!(&reports[..], [Report::Busy { function, handle }] if function == "w::echo" && handle == "H:x:1"),
             "{reports:?}"
         );
         // Another handle's answer is passed on, not counted.
-        assert_eq!(worker(&mut s, &sh, PacketType::WorkComplete, b"H:x:9\0r"), Verdict::Pass);
+        assert_eq!(
+            worker(&mut s, &sh, PacketType::WorkComplete, b"H:x:9\0r"),
+            Verdict::Pass
+        );
         assert!(!sh.idle());
-        assert_eq!(worker(&mut s, &sh, PacketType::WorkComplete, b"H:x:1\0r"), Verdict::Pass);
+        assert_eq!(
+            worker(&mut s, &sh, PacketType::WorkComplete, b"H:x:1\0r"),
+            Verdict::Pass
+        );
         assert!(sh.idle());
-        assert_eq!(worker(&mut s, &sh, PacketType::GrabJobAll, b""), Verdict::Pass);
+        assert_eq!(
+            worker(&mut s, &sh, PacketType::GrabJobAll, b""),
+            Verdict::Pass
+        );
         assert_eq!(server(&mut s, &sh, PacketType::NoJob, b""), Verdict::Pass);
         let reports = rx.all();
         assert!(
@@ -435,7 +464,10 @@ mod tests {
         let mut s = Session::new(1, Instant::now());
         sh.stop(None);
         assert_eq!(worker(&mut s, &sh, PacketType::GrabJobUniq, b""), no_job());
-        assert_eq!(worker(&mut s, &sh, PacketType::PreSleep, b""), Verdict::Pass);
+        assert_eq!(
+            worker(&mut s, &sh, PacketType::PreSleep, b""),
+            Verdict::Pass
+        );
         assert_eq!(server(&mut s, &sh, PacketType::Noop, b""), Verdict::Drop);
         assert!(s.noop_owed);
         assert_eq!(s.wake(&sh), None, "still stopping");
@@ -460,12 +492,21 @@ mod tests {
         let mut a = Session::new(1, Instant::now());
         let mut b = Session::new(2, Instant::now());
         assert_eq!(worker(&mut a, &sh, PacketType::GrabJob, b""), Verdict::Pass);
-        assert_eq!(server(&mut a, &sh, PacketType::JobAssign, b"H:1\0w::f\0x"), Verdict::Pass);
+        assert_eq!(
+            server(&mut a, &sh, PacketType::JobAssign, b"H:1\0w::f\0x"),
+            Verdict::Pass
+        );
         assert_eq!(worker(&mut b, &sh, PacketType::GrabJob, b""), no_job());
         assert_eq!(server(&mut b, &sh, PacketType::Noop, b""), Verdict::Drop);
         assert_eq!(b.wake(&sh), None);
-        assert_eq!(worker(&mut a, &sh, PacketType::WorkFail, b"H:1"), Verdict::Pass);
-        assert!(b.wake(&sh).is_some(), "b's worker is woken once a's job is done");
+        assert_eq!(
+            worker(&mut a, &sh, PacketType::WorkFail, b"H:1"),
+            Verdict::Pass
+        );
+        assert!(
+            b.wake(&sh).is_some(),
+            "b's worker is woken once a's job is done"
+        );
         assert_eq!(worker(&mut b, &sh, PacketType::GrabJob, b""), Verdict::Pass);
     }
 
@@ -477,10 +518,18 @@ mod tests {
             assert_eq!(worker(&mut s, &sh, PacketType::GrabJob, b""), Verdict::Pass);
             let assign = format!("H:{i}\0w::f\0x");
             server(&mut s, &sh, PacketType::JobAssign, assign.as_bytes());
-            worker(&mut s, &sh, PacketType::WorkComplete, format!("H:{i}\0r").as_bytes());
+            worker(
+                &mut s,
+                &sh,
+                PacketType::WorkComplete,
+                format!("H:{i}\0r").as_bytes(),
+            );
         }
         assert_eq!(worker(&mut s, &sh, PacketType::GrabJob, b""), no_job());
-        assert_eq!(sh.leaving(), Some(crate::slot::report::ExitReason::Workleft));
+        assert_eq!(
+            sh.leaving(),
+            Some(crate::slot::report::ExitReason::Workleft)
+        );
         let reports = rx.all();
         assert!(
             matches!(reports.last(), Some(Report::Done { jobs, idle: true }) if jobs.total() == 2),
@@ -495,7 +544,12 @@ mod tests {
         let now = Instant::now();
         let short = b"H:1";
         let e = s
-            .on_worker(&sh, &header(Magic::Req, PacketType::WorkStatus, short), short, now)
+            .on_worker(
+                &sh,
+                &header(Magic::Req, PacketType::WorkStatus, short),
+                short,
+                now,
+            )
             .unwrap_err();
         assert!(e.why.contains("malformed packet from the worker"), "{e:?}");
         assert!(e.fail_job && !e.by_server);
@@ -515,11 +569,16 @@ mod tests {
         let mut s = Session::new(1, Instant::now());
         worker(&mut s, &sh, PacketType::GrabJob, b"");
         server(&mut s, &sh, PacketType::JobAssign, b"H:7\0w::f\0x");
-        let lost = s.close(&sh, true, Instant::now()).expect("a job was in hand");
+        let lost = s
+            .close(&sh, true, Instant::now())
+            .expect("a job was in hand");
         assert_eq!(lost.handle, "H:7");
         assert_eq!(
             lost.fail,
-            Some(Packet::req(PacketType::WorkFail, vec![Bytes::from_static(b"H:7")]))
+            Some(Packet::req(
+                PacketType::WorkFail,
+                vec![Bytes::from_static(b"H:7")]
+            ))
         );
         assert!(sh.idle());
         assert!(s.close(&sh, true, Instant::now()).is_none(), "once");
@@ -562,7 +621,12 @@ mod tests {
         // A stream of short jobs: the second start is not reported.
         for handle in ["H:a", "H:b"] {
             worker(&mut s, &sh, PacketType::GrabJob, b"");
-            server(&mut s, &sh, PacketType::JobAssign, format!("{handle}\0w::f\0x").as_bytes());
+            server(
+                &mut s,
+                &sh,
+                PacketType::JobAssign,
+                format!("{handle}\0w::f\0x").as_bytes(),
+            );
             if handle == "H:a" {
                 worker(&mut s, &sh, PacketType::WorkComplete, b"H:a\0");
             }
@@ -579,6 +643,9 @@ mod tests {
         );
         assert_eq!(s.due(&sh), started + Duration::from_secs(3));
         let e = s.tick(&sh, started + Duration::from_secs(3)).unwrap_err();
-        assert!(e.kill && e.fail_job && e.why == "timed out after 3s", "{e:?}");
+        assert!(
+            e.kill && e.fail_job && e.why == "timed out after 3s",
+            "{e:?}"
+        );
     }
 }
