@@ -160,6 +160,10 @@ async fn relay(
     let far = || Instant::now() + Duration::from_secs(86_400);
     let sleep = tokio::time::sleep_until(far());
     tokio::pin!(sleep);
+    // Made once: a fresh `cancelled()` each turn would register a waiter
+    // with the token each time.
+    let gone = generation.cancelled();
+    tokio::pin!(gone);
     let (worker_in, worker_out) = worker.split();
     let (server_in, server_out) = upstream.split();
     let (worker, upstream) = (worker_out.as_ref(), server_out.as_ref());
@@ -190,7 +194,7 @@ async fn relay(
         let take_server = to_worker.len() < HIGH_WATER;
         tokio::select! {
             biased;
-            _ = generation.cancelled() => break Ended::worker("the worker process is gone"),
+            () = &mut gone => break Ended::worker("the worker process is gone"),
             r = reading.0.read(), if take_worker => {
                 match r {
                     Ok(0) => break Ended::worker("the worker closed its connection"),
