@@ -20,6 +20,7 @@ import importlib.machinery
 import importlib.util
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -131,6 +132,7 @@ def main():
                     os.path.join(BENCH, "target")], check=True)
     R = {"command": " ".join(["bench/relay.py"] + sys.argv[1:]), "machine": B.machine(ctx),
          "sizes": {}}
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         for n in [int(x) for x in a.ns.split(",")]:
             R["sizes"][str(n)] = measure(B, ctx, n, a.php)

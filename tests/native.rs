@@ -482,3 +482,40 @@ fn a_job_server_restart_drops_the_workers_connection_and_it_serves_again() {
     assert_eq!(perl_submit(&g.addr, "w::reverse", "cd"), "OK dc");
     assert!(svc.stop());
 }
+
+#[test]
+fn a_worker_with_two_job_servers_gets_a_relay_for_each() {
+    let Some(a) = Gearmand::start() else { return };
+    let Some(b) = Gearmand::start() else { return };
+    if !perl_gearman() {
+        return;
+    }
+    let mut svc = Service::new(&format!(
+        "[workers.w]\nkind = \"native\"\ncommand = {}\nfunctions = [\"reverse\", \"sleep\"]\njob_servers = [\"{}\", \"{}\"]\nmin = 1\nmax = 1\n",
+        command("perl", PERL_WORKER),
+        a.addr,
+        b.addr
+    ));
+    svc.start();
+    let runner = svc.one_slot_ready("w");
+    wait_until("registered at both", Duration::from_secs(10), || {
+        a.function_status("w::reverse").2 == 1 && b.function_status("w::reverse").2 == 1
+    });
+    for (i, g) in [&a, &b, &a, &b].into_iter().enumerate() {
+        let payload = format!("from{i}");
+        let reversed: String = payload.chars().rev().collect();
+        assert_eq!(
+            perl_submit(&g.addr, "w::reverse", &payload),
+            format!("OK {reversed}")
+        );
+    }
+    // Each server sees the slot's identity.
+    let id = format!("slotman:svc:w:1:{runner}");
+    for g in [&a, &b] {
+        assert!(g.workers().iter().any(|w| w.client_id == id));
+    }
+    wait_until("4 jobs counted", Duration::from_secs(10), || {
+        svc.worker("w").jobs_complete == 4
+    });
+    assert!(svc.stop());
+}
