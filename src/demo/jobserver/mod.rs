@@ -23,6 +23,7 @@ mod state;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::BytesMut;
@@ -38,9 +39,14 @@ use state::{ConnId, Limits, Outbox, Reply, State};
 
 /// Connections served at once; more wait in the listen backlog.
 const MAX_CONNECTIONS: usize = 1024;
-/// Replies waiting to be written to one connection before it is dropped as
-/// too slow (a client that stopped reading must not hold the server).
-const MAX_PENDING: usize = 4096;
+/// Bytes of replies waiting to be written to one connection past which it
+/// is dropped as too slow: a client that stopped reading must not make the
+/// server hold without end what workers send it. (One reply may always
+/// wait, however large: the codec bounds it.)
+const MAX_PENDING_BYTES: usize = 16 << 20;
+/// What a queued reply costs besides its bytes, so that a flood of empty
+/// ones is bounded too.
+const REPLY_OVERHEAD: usize = 64;
 /// Longest admin command line.
 const MAX_LINE: usize = 4096;
 
@@ -94,11 +100,22 @@ struct Inner {
     links: HashMap<ConnId, Link>,
 }
 
-/// The way to a connection's task: its reply queue, and a token that ends
-/// it (also while it is stuck writing to a peer that does not read).
+/// The way to a connection's task: its reply queue with the bytes waiting
+/// in it, and a token that ends the task (also while it is stuck writing to
+/// a peer that does not read).
 struct Link {
-    replies: mpsc::Sender<Reply>,
+    replies: mpsc::UnboundedSender<Reply>,
+    pending: Arc<AtomicUsize>,
     end: CancellationToken,
+}
+
+/// What a reply counts against `MAX_PENDING_BYTES`.
+fn cost(reply: &Reply) -> usize {
+    REPLY_OVERHEAD
+        + match reply {
+            Reply::Packet(p) => p.encoded_len(),
+            Reply::Text(t) => t.len(),
+        }
 }
 
 impl Shared {
@@ -108,13 +125,24 @@ impl Shared {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Registers a connection; its id and its reply queue.
-    fn connect(&self, peer: SocketAddr, end: CancellationToken) -> (ConnId, mpsc::Receiver<Reply>) {
-        let (tx, rx) = mpsc::channel(MAX_PENDING);
+    /// Registers a connection; its id, its reply queue and the count of
+    /// bytes waiting in it.
+    fn connect(
+        &self,
+        peer: SocketAddr,
+        end: CancellationToken,
+    ) -> (ConnId, mpsc::UnboundedReceiver<Reply>, Arc<AtomicUsize>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let pending = Arc::new(AtomicUsize::new(0));
         let mut inner = self.lock();
         let id = inner.state.connect(peer.ip().to_string());
-        inner.links.insert(id, Link { replies: tx, end });
-        (id, rx)
+        let link = Link {
+            replies: tx,
+            pending: pending.clone(),
+            end,
+        };
+        inner.links.insert(id, link);
+        (id, rx, pending)
     }
 
     /// Runs `f` on the state and delivers the replies it produced.
@@ -138,9 +166,9 @@ impl Shared {
 }
 
 impl Inner {
-    /// Queues each reply for its connection. A connection whose queue is
-    /// full is dropped, which may queue more replies (NOOPs for its
-    /// re-queued jobs): those are delivered in turn.
+    /// Queues each reply for its connection. A connection with more than
+    /// `MAX_PENDING_BYTES` waiting is dropped, which may queue more replies
+    /// (NOOPs for its re-queued jobs): those are delivered in turn.
     fn deliver(&mut self, mut out: Outbox) {
         while !out.0.is_empty() {
             let mut slow = Vec::new();
@@ -148,9 +176,15 @@ impl Inner {
                 let Some(link) = self.links.get(&to) else {
                     continue; // Gone already.
                 };
-                if link.replies.try_send(reply).is_err() && !slow.contains(&to) {
-                    slow.push(to);
+                if link.pending.load(Ordering::Relaxed) >= MAX_PENDING_BYTES {
+                    if !slow.contains(&to) {
+                        slow.push(to);
+                    }
+                    continue;
                 }
+                link.pending.fetch_add(cost(&reply), Ordering::Relaxed);
+                // Fails only once the task has ended; it is being forgotten.
+                let _ = link.replies.send(reply);
             }
             for id in slow {
                 tracing::debug!(
@@ -201,7 +235,7 @@ async fn accept_loop(listener: TcpListener, shared: Arc<Shared>, stop: Cancellat
 /// behind, or the server stops.
 async fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, end: CancellationToken) {
     let _ = stream.set_nodelay(true);
-    let (id, mut replies) = shared.connect(peer, end.clone());
+    let (id, mut replies, pending) = shared.connect(peer, end.clone());
     let (read, write) = stream.into_split();
     let mut frames = FramedRead::new(read, ServerCodec::default());
     let mut sink = FramedWrite::new(write, ServerCodec::default());
@@ -219,16 +253,22 @@ async fn serve(stream: TcpStream, peer: SocketAddr, shared: &Shared, end: Cancel
             },
             reply = replies.recv() => {
                 let Some(reply) = reply else { break };
-                // Everything queued goes out in one write.
-                let mut fed = sink.feed(reply).await.is_ok();
-                while let (true, Ok(more)) = (fed, replies.try_recv()) {
-                    fed = sink.feed(more).await.is_ok();
-                }
-                let flushed = tokio::select! {
-                    r = sink.flush() => r.is_ok(),
+                // Everything queued goes out in one write, which a peer
+                // that does not read may hold up until the end.
+                let write = async {
+                    pending.fetch_sub(cost(&reply), Ordering::Relaxed);
+                    sink.feed(reply).await?;
+                    while let Ok(more) = replies.try_recv() {
+                        pending.fetch_sub(cost(&more), Ordering::Relaxed);
+                        sink.feed(more).await?;
+                    }
+                    sink.flush().await
+                };
+                let written = tokio::select! {
+                    r = write => r.is_ok(),
                     _ = end.cancelled() => false,
                 };
-                if !(fed && flushed) {
+                if !written {
                     break;
                 }
             }
@@ -299,5 +339,47 @@ impl Encoder<Reply> for ServerCodec {
             Reply::Text(t) => dst.extend_from_slice(t.as_bytes()),
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gearman::packet::PacketType;
+    use bytes::Bytes;
+
+    fn decode_all(buf: &mut BytesMut) -> Result<Vec<Frame>, FrameError> {
+        let mut codec = ServerCodec::default();
+        let mut out = Vec::new();
+        while let Some(f) = codec.decode(buf)? {
+            out.push(f);
+        }
+        Ok(out)
+    }
+
+    #[test]
+    fn packets_and_admin_lines_alternate() {
+        let echo = Packet::req(PacketType::EchoReq, vec![Bytes::from_static(b"x\ny")]);
+        let mut buf = BytesMut::new();
+        buf.extend_from_slice(b"status\r\n");
+        buf.extend_from_slice(&echo.to_bytes());
+        buf.extend_from_slice(b"workers\nvers");
+        let frames = decode_all(&mut buf).expect("decodes");
+        assert!(matches!(&frames[0], Frame::Line(l) if l == "status"));
+        assert!(matches!(&frames[1], Frame::Packet(p) if *p == echo));
+        assert!(matches!(&frames[2], Frame::Line(l) if l == "workers"));
+        assert_eq!(frames.len(), 3);
+        assert_eq!(&buf[..], b"vers", "a partial line waits");
+    }
+
+    #[test]
+    fn an_overlong_line_or_a_bad_packet_is_an_error() {
+        let mut buf = BytesMut::from(&[b'a'; MAX_LINE][..]);
+        assert!(matches!(decode_all(&mut buf), Err(FrameError::LineTooLong)));
+        let mut buf = BytesMut::from(&b"\0REX\0\0\0\x10\0\0\0\0"[..]);
+        assert!(matches!(
+            decode_all(&mut buf),
+            Err(FrameError::Protocol(ProtocolError::BadMagic(_)))
+        ));
     }
 }

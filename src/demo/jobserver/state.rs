@@ -665,3 +665,657 @@ fn atoi(bytes: &[u8]) -> u32 {
             n.saturating_mul(10).saturating_add(u32::from(b - b'0'))
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gearman::admin;
+    use proptest::prelude::*;
+    use PacketType as T;
+
+    fn b(s: &[u8]) -> Bytes {
+        Bytes::copy_from_slice(s)
+    }
+
+    /// Sends one request; the replies as (to, kind, args).
+    fn send(s: &mut State, from: ConnId, kind: T, args: &[&[u8]]) -> Vec<(ConnId, T, Vec<Bytes>)> {
+        let mut out = Outbox::default();
+        s.packet(
+            from,
+            Packet::req(kind, args.iter().map(|a| b(a)).collect()),
+            &mut out,
+        );
+        check(s);
+        out.0
+            .into_iter()
+            .map(|(to, r)| match r {
+                Reply::Packet(p) => (to, p.kind, p.args),
+                Reply::Text(t) => panic!("text reply to a packet: {t}"),
+            })
+            .collect()
+    }
+
+    fn admin_text(s: &State, line: &str) -> String {
+        let mut out = Outbox::default();
+        s.admin(1, line, &mut out);
+        match out.0.pop() {
+            Some((_, Reply::Text(t))) => t,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    fn kinds(replies: &[(ConnId, T, Vec<Bytes>)]) -> Vec<(ConnId, T)> {
+        replies.iter().map(|(c, k, _)| (*c, *k)).collect()
+    }
+
+    /// A worker registered for `functions`, asleep (or woken at once if
+    /// there is work).
+    fn sleeping_worker(s: &mut State, functions: &[&[u8]]) -> ConnId {
+        let w = s.connect("127.0.0.1".into());
+        for f in functions {
+            send(s, w, T::CanDo, &[f]);
+        }
+        send(s, w, T::PreSleep, &[]);
+        w
+    }
+
+    /// The handle in a JOB_CREATED reply.
+    fn created(replies: &[(ConnId, T, Vec<Bytes>)]) -> Bytes {
+        replies
+            .iter()
+            .find(|r| r.1 == T::JobCreated)
+            .map(|r| r.2[0].clone())
+            .expect("JOB_CREATED")
+    }
+
+    /// The bookkeeping agrees with itself.
+    fn check(s: &State) {
+        let mut bytes = 0;
+        for (&id, job) in &s.jobs {
+            bytes += job.size();
+            assert_eq!(s.by_handle.get(&job.handle), Some(&id));
+            if let Some(k) = &job.key {
+                assert_eq!(
+                    s.by_unique.get(&(job.function.clone(), k.clone())),
+                    Some(&id)
+                );
+            }
+            let queued: usize = s.functions.get(&job.function).map_or(0, |q| {
+                q.waiting.iter().flatten().filter(|&&j| j == id).count()
+            });
+            match job.worker {
+                Some(w) => {
+                    assert_eq!(queued, 0, "a running job is not queued");
+                    let c = s
+                        .conns
+                        .get(&w)
+                        .expect("a running job's worker is connected");
+                    assert_eq!(c.running.iter().filter(|&&j| j == id).count(), 1);
+                }
+                None => {
+                    assert_eq!(queued, 1, "a waiting job is queued once");
+                    let q = &s.functions[&job.function].waiting[job.priority as usize];
+                    assert!(q.contains(&id), "in its priority's queue");
+                    assert!(
+                        job.background || !job.clients.is_empty(),
+                        "a queued foreground job has a client"
+                    );
+                }
+            }
+            for c in &job.clients {
+                assert!(s.conns.contains_key(c), "clients are connected");
+            }
+        }
+        assert_eq!(bytes, s.job_bytes);
+        assert_eq!(s.by_handle.len(), s.jobs.len());
+        assert_eq!(
+            s.by_unique.len(),
+            s.jobs.values().filter(|j| j.key.is_some()).count()
+        );
+        for (f, q) in &s.functions {
+            let running = s
+                .jobs
+                .values()
+                .filter(|j| j.worker.is_some() && j.function == *f)
+                .count() as u64;
+            assert_eq!(q.running, running, "running count of {f:?}");
+            assert!(q.queued() + q.running > 0, "empty functions are dropped");
+        }
+        for (&cid, c) in &s.conns {
+            for j in &c.running {
+                assert_eq!(s.jobs[j].worker, Some(cid));
+            }
+        }
+    }
+
+    #[test]
+    fn a_foreground_job_round_trip_with_progress() {
+        let mut s = State::new(Limits::default());
+        let w = sleeping_worker(&mut s, &[b"rev"]);
+        let c = s.connect("127.0.0.1".into());
+        let r = send(&mut s, c, T::SubmitJob, &[b"rev", b"", b"abc"]);
+        assert_eq!(kinds(&r), vec![(w, T::Noop), (c, T::JobCreated)]);
+        let h = created(&r);
+        // One NOOP per sleep: another submission does not wake it again.
+        let r2 = send(&mut s, c, T::SubmitJobBg, &[b"rev", b"", b"x"]);
+        assert_eq!(kinds(&r2), vec![(c, T::JobCreated)]);
+        let r = send(&mut s, w, T::GrabJobUniq, &[]);
+        assert_eq!(
+            r,
+            vec![(
+                w,
+                T::JobAssignUniq,
+                vec![h.clone(), b(b"rev"), b(b""), b(b"abc")]
+            )]
+        );
+        let status = send(&mut s, c, T::GetStatus, &[&h]);
+        assert_eq!(status[0].2[1..], [b(b"1"), b(b"1"), b(b"0"), b(b"0")]);
+        for (kind, args) in [
+            (T::WorkStatus, vec![&h[..], b"1", b"2"]),
+            (T::WorkData, vec![&h[..], b"d\0ata"]),
+            (T::WorkWarning, vec![&h[..], b"w"]),
+        ] {
+            let r = send(&mut s, w, kind, &args);
+            assert_eq!(r, vec![(c, kind, args.iter().map(|a| b(a)).collect())]);
+        }
+        let status = send(&mut s, c, T::GetStatus, &[&h]);
+        assert_eq!(status[0].2[1..], [b(b"1"), b(b"1"), b(b"1"), b(b"2")]);
+        let r = send(&mut s, w, T::WorkComplete, &[&h, b"cba"]);
+        assert_eq!(r, vec![(c, T::WorkComplete, vec![h.clone(), b(b"cba")])]);
+        let status = send(&mut s, c, T::GetStatus, &[&h]);
+        assert_eq!(status[0].2[1..], [b(b"0"), b(b"0"), b(b"0"), b(b"0")]);
+        // Plain GRAB_JOB gets JOB_ASSIGN; nothing left then NO_JOB.
+        let r = send(&mut s, w, T::GrabJob, &[]);
+        assert_eq!(r[0].1, T::JobAssign);
+        assert_eq!(r[0].2[1..], [b(b"rev"), b(b"x")]);
+        send(&mut s, w, T::WorkComplete, &[&r[0].2[0], b""]);
+        assert_eq!(
+            kinds(&send(&mut s, w, T::GrabJobAll, &[])),
+            vec![(w, T::NoJob)]
+        );
+        assert!(s.jobs.is_empty() && s.functions.is_empty() && s.job_bytes == 0);
+    }
+
+    #[test]
+    fn higher_priorities_first_then_in_order() {
+        let mut s = State::new(Limits::default());
+        let c = s.connect("c".into());
+        for (kind, data) in [
+            (T::SubmitJobLowBg, b"low1"),
+            (T::SubmitJobBg, b"nor1"),
+            (T::SubmitJobHighBg, b"hig1"),
+            (T::SubmitJobLow, b"low2"),
+            (T::SubmitJob, b"nor2"),
+            (T::SubmitJobHigh, b"hig2"),
+        ] {
+            send(&mut s, c, kind, &[b"f", b"", data]);
+        }
+        let w = s.connect("w".into());
+        send(&mut s, w, T::CanDo, &[b"f"]);
+        let order: Vec<Bytes> = (0..6)
+            .map(|_| send(&mut s, w, T::GrabJobUniq, &[])[0].2[3].clone())
+            .collect();
+        assert_eq!(
+            order,
+            ["hig1", "hig2", "nor1", "nor2", "low1", "low2"].map(Bytes::from)
+        );
+    }
+
+    #[test]
+    fn a_pre_sleep_with_work_waiting_is_answered_with_noop() {
+        let mut s = State::new(Limits::default());
+        let c = s.connect("c".into());
+        send(&mut s, c, T::SubmitJobBg, &[b"f", b"", b""]);
+        let w = s.connect("w".into());
+        send(&mut s, w, T::CanDo, &[b"f"]);
+        assert_eq!(
+            kinds(&send(&mut s, w, T::PreSleep, &[])),
+            vec![(w, T::Noop)]
+        );
+        // CANT_DO and RESET_ABILITIES take the function away.
+        send(&mut s, w, T::CantDo, &[b"f"]);
+        assert_eq!(
+            kinds(&send(&mut s, w, T::GrabJobUniq, &[])),
+            vec![(w, T::NoJob)]
+        );
+        send(&mut s, w, T::CanDoTimeout, &[b"f", b"1000"]);
+        send(&mut s, w, T::ResetAbilities, &[]);
+        assert_eq!(kinds(&send(&mut s, w, T::PreSleep, &[])), vec![]);
+    }
+
+    #[test]
+    fn unique_ids_coalesce_per_function_until_the_job_ends() {
+        let mut s = State::new(Limits::default());
+        let w = sleeping_worker(&mut s, &[b"f", b"g"]);
+        let (c1, c2, c3) = (
+            s.connect("a".into()),
+            s.connect("b".into()),
+            s.connect("c".into()),
+        );
+        let h1 = created(&send(&mut s, c1, T::SubmitJob, &[b"f", b"u", b"one"]));
+        let h2 = created(&send(&mut s, c2, T::SubmitJob, &[b"f", b"u", b"two"]));
+        assert_eq!(h1, h2, "same function and unique: one job");
+        let hg = created(&send(&mut s, c3, T::SubmitJob, &[b"g", b"u", b"three"]));
+        assert_ne!(h1, hg, "the unique id is per function");
+        // "-": the payload is the unique id.
+        let d1 = created(&send(&mut s, c1, T::SubmitJobBg, &[b"f", b"-", b"same"]));
+        let d2 = created(&send(&mut s, c2, T::SubmitJobBg, &[b"f", b"-", b"same"]));
+        assert_eq!(d1, d2);
+        assert_eq!(s.jobs.len(), 3);
+        let r = send(&mut s, w, T::GrabJobUniq, &[]);
+        assert_eq!(r[0].2[..], [h1.clone(), b(b"f"), b(b"u"), b(b"one")]);
+        // A submission while it runs joins it too.
+        let c4 = s.connect("d".into());
+        assert_eq!(
+            created(&send(&mut s, c4, T::SubmitJob, &[b"f", b"u", b""])),
+            h1
+        );
+        // It fails: every submission hears it, and the id is free again.
+        let r = send(&mut s, w, T::WorkFail, &[&h1]);
+        assert_eq!(
+            kinds(&r),
+            vec![(c1, T::WorkFail), (c2, T::WorkFail), (c4, T::WorkFail)]
+        );
+        let again = created(&send(&mut s, c1, T::SubmitJob, &[b"f", b"u", b"one"]));
+        assert_ne!(again, h1, "a new job, not the dead one");
+        let status = send(&mut s, c1, T::GetStatusUnique, &[b"u"]);
+        assert_eq!(status[0].1, T::StatusResUnique);
+        assert_eq!(
+            status[0].2[1..],
+            [b(b"1"), b(b"0"), b(b"0"), b(b"0"), b(b"1")]
+        );
+    }
+
+    #[test]
+    fn a_worker_that_disconnects_mid_job_hands_it_back() {
+        let mut s = State::new(Limits::default());
+        let w1 = sleeping_worker(&mut s, &[b"f"]);
+        let c = s.connect("c".into());
+        let h = created(&send(&mut s, c, T::SubmitJob, &[b"f", b"u", b"x"]));
+        send(&mut s, w1, T::GrabJobUniq, &[]);
+        send(&mut s, w1, T::WorkStatus, &[&h, b"1", b"2"]);
+        let w2 = sleeping_worker(&mut s, &[b"f"]);
+        let mut out = Outbox::default();
+        s.disconnect(w1, &mut out);
+        check(&s);
+        assert_eq!(
+            out.0,
+            vec![(w2, Reply::Packet(Packet::res(T::Noop, vec![])))]
+        );
+        let status = send(&mut s, c, T::GetStatus, &[&h]);
+        assert_eq!(status[0].2[1..], [b(b"1"), b(b"0"), b(b"0"), b(b"0")]);
+        let r = send(&mut s, w2, T::GrabJobUniq, &[]);
+        assert_eq!(r[0].2[0], h, "the same job, same handle");
+        // The old worker's late word is refused; it holds no job now.
+        let r = send(&mut s, w2, T::WorkComplete, &[&h, b"done"]);
+        assert_eq!(r, vec![(c, T::WorkComplete, vec![h.clone(), b(b"done")])]);
+        assert!(s.jobs.is_empty());
+    }
+
+    #[test]
+    fn clients_that_leave() {
+        let mut s = State::new(Limits::default());
+        let c = s.connect("c".into());
+        let other = s.connect("o".into());
+        created(&send(&mut s, c, T::SubmitJob, &[b"f", b"u", b"fg"]));
+        created(&send(&mut s, c, T::SubmitJobBg, &[b"f", b"", b"bg"]));
+        let shared = created(&send(&mut s, c, T::SubmitJob, &[b"f", b"v", b"shared"]));
+        created(&send(&mut s, other, T::SubmitJob, &[b"f", b"v", b""]));
+        let running = created(&send(&mut s, c, T::SubmitJob, &[b"g", b"", b"run"]));
+        let w = sleeping_worker(&mut s, &[b"g"]);
+        send(&mut s, w, T::GrabJobUniq, &[]);
+        let mut out = Outbox::default();
+        s.disconnect(c, &mut out);
+        check(&s);
+        assert!(out.0.is_empty());
+        // Its queued foreground job is gone (and its unique id free); the
+        // background one, the one another client waits for and the running
+        // one stay.
+        assert_eq!(s.jobs.len(), 3);
+        assert!(s.by_handle.contains_key(&shared));
+        // The running one's result goes nowhere, and then it is gone.
+        assert_eq!(send(&mut s, w, T::WorkComplete, &[&running, b"r"]), vec![]);
+        assert_eq!(s.jobs.len(), 2);
+        // A job whose worker and clients are all gone is dropped too.
+        let h = created(&send(&mut s, other, T::SubmitJob, &[b"g", b"", b"x"]));
+        send(&mut s, w, T::GrabJobUniq, &[]);
+        let mut out = Outbox::default();
+        s.disconnect(other, &mut out);
+        s.disconnect(w, &mut out);
+        check(&s);
+        assert!(!s.by_handle.contains_key(&h));
+    }
+
+    #[test]
+    fn exceptions_reach_only_clients_that_asked() {
+        let mut s = State::new(Limits::default());
+        let w = sleeping_worker(&mut s, &[b"f"]);
+        let (plain, asked) = (s.connect("p".into()), s.connect("a".into()));
+        assert_eq!(
+            send(&mut s, asked, T::OptionReq, &[b"Exceptions"]),
+            vec![(asked, T::OptionRes, vec![b(b"Exceptions")])]
+        );
+        assert_eq!(
+            kinds(&send(&mut s, asked, T::OptionReq, &[b"bogus"])),
+            vec![(asked, T::Error)]
+        );
+        let h = created(&send(&mut s, plain, T::SubmitJob, &[b"f", b"u", b""]));
+        send(&mut s, asked, T::SubmitJob, &[b"f", b"u", b""]);
+        send(&mut s, w, T::GrabJob, &[]);
+        let r = send(&mut s, w, T::WorkException, &[&h, b"oops"]);
+        assert_eq!(
+            r,
+            vec![
+                (plain, T::WorkFail, vec![h.clone()]),
+                (asked, T::WorkException, vec![h.clone(), b(b"oops")]),
+            ]
+        );
+        assert!(s.jobs.is_empty());
+    }
+
+    #[test]
+    fn misuse_is_answered_with_error_and_changes_nothing() {
+        let mut s = State::new(Limits::default());
+        let w = sleeping_worker(&mut s, &[b"f"]);
+        let c = s.connect("c".into());
+        let h = created(&send(&mut s, c, T::SubmitJob, &[b"f", b"", b"x"]));
+        // Work results for a job this connection does not hold.
+        for who in [w, c] {
+            let r = send(&mut s, who, T::WorkComplete, &[&h, b"forged"]);
+            assert_eq!(kinds(&r), vec![(who, T::Error)]);
+        }
+        assert_eq!(
+            kinds(&send(&mut s, c, T::WorkFail, &[b"H:nope"])),
+            vec![(c, T::Error)]
+        );
+        // Server-only packets, a response magic, unsupported submissions.
+        for kind in [
+            T::Noop,
+            T::JobAssign,
+            T::AllYours,
+            T::SubmitJobEpoch,
+            T::SubmitReduceJob,
+        ] {
+            let args: Vec<&[u8]> = vec![b"a"; kind.arg_count()];
+            assert_eq!(
+                kinds(&send(&mut s, c, kind, &args)),
+                vec![(c, T::Error)],
+                "{kind}"
+            );
+        }
+        let mut out = Outbox::default();
+        s.packet(c, Packet::res(T::EchoReq, vec![b(b"x")]), &mut out);
+        assert_eq!(out.0.len(), 1);
+        // gearmand's name limits.
+        let long_unique = [b'u'; 65];
+        let r = send(&mut s, c, T::SubmitJob, &[b"f", &long_unique, b""]);
+        assert_eq!(kinds(&r), vec![(c, T::Error)]);
+        let long_function = [b'f'; 513];
+        assert_eq!(
+            kinds(&send(
+                &mut s,
+                c,
+                T::SubmitJobBg,
+                &[&long_function, b"", b""]
+            )),
+            vec![(c, T::Error)]
+        );
+        assert_eq!(
+            kinds(&send(&mut s, w, T::CanDo, &[&long_function])),
+            vec![(w, T::Error)]
+        );
+        assert_eq!(s.jobs.len(), 1);
+        // Echo is binary-safe.
+        let r = send(&mut s, c, T::EchoReq, &[b"a\0b"]);
+        assert_eq!(r, vec![(c, T::EchoRes, vec![b(b"a\0b")])]);
+    }
+
+    #[test]
+    fn limits_refuse_new_jobs_but_keep_coalescing() {
+        let limits = Limits {
+            max_jobs: 2,
+            max_job_bytes: 100,
+            max_abilities: 2,
+        };
+        let mut s = State::new(limits);
+        let c = s.connect("c".into());
+        created(&send(&mut s, c, T::SubmitJobBg, &[b"f", b"u", b"1"]));
+        let big = [b'x'; 100];
+        let r = send(&mut s, c, T::SubmitJobBg, &[b"f", b"", &big]);
+        assert_eq!(r[0].2[..], [b(b"QUEUE_ERROR"), b(b"Job queue is full")]);
+        created(&send(&mut s, c, T::SubmitJobBg, &[b"f", b"", b"2"]));
+        assert_eq!(
+            kinds(&send(&mut s, c, T::SubmitJob, &[b"f", b"", b"3"])),
+            vec![(c, T::Error)]
+        );
+        // Joining an existing job costs nothing.
+        created(&send(&mut s, c, T::SubmitJob, &[b"f", b"u", b"1"]));
+        for f in [b"a", b"b"] {
+            assert_eq!(send(&mut s, c, T::CanDo, &[f]), vec![]);
+        }
+        assert_eq!(
+            kinds(&send(&mut s, c, T::CanDo, &[b"c"])),
+            vec![(c, T::Error)]
+        );
+    }
+
+    #[test]
+    fn admin_answers_parse_as_gearmand_s() {
+        let mut s = State::new(Limits::default());
+        let w = sleeping_worker(&mut s, &[b"slotman::work", b"odd\nname"]);
+        send(&mut s, w, T::SetClientId, &[b"slotman:svc:demo:1:42"]);
+        let idle = sleeping_worker(&mut s, &[b"slotman::work"]);
+        let c = s.connect("::1".into());
+        for _ in 0..3 {
+            send(&mut s, c, T::SubmitJobBg, &[b"slotman::work", b"", b""]);
+        }
+        send(&mut s, c, T::SubmitJobBg, &[b"nobody", b"", b""]);
+        send(&mut s, w, T::GrabJobUniq, &[]);
+        let status = admin::parse_status(&admin_text(&s, "status")).expect("status parses");
+        let row = |name: &str| status.iter().find(|r| r.name == name).cloned();
+        let work = row("slotman::work").expect("slotman::work");
+        assert_eq!((work.queued, work.running, work.workers), (3, 1, 2));
+        let nobody = row("nobody").expect("nobody");
+        assert_eq!((nobody.queued, nobody.running, nobody.workers), (1, 0, 0));
+        assert_eq!(row("odd?name").map(|r| r.workers), Some(1));
+        let workers = admin::parse_workers(&admin_text(&s, "WORKERS\r")).expect("workers parse");
+        assert_eq!(workers.len(), 3);
+        assert_eq!(workers[0].fd, w.to_string());
+        assert_eq!(workers[0].client_id, "slotman:svc:demo:1:42");
+        assert_eq!(workers[0].functions, ["slotman::work", "odd?name"]);
+        assert_eq!(workers[1].fd, idle.to_string());
+        assert_eq!(workers[1].client_id, "-");
+        assert_eq!(
+            (workers[2].address.as_str(), workers[2].functions.len()),
+            ("::1", 0)
+        );
+        assert!(admin::parse_version(&admin_text(&s, "version")).is_ok());
+        assert_eq!(
+            admin_text(&s, "getpid"),
+            format!("OK {}\n", std::process::id())
+        );
+        let err = admin_text(&s, "shutdown now");
+        assert!(err.starts_with("ERR UNKNOWN_COMMAND"), "{err}");
+        assert!(matches!(
+            admin::parse_status(&err),
+            Err(admin::AdminError::Server(_))
+        ));
+        let mut out = Outbox::default();
+        s.admin(c, "   ", &mut out);
+        assert!(out.0.is_empty());
+    }
+
+    #[test]
+    fn connection_ids_are_never_reused() {
+        let mut s = State::new(Limits::default());
+        let a = s.connect("a".into());
+        s.disconnect(a, &mut Outbox::default());
+        let b = s.connect("b".into());
+        assert!(b > a);
+        // Requests from a connection that is gone are ignored.
+        let mut out = Outbox::default();
+        s.packet(a, Packet::req(T::EchoReq, vec![]), &mut out);
+        assert!(out.0.is_empty());
+    }
+
+    /// One step of a random session.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Connect,
+        Disconnect(usize),
+        Submit {
+            conn: usize,
+            function: u8,
+            unique: u8,
+            data: u8,
+            kind: u8,
+        },
+        CanDo(usize, u8),
+        CantDo(usize, u8),
+        Sleep(usize),
+        Grab(usize, u8),
+        /// A WORK_* packet for the connection's first running job (or a
+        /// made-up handle when it runs none).
+        Work(usize, u8),
+        Exceptions(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        let conn = 0usize..6;
+        prop_oneof![
+            1 => Just(Op::Connect),
+            1 => conn.clone().prop_map(Op::Disconnect),
+            4 => (conn.clone(), 0u8..3, 0u8..5, 0u8..3, 0u8..6).prop_map(|(conn, function, unique, data, kind)| Op::Submit { conn, function, unique, data, kind }),
+            2 => (conn.clone(), 0u8..3).prop_map(|(c, f)| Op::CanDo(c, f)),
+            1 => (conn.clone(), 0u8..3).prop_map(|(c, f)| Op::CantDo(c, f)),
+            1 => conn.clone().prop_map(Op::Sleep),
+            3 => (conn.clone(), 0u8..3).prop_map(|(c, k)| Op::Grab(c, k)),
+            3 => (conn.clone(), 0u8..6).prop_map(|(c, k)| Op::Work(c, k)),
+            1 => conn.prop_map(Op::Exceptions),
+        ]
+    }
+
+    /// Per connection: foreground submissions accepted, and the ends of
+    /// jobs it was told.
+    #[derive(Default)]
+    struct Tally {
+        submitted: HashMap<ConnId, usize>,
+        ended: HashMap<ConnId, usize>,
+    }
+
+    impl Tally {
+        fn apply(&mut self, s: &mut State, from: ConnId, p: Packet) {
+            let foreground = matches!(p.kind, T::SubmitJob | T::SubmitJobHigh | T::SubmitJobLow);
+            let mut out = Outbox::default();
+            s.packet(from, p, &mut out);
+            check(s);
+            self.count(s, from, foreground, out);
+        }
+
+        fn count(&mut self, s: &State, from: ConnId, foreground: bool, out: Outbox) {
+            for (to, reply) in out.0 {
+                assert!(s.conns.contains_key(&to), "replies go to open connections");
+                let Reply::Packet(p) = reply else { continue };
+                match p.kind {
+                    T::JobCreated if foreground && to == from => {
+                        *self.submitted.entry(to).or_default() += 1
+                    }
+                    T::WorkComplete | T::WorkFail | T::WorkException => {
+                        *self.ended.entry(to).or_default() += 1
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+
+    proptest! {
+        /// Any sequence of requests keeps the bookkeeping consistent, and
+        /// once every job has run, each submission of a client still
+        /// connected has heard exactly one end.
+        #[test]
+        fn every_foreground_submission_hears_one_end(ops in proptest::collection::vec(op(), 1..80)) {
+            let mut s = State::new(Limits::default());
+            let mut tally = Tally::default();
+            let mut conns: Vec<ConnId> = (0..3).map(|_| s.connect("x".into())).collect();
+            let functions: [&[u8]; 3] = [b"f", b"g", b"h"];
+            for op in ops {
+                let pick = |i: usize| conns.get(i % conns.len().max(1)).copied();
+                match op {
+                    Op::Connect => conns.push(s.connect("x".into())),
+                    Op::Disconnect(i) => {
+                        if let Some(c) = pick(i) {
+                            conns.retain(|&x| x != c);
+                            let mut out = Outbox::default();
+                            s.disconnect(c, &mut out);
+                            check(&s);
+                            tally.count(&s, c, false, out);
+                        }
+                    }
+                    Op::Submit { conn, function, unique, data, kind } => {
+                        let Some(c) = pick(conn) else { continue };
+                        let kind = [T::SubmitJob, T::SubmitJobBg, T::SubmitJobHigh, T::SubmitJobHighBg, T::SubmitJobLow, T::SubmitJobLowBg][kind as usize];
+                        let unique: &[u8] = [&b""[..], b"u1", b"u2", b"-", b"u3"][unique as usize];
+                        let args = vec![b(functions[function as usize]), b(unique), Bytes::from(vec![b'd'; data as usize])];
+                        tally.apply(&mut s, c, Packet::req(kind, args));
+                    }
+                    Op::CanDo(i, f) | Op::CantDo(i, f) => {
+                        let Some(c) = pick(i) else { continue };
+                        let kind = if matches!(op, Op::CanDo(..)) { T::CanDo } else { T::CantDo };
+                        tally.apply(&mut s, c, Packet::req(kind, vec![b(functions[f as usize])]));
+                    }
+                    Op::Sleep(i) => {
+                        let Some(c) = pick(i) else { continue };
+                        tally.apply(&mut s, c, Packet::req(T::PreSleep, vec![]));
+                    }
+                    Op::Grab(i, k) => {
+                        let Some(c) = pick(i) else { continue };
+                        let kind = [T::GrabJob, T::GrabJobUniq, T::GrabJobAll][k as usize];
+                        tally.apply(&mut s, c, Packet::req(kind, vec![]));
+                    }
+                    Op::Work(i, k) => {
+                        let Some(c) = pick(i) else { continue };
+                        let handle = s.conns[&c].running.first().map_or(b(b"H:made-up"), |j| s.jobs[j].handle.clone());
+                        let p = match k {
+                            0 => Packet::req(T::WorkStatus, vec![handle, b(b"1"), b(b"2")]),
+                            1 => Packet::req(T::WorkData, vec![handle, b(b"d")]),
+                            2 => Packet::req(T::WorkWarning, vec![handle, b(b"w")]),
+                            3 => Packet::req(T::WorkComplete, vec![handle, b(b"r")]),
+                            4 => Packet::req(T::WorkFail, vec![handle]),
+                            _ => Packet::req(T::WorkException, vec![handle, b(b"e")]),
+                        };
+                        tally.apply(&mut s, c, p);
+                    }
+                    Op::Exceptions(i) => {
+                        let Some(c) = pick(i) else { continue };
+                        tally.apply(&mut s, c, Packet::req(T::OptionReq, vec![b(b"exceptions")]));
+                    }
+                }
+            }
+            // Finish what runs, then run everything queued on a new worker.
+            for &c in &conns {
+                while let Some(j) = s.conns[&c].running.first().copied() {
+                    let h = s.jobs[&j].handle.clone();
+                    tally.apply(&mut s, c, Packet::req(T::WorkComplete, vec![h, b(b"r")]));
+                }
+            }
+            let w = s.connect("drain".into());
+            for f in functions {
+                tally.apply(&mut s, w, Packet::req(T::CanDo, vec![b(f)]));
+            }
+            for _ in 0..1000 {
+                let mut out = Outbox::default();
+                s.packet(w, Packet::req(T::GrabJobUniq, vec![]), &mut out);
+                let Some((_, Reply::Packet(assign))) = out.0.pop() else { break };
+                if assign.kind == T::NoJob {
+                    break;
+                }
+                tally.apply(&mut s, w, Packet::req(T::WorkComplete, vec![assign.arg_bytes(0), b(b"r")]));
+            }
+            prop_assert!(s.jobs.is_empty() && s.functions.is_empty() && s.job_bytes == 0);
+            for c in conns {
+                prop_assert_eq!(tally.submitted.get(&c), tally.ended.get(&c), "connection {}", c);
+            }
+        }
+    }
+}
