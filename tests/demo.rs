@@ -432,6 +432,38 @@ fn req(kind: PacketType, args: &[&[u8]]) -> Packet {
     )
 }
 
+/// A raw worker for `function`, registered once the server has echoed.
+async fn raw_worker(addr: &str, client_id: &str, function: &str) -> Framed<TcpStream, PacketCodec> {
+    let mut worker = raw(addr).await;
+    for p in [
+        req(PacketType::SetClientId, &[client_id.as_bytes()]),
+        req(PacketType::CanDo, &[function.as_bytes()]),
+        req(PacketType::EchoReq, &[b"ready"]),
+    ] {
+        worker.feed(p).await.expect("send");
+    }
+    worker.flush().await.expect("flush");
+    let echo = worker.next().await.expect("open").expect("packet");
+    assert_eq!(echo.kind, PacketType::EchoRes);
+    worker
+}
+
+/// Grabs until a job is assigned (it may not be queued yet).
+async fn grab(worker: &mut Framed<TcpStream, PacketCodec>) -> Packet {
+    loop {
+        worker
+            .send(req(PacketType::GrabJobUniq, &[]))
+            .await
+            .expect("grab");
+        let p = worker.next().await.expect("open").expect("packet");
+        match p.kind {
+            PacketType::JobAssignUniq => return p,
+            PacketType::NoJob => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => panic!("unexpected {other}"),
+        }
+    }
+}
+
 /// Reads until the server closes the connection; false if it stays open
 /// for 10 s.
 async fn closed_by_server(s: &mut TcpStream) -> bool {
@@ -452,21 +484,7 @@ fn a_bad_packet_drops_its_connection_only_and_the_server_serves_on() {
     let addr = server.addr.clone();
     server.rt.block_on(async {
         // A worker that must survive everything below.
-        let mut worker = raw(&addr).await;
-        worker
-            .send(req(PacketType::SetClientId, &[b"keeper"]))
-            .await
-            .expect("send");
-        worker
-            .send(req(PacketType::CanDo, &[b"f"]))
-            .await
-            .expect("send");
-        worker
-            .send(req(PacketType::EchoReq, &[b"ready"]))
-            .await
-            .expect("send");
-        let echo = worker.next().await.expect("open").expect("packet");
-        assert_eq!(echo.kind, PacketType::EchoRes);
+        let mut worker = raw_worker(&addr, "keeper", "f").await;
 
         let oversized = {
             let mut h = b"\0REQ\0\0\0\x10".to_vec();
@@ -506,24 +524,7 @@ fn a_bad_packet_drops_its_connection_only_and_the_server_serves_on() {
                 c.submit("f", "", "ping").await.expect("submit")
             }
         });
-        worker
-            .send(req(PacketType::GrabJobUniq, &[]))
-            .await
-            .expect("grab");
-        let assign = loop {
-            let p = worker.next().await.expect("open").expect("packet");
-            match p.kind {
-                PacketType::JobAssignUniq => break p,
-                PacketType::NoJob => {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    worker
-                        .send(req(PacketType::GrabJobUniq, &[]))
-                        .await
-                        .expect("grab");
-                }
-                _ => {}
-            }
-        };
+        let assign = grab(&mut worker).await;
         assert_eq!(assign.arg(3), b"ping");
         let handle = assign.arg_bytes(0);
         worker
@@ -543,27 +544,13 @@ fn a_client_that_never_reads_is_dropped_and_the_server_serves_on() {
     let server = Embedded::start();
     let addr = server.addr.clone();
     server.rt.block_on(async {
-        let mut worker = raw(&addr).await;
-        worker
-            .send(req(PacketType::CanDo, &[b"flood"]))
-            .await
-            .expect("send");
+        let mut worker = raw_worker(&addr, "flooder", "flood").await;
         // A client submits a job and never reads again.
         let mut deaf = TcpStream::connect(&addr).await.expect("connect");
         deaf.write_all(&req(PacketType::SubmitJob, &[b"flood", b"", b""]).to_bytes())
             .await
             .expect("submit");
-        let assign = loop {
-            worker
-                .send(req(PacketType::GrabJobUniq, &[]))
-                .await
-                .expect("grab");
-            let p = worker.next().await.expect("open").expect("packet");
-            if p.kind == PacketType::JobAssignUniq {
-                break p;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        };
+        let assign = grab(&mut worker).await;
         let handle = assign.arg_bytes(0);
         // 256 MiB of WORK_DATA for it: far more than the socket buffers and
         // the server's per-connection budget hold.

@@ -556,45 +556,28 @@ impl State {
         }
     }
 
+    /// STATUS_RES for the job with the handle GET_STATUS names.
     fn get_status(&self, from: ConnId, p: &Packet, out: &mut Outbox) {
         let job = self
             .by_handle
             .get(p.arg(0))
             .and_then(|id| self.jobs.get(id));
-        let flag = |b: bool| Bytes::from_static(if b { b"1" } else { b"0" });
-        let (n, d) = job.map_or((0, 0), |j| j.progress);
-        out.packet(
-            from,
-            PacketType::StatusRes,
-            vec![
-                p.arg_bytes(0),
-                flag(job.is_some()),
-                flag(job.is_some_and(|j| j.worker.is_some())),
-                Bytes::from(n.to_string()),
-                Bytes::from(d.to_string()),
-            ],
-        );
+        let mut args = vec![p.arg_bytes(0)];
+        args.extend(progress_args(job));
+        out.packet(from, PacketType::StatusRes, args);
     }
 
+    /// STATUS_RES_UNIQUE for the job with the unique id GET_STATUS_UNIQUE
+    /// names (of any function, as gearmand looks it up).
     fn get_status_unique(&self, from: ConnId, p: &Packet, out: &mut Outbox) {
         let job = self
             .jobs
             .values()
             .find(|j| j.key.as_deref() == Some(p.arg(0)));
-        let flag = |b: bool| Bytes::from_static(if b { b"1" } else { b"0" });
-        let (n, d) = job.map_or((0, 0), |j| j.progress);
-        out.packet(
-            from,
-            PacketType::StatusResUnique,
-            vec![
-                p.arg_bytes(0),
-                flag(job.is_some()),
-                flag(job.is_some_and(|j| j.worker.is_some())),
-                Bytes::from(n.to_string()),
-                Bytes::from(d.to_string()),
-                Bytes::from(job.map_or(0, |j| j.clients.len()).to_string()),
-            ],
-        );
+        let mut args = vec![p.arg_bytes(0)];
+        args.extend(progress_args(job));
+        args.push(Bytes::from(job.map_or(0, |j| j.clients.len()).to_string()));
+        out.packet(from, PacketType::StatusResUnique, args);
     }
 
     /// `FUNCTION\tTOTAL\tRUNNING\tWORKERS` per function with jobs or
@@ -643,6 +626,19 @@ impl State {
         text.push_str(".\n");
         text
     }
+}
+
+/// What the status replies say of a job: known, running, numerator,
+/// denominator (all zero for a job the server does not know).
+fn progress_args(job: Option<&Job>) -> [Bytes; 4] {
+    let flag = |b: bool| Bytes::from_static(if b { b"1" } else { b"0" });
+    let (n, d) = job.map_or((0, 0), |j| j.progress);
+    [
+        flag(job.is_some()),
+        flag(job.is_some_and(|j| j.worker.is_some())),
+        Bytes::from(n.to_string()),
+        Bytes::from(d.to_string()),
+    ]
 }
 
 /// Text for an admin answer: lossy UTF-8 with line breaks and other control
