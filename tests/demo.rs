@@ -124,8 +124,10 @@ fn slot_runners_serve_foreground_and_background_jobs_with_progress() {
             Bytes::new(),
             Bytes::from(vec![7u8; 1 << 20]),
         ];
-        for p in payloads {
-            let reply = c.submit("w::echo", "", p.clone()).await.expect("echo");
+        for (i, p) in payloads.into_iter().enumerate() {
+            // Unique ids with spaces, a tab and UTF-8 pass through too.
+            let unique = format!("ü {i}\t✓");
+            let reply = c.submit("w::echo", unique, p.clone()).await.expect("echo");
             echoed.push((p, reply.result));
         }
         (progress, echoed)
@@ -149,7 +151,10 @@ fn slot_runners_serve_foreground_and_background_jobs_with_progress() {
     wait_until("every background job done", Duration::from_secs(30), || {
         total_done(&svc.worker("w")) >= 36
     });
-    assert_eq!(svc.worker("w").jobs_complete, 36);
+    let w = svc.worker("w");
+    assert_eq!(w.jobs_complete, 36);
+    // The manager reads the queue depth from the server's admin `status`.
+    assert_eq!(w.queued, Some(0));
     assert_eq!(server.function("w::echo"), (0, 0, 2), "nothing left queued");
 }
 
