@@ -10,14 +10,14 @@
 //! moves bytes. Each connection is a task that reads frames (binary
 //! packets, or text lines when the first byte is not NUL, as gearmand
 //! tells them apart) and hands them to the state under one lock; the
-//! replies go to each target connection's bounded queue, which its task
-//! writes out. A connection that sends a malformed packet (bad magic,
-//! unknown type, oversized, wrong argument count) or an overlong admin
-//! line is dropped, as is one that does not read its replies fast enough
-//! to keep its queue from filling; the jobs it ran are queued again and
-//! the server carries on. Memory is bounded by `state::Limits`, the codec's
-//! packet limit, the connection limit and the queue length: nothing is
-//! sized up front.
+//! replies go to each target connection's queue, which its task writes
+//! out. A connection that sends a malformed packet (bad magic, unknown
+//! type, oversized, wrong argument count) or an overlong admin line is
+//! dropped, as is one that lets more than `MAX_PENDING_BYTES` of replies
+//! pile up unread; the jobs it ran are queued again and the server carries
+//! on. Memory is bounded by `state::Limits`, the codec's packet limit, the
+//! connection limit and those bytes per connection: nothing is sized up
+//! front.
 
 mod state;
 
@@ -60,16 +60,12 @@ impl JobServer {
     /// Binds `addr` (port 0: any free port) and serves on the current tokio
     /// runtime until dropped.
     pub async fn start(addr: SocketAddr) -> std::io::Result<JobServer> {
-        JobServer::start_with(addr, Limits::default()).await
-    }
-
-    async fn start_with(addr: SocketAddr, limits: Limits) -> std::io::Result<JobServer> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let stop = CancellationToken::new();
         let shared = Arc::new(Shared {
             inner: Mutex::new(Inner {
-                state: State::new(limits),
+                state: State::new(Limits::default()),
                 links: HashMap::new(),
             }),
         });
