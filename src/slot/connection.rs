@@ -225,7 +225,7 @@ pub async fn serve<R: JobRunner>(
                 }
             }
         }
-        let jittered = backoff.mul_f64(0.8 + 0.4 * fastrand::f64());
+        let jittered = jitter(backoff);
         tokio::select! {
             _ = drain.cancelled() => return,
             _ = tokio::time::sleep(jittered) => {}
@@ -290,6 +290,12 @@ async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
         Ok(Err(why)) => Err(why),
         Err(_) => Err(no_reply("ECHO_REQ")),
     }
+}
+
+/// `backoff` ± 20 %, so that slots that lost a server together do not
+/// retry together.
+pub(super) fn jitter(backoff: Duration) -> Duration {
+    backoff.mul_f64(0.8 + 0.4 * fastrand::f64())
 }
 
 /// An I/O error as the system says it, without Rust's " (os error N)".

@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
-use rand::Rng;
 use tokio::io::AsyncReadExt;
 use tokio::net::tcp::ReadHalf;
 use tokio::net::TcpStream;
@@ -24,7 +23,7 @@ use super::session::{Ended, Session, Verdict};
 use super::shared::{ConnId, Shared};
 use crate::gearman::codec::{reserve_packet, PacketCodec, Peek, ProtocolError, HEADER_LEN};
 use crate::gearman::packet::{Header, Packet, PacketType};
-use crate::slot::connection::{io_words, BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
+use crate::slot::connection::{io_words, jitter, BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
 
 /// Room made for a read when no packet of known size is being assembled.
 const READ_CHUNK: usize = 16 * 1024;
@@ -130,7 +129,7 @@ async fn connect(
         if shared.link(server, Some(&why)) {
             tracing::warn!(server = %server, "cannot reach job server: {why}; the worker's connection waits, retrying with back-off");
         }
-        let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.8..1.2));
+        let jittered = jitter(backoff);
         tokio::select! {
             _ = generation.cancelled() => return None,
             _ = tokio::time::sleep(jittered) => {}
