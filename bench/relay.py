@@ -16,8 +16,6 @@ a release build of slotman (`cargo build --release`). Prints a JSON
 object and a markdown table; writes both to bench/out/relay-<timestamp>/.
 """
 import argparse
-import importlib.machinery
-import importlib.util
 import json
 import os
 import signal
@@ -28,14 +26,8 @@ import time
 BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 WORKER = os.path.join(BENCH, "workers", "echo_worker.php")
-
-
-def load_bench_run():
-    loader = importlib.machinery.SourceFileLoader("benchrun", os.path.join(BENCH, "run"))
-    spec = importlib.util.spec_from_loader("benchrun", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
+sys.path.insert(0, BENCH)
+from s3_scopes import load_bench_run  # noqa: E402  (bench/run as a module)
 
 
 def measure(B, ctx, n, php):

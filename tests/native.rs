@@ -65,6 +65,22 @@ fn config(server: &str, command: &str, extra: &str) -> String {
     )
 }
 
+/// gearmand and a pool of the PHP (`php`) or Perl example worker `w` with
+/// `extra` keys, its first slot ready (that runner's pid); `None` (after a
+/// skip) when gearmand or the worker's Gearman library is missing.
+fn example_pool(php: bool, extra: &str) -> Option<(Gearmand, Service, u32)> {
+    let g = Gearmand::start()?;
+    let command = if php {
+        php_gearman().then(|| command("php", PHP_WORKER))?
+    } else {
+        perl_gearman().then(|| command("perl", PERL_WORKER))?
+    };
+    let mut svc = Service::new(&config(&g.addr, &command, extra));
+    svc.start();
+    let runner = svc.one_slot_ready("w");
+    Some((g, svc, runner))
+}
+
 /// One foreground job through PHP's GearmanClient: `OK result` or `FAIL`.
 fn php_submit(server: &str, function: &str, payload: &str) -> String {
     let script = r#"$c = new GearmanClient(); $c->addServers($argv[1]);
@@ -121,17 +137,9 @@ fn slots_that_logged(log: &str, what: &str) -> BTreeMap<u32, usize> {
 
 #[test]
 fn a_php_worker_shows_its_job_in_status_and_the_slots_client_id() {
-    let Some(g) = Gearmand::start() else { return };
-    if !php_gearman() {
+    let Some((g, mut svc, runner)) = example_pool(true, "min = 1\nmax = 1\n") else {
         return;
-    }
-    let mut svc = Service::new(&config(
-        &g.addr,
-        &command("php", PHP_WORKER),
-        "min = 1\nmax = 1\n",
-    ));
-    svc.start();
-    let runner = svc.one_slot_ready("w");
+    };
     let addr = g.addr.clone();
     let job = std::thread::spawn(move || php_submit(&addr, "w::sleep", "1.5"));
     wait_until(
@@ -171,17 +179,9 @@ fn a_php_worker_shows_its_job_in_status_and_the_slots_client_id() {
 
 #[test]
 fn workleft_recycles_a_perl_worker_between_jobs() {
-    let Some(g) = Gearmand::start() else { return };
-    if !perl_gearman() {
+    let Some((g, mut svc, _)) = example_pool(false, "min = 1\nmax = 1\nworkleft = 3\n") else {
         return;
-    }
-    let mut svc = Service::new(&config(
-        &g.addr,
-        &command("perl", PERL_WORKER),
-        "min = 1\nmax = 1\nworkleft = 3\n",
-    ));
-    svc.start();
-    svc.one_slot_ready("w");
+    };
     for i in 0..9 {
         let payload = format!("job{i}");
         let reversed: String = payload.chars().rev().collect();
@@ -204,17 +204,10 @@ fn workleft_recycles_a_perl_worker_between_jobs() {
 
 #[test]
 fn a_job_past_timeout_fails_promptly_and_the_pool_serves_again() {
-    let Some(g) = Gearmand::start() else { return };
-    if !php_gearman() {
+    let Some((g, mut svc, runner)) = example_pool(true, "min = 1\nmax = 1\ntimeout = \"1s\"\n")
+    else {
         return;
-    }
-    let mut svc = Service::new(&config(
-        &g.addr,
-        &command("php", PHP_WORKER),
-        "min = 1\nmax = 1\ntimeout = \"1s\"\n",
-    ));
-    svc.start();
-    let runner = svc.one_slot_ready("w");
+    };
     let worker = first_child(runner);
     let start = Instant::now();
     assert_eq!(submit(&g.addr, "w::sleep", "30"), JobResult::Fail);
@@ -274,17 +267,10 @@ fn a_reload_that_replaces_the_slot_lets_the_running_job_finish() {
 
 #[test]
 fn scaling_down_after_a_burst_fails_no_job() {
-    let Some(g) = Gearmand::start() else { return };
-    if !php_gearman() {
+    let Some((g, mut svc, _)) = example_pool(true, "min = 1\nmax = 4\nidle_timeout = \"500ms\"\n")
+    else {
         return;
-    }
-    let mut svc = Service::new(&config(
-        &g.addr,
-        &command("php", PHP_WORKER),
-        "min = 1\nmax = 4\nidle_timeout = \"500ms\"\n",
-    ));
-    svc.start();
-    svc.one_slot_ready("w");
+    };
     // Four clients, ten 0.1-s jobs each, one at a time.
     let clients: Vec<_> = (0..4)
         .map(|_| {
@@ -457,19 +443,9 @@ fn the_worker_is_told_its_servers_by_environment_and_argument() {
 
 #[test]
 fn a_job_server_restart_drops_the_workers_connection_and_it_serves_again() {
-    let Some(mut g) = Gearmand::start() else {
+    let Some((mut g, mut svc, _)) = example_pool(false, "min = 1\nmax = 1\n") else {
         return;
     };
-    if !perl_gearman() {
-        return;
-    }
-    let mut svc = Service::new(&config(
-        &g.addr,
-        &command("perl", PERL_WORKER),
-        "min = 1\nmax = 1\n",
-    ));
-    svc.start();
-    svc.one_slot_ready("w");
     assert_eq!(perl_submit(&g.addr, "w::reverse", "ab"), "OK ba");
     g.restart();
     // Gearman::Worker reconnects on its own (through the relay) once its

@@ -19,7 +19,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::shared::{ConnId, Shared};
-use crate::gearman::packet::{split_body, Header, Magic, Packet, PacketType};
+use crate::gearman::packet::{split_body, Args, Header, Magic, Packet, PacketType};
 use crate::slot::connection::{no_reply, KEEPALIVE_EVERY, REPLY_TIMEOUT};
 use crate::slot::report::{JobResult, SHORT_JOB};
 
@@ -131,14 +131,9 @@ impl Session {
         body: &[u8],
         now: Instant,
     ) -> Result<Verdict, Ended> {
-        if header.magic != Magic::Req {
-            return Err(Ended::worker(format!(
-                "malformed packet from the worker: {} sent as a response (\\0RES)",
-                header.kind
-            )));
-        }
-        let args = split_body(header.kind, body)
-            .map_err(|e| Ended::worker(format!("malformed packet from the worker: {e}")))?;
+        let args = parse(header, body, Magic::Req, |why| {
+            Ended::worker(format!("malformed packet from the worker: {why}"))
+        })?;
         Ok(match header.kind {
             PacketType::GrabJob | PacketType::GrabJobUniq | PacketType::GrabJobAll => {
                 // A grab behind one still out keeps its place in the order
@@ -183,14 +178,9 @@ impl Session {
         body: &[u8],
         now: Instant,
     ) -> Result<Verdict, Ended> {
-        if header.magic != Magic::Res {
-            return Err(Ended::server(format!(
-                "malformed packet from the job server: {} sent as a request (\\0REQ)",
-                header.kind
-            )));
-        }
-        let args = split_body(header.kind, body)
-            .map_err(|e| Ended::server(format!("malformed packet from the job server: {e}")))?;
+        let args = parse(header, body, Magic::Res, |why| {
+            Ended::server(format!("malformed packet from the job server: {why}"))
+        })?;
         self.heard = now;
         Ok(match header.kind {
             PacketType::Noop => {
@@ -339,6 +329,24 @@ impl Session {
         shared.release(self.id, false);
         lost
     }
+}
+
+/// The arguments of a packet that must travel with `magic`; otherwise why
+/// not, as `malformed` ends the connection.
+fn parse<'a>(
+    header: &Header,
+    body: &'a [u8],
+    magic: Magic,
+    malformed: impl FnOnce(String) -> Ended,
+) -> Result<Args<'a>, Ended> {
+    if header.magic != magic {
+        let sent = match header.magic {
+            Magic::Req => "a request (\\0REQ)",
+            Magic::Res => "a response (\\0RES)",
+        };
+        return Err(malformed(format!("{} sent as {sent}", header.kind)));
+    }
+    split_body(header.kind, body).map_err(|e| malformed(e.to_string()))
 }
 
 #[cfg(test)]
