@@ -495,3 +495,25 @@ fn a_worker_with_two_job_servers_gets_a_relay_for_each() {
     });
     assert!(svc.stop());
 }
+
+#[test]
+fn a_big_binary_payload_crosses_the_relay_intact() {
+    let Some((g, mut svc, _)) = example_pool(true, "min = 1\nmax = 1\n") else {
+        return;
+    };
+    // 8 MiB of every byte value, NULs included: many reads, one packet.
+    let payload: Vec<u8> = (0..8 << 20).map(|i: u32| (i % 251) as u8).collect();
+    let reply = rt().block_on(async {
+        let mut c = Client::connect(&g.addr).await.expect("connect");
+        c.submit("w::reverse", "big", payload.clone())
+            .await
+            .expect("submit")
+            .result
+    });
+    let reversed: Vec<u8> = payload.iter().rev().copied().collect();
+    assert!(
+        reply == JobResult::Complete(reversed.into()),
+        "the reversed payload came back"
+    );
+    assert!(svc.stop());
+}
