@@ -517,3 +517,29 @@ fn a_big_binary_payload_crosses_the_relay_intact() {
     );
     assert!(svc.stop());
 }
+
+#[test]
+fn a_paused_native_slot_takes_no_job_until_resumed() {
+    let Some((g, mut svc, _)) = example_pool(false, "min = 1\nmax = 1\n") else {
+        return;
+    };
+    let control = |what: &str| {
+        let out = Command::new(common::slotman_bin())
+            .args([what, "svc", "w", "--runtime-dir"])
+            .arg(svc.dir.path())
+            .output()
+            .expect("slotman");
+        assert!(out.status.success(), "{what}: {out:?}");
+    };
+    control("pause");
+    wait_until("paused", Duration::from_secs(5), || svc.worker("w").paused);
+    submit_bg(&g.addr, "w::reverse", [("p1".to_string(), "x".to_string())]);
+    // The worker stays registered; its grabs get NO_JOB from the relay.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(g.function_status("w::reverse"), (1, 0, 1));
+    control("resume");
+    wait_until("the job done after resume", Duration::from_secs(10), || {
+        svc.worker("w").jobs_complete == 1
+    });
+    assert!(svc.stop());
+}
