@@ -9,7 +9,10 @@ registered at one gearmand and measured alternately in the same run
 the ratio relay / direct, and CPU per job of the workers, the slot runners
 (the relay) and gearmand; at N = 4 also a job that sleeps 1 ms.
 
-    bench/relay.py [--quick] [--ns 1,4,16] [--reps N] [--slotman PATH]
+    bench/relay.py [--quick] [--ns 1,4,16] [--reps N] [--slotman PATH] [--compare PATH]
+
+--compare PATH adds a third pool run by another slotman binary (B), in
+the same alternation: an A/B of two builds of the relay in one run.
 
 Needs gearmand, php-cli with php-gearman, cargo (builds bench/loadgen) and
 a release build of slotman (`cargo build --release`). Prints a JSON
@@ -34,23 +37,28 @@ def measure(B, ctx, n, php):
     """{case: summary} for one pool size."""
     g = B.Gearmand(ctx.out)
     direct = [B.spawn([php, WORKER, "127.0.0.1:%d" % g.port, "d::"]) for _ in range(n)]
-    relay = B.Slotman(ctx, "relay%d" % n, g.port, "native", [php, WORKER], ["echo", "ms1"],
-                      n, n, worker="r")
-    relay.start()
+    # (case suffix, worker name, ctx): the slotman under test, and the one
+    # it is compared with (--compare), each a pool of its own.
+    pools = [("", "r", ctx)] + ([("_b", "b", ctx.b)] if ctx.b else [])
+    relays = [(sfx, w, B.Slotman(c, "relay%d%s" % (n, sfx), g.port, "native", [php, WORKER],
+                                 ["echo", "ms1"], n, n, worker=w)) for sfx, w, c in pools]
+    for _, _, relay in relays:
+        relay.start()
     try:
-        if not (g.wait_count("", "d::echo", n, 30) and g.wait_count(relay.prefix, "r::echo", n, 30)):
+        if not (g.wait_count("", "d::echo", n, 30)
+                and all(g.wait_count(r.prefix, w + "::echo", n, 30) for _, w, r in relays)):
             raise RuntimeError("the pools did not register")
         time.sleep(0.5)
         kids = B.children_map()
-        runners = relay.runners(kids)
-        cases = {
-            "direct": ("d::echo", {"workers": [p.pid for p in direct]}),
-            "relay": ("r::echo", {"workers": relay.handlers(kids), "relay": runners,
-                                  "manager": [relay.pid]}),
-        }
+        cases = {"direct": ("d::echo", {"workers": [p.pid for p in direct]})}
+        for sfx, w, relay in relays:
+            cases["relay" + sfx] = (w + "::echo", {"workers": relay.handlers(kids),
+                                                   "relay": relay.runners(kids),
+                                                   "manager": [relay.pid]})
         if n == 4:
             cases["direct_1ms"] = ("d::ms1", cases["direct"][1])
-            cases["relay_1ms"] = ("r::ms1", cases["relay"][1])
+            for sfx, w, _ in relays:
+                cases["relay%s_1ms" % sfx] = (w + "::ms1", cases["relay" + sfx][1])
         runs = {k: [] for k in cases}
         # Alternating, so that drifts of the host hit both alike.
         for rep in range(ctx.reps):
@@ -62,7 +70,8 @@ def measure(B, ctx, n, php):
                          r["foreign_cores"]))
                 runs[name].append(r)
     finally:
-        relay.stop()
+        for _, _, relay in relays:
+            relay.stop()
         B.stop_procs(direct)
         g.stop()
     out = {}
@@ -72,10 +81,17 @@ def measure(B, ctx, n, php):
                for grp in {k for r in rs for k in r["cpu_us_per_job"]}}
         out[name] = {"rate": round(B.med([r["rate"] for r in rs]), 1),
                      "rates": [r["rate"] for r in rs],
+                     "relay_cpu_us_per_job": [r["cpu_us_per_job"].get("relay", 0) for r in rs],
                      "p50_ms": round(B.med([r["p50_us"] for r in rs]) / 1000, 3),
                      "cpu_us_per_job": cpu,
                      "foreign_cores_max": max(r["foreign_cores"] for r in rs)}
     return out
+
+
+def paired(a, b):
+    """(median, min, max) of b[i] / a[i] over the repetitions."""
+    r = sorted(y / x for x, y in zip(a, b) if x)
+    return (r[len(r) // 2], r[0], r[-1]) if r else (0, 0, 0)
 
 
 def render(R):
@@ -92,6 +108,23 @@ def render(R):
                 "{:,.0f}".format(b["rate"]).replace(",", " "), b["rate"] / a["rate"],
                 cpu(b, "relay"), cpu(a, "workers"), cpu(b, "workers"),
                 cpu(a, "gearmand"), cpu(b, "gearmand")))
+    if any("relay_b" in res for res in R["sizes"].values()):
+        L += ["", "A/B: this slotman (A) vs --compare %s (B), alternating repetitions:" % R["compare"],
+              "", "| N | job | A jobs/s | B jobs/s | jobs/s B/A: median of pairs (min–max) "
+              "| relay CPU/job A / B | relay CPU B/A: median of pairs (min–max) |",
+              "|---|---|---|---|---|---|---|"]
+        for n, res in R["sizes"].items():
+            for label, a, b in (("echo", "relay", "relay_b"), ("1 ms", "relay_1ms", "relay_b_1ms")):
+                if b not in res:
+                    continue
+                A, Bb = res[a], res[b]
+                rate = paired(A["rates"], Bb["rates"])
+                cpu = paired(A["relay_cpu_us_per_job"], Bb["relay_cpu_us_per_job"])
+                L.append("| %s | %s | %.0f | %.0f | **%.3f** (%.3f–%.3f) | %.1f / %.1f µs "
+                         "| **%.3f** (%.3f–%.3f) |" % (
+                             n, label, A["rate"], Bb["rate"], *rate,
+                             A["cpu_us_per_job"].get("relay", 0),
+                             Bb["cpu_us_per_job"].get("relay", 0), *cpu))
     return "\n".join(L)
 
 
@@ -102,6 +135,8 @@ def main():
     ap.add_argument("--reps", type=int, default=None)
     ap.add_argument("--slotman", default=os.path.join(ROOT, "target", "release", "slotman"))
     ap.add_argument("--php", default="/usr/bin/php")
+    ap.add_argument("--compare", default=None, metavar="PATH",
+                    help="a second slotman binary, measured alternately with the first (A/B)")
     a = ap.parse_args()
     B = load_bench_run()
 
@@ -118,12 +153,19 @@ def main():
         sys.exit("no slotman binary at %s: run `cargo build --release` first" % a.slotman)
     ctx.slotman_source = os.path.abspath(a.slotman)
     ctx.slotman, ctx.runner = B.copy_slotman(ctx.slotman_source, ctx.out)
+    ctx.b = None
+    if a.compare:
+        ctx.b = Ctx()
+        ctx.b.__dict__.update(ctx.__dict__)
+        ctx.b.out = os.path.join(ctx.out, "b")
+        os.makedirs(os.path.join(ctx.b.out, "rt"))
+        ctx.b.slotman, ctx.b.runner = B.copy_slotman(os.path.abspath(a.compare), ctx.b.out)
     B.log("building bench/loadgen")
     subprocess.run(["cargo", "build", "--quiet", "--release", "--manifest-path",
                     os.path.join(BENCH, "loadgen", "Cargo.toml"), "--target-dir",
                     os.path.join(BENCH, "target")], check=True)
     R = {"command": " ".join(["bench/relay.py"] + sys.argv[1:]), "machine": B.machine(ctx),
-         "sizes": {}}
+         "compare": a.compare, "sizes": {}}
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     try:
         for n in [int(x) for x in a.ns.split(",")]:

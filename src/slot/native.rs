@@ -243,6 +243,11 @@ async fn relayed(mut n: Native<'_>) -> ExitReason {
         w.workleft,
         n.log_tags.take(),
     );
+    if w.job_servers.len() == 1 {
+        // One relay: while the worker has one connection, that task does
+        // all the work and may wait for a due answer in recv(2) (pipe.rs).
+        super::wire::Pace::get().enable();
+    }
     // Listening before the worker starts: its first connect finds the relay.
     let relay = match Relay::bind(&w.job_servers, shared).await {
         Ok(r) => r,

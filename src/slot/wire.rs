@@ -60,12 +60,12 @@ impl Pace {
         self.origin.elapsed().as_micros() as u64
     }
 
-    fn turned(&self) {
+    pub(crate) fn turned(&self) {
         self.turned.store(self.now(), Ordering::Relaxed);
     }
 
     /// What the next wait may be.
-    fn next_wait(&self, expect: Expect) -> Wait {
+    pub(crate) fn next_wait(&self, expect: Expect) -> Wait {
         if expect == Expect::Whenever || !self.enabled.load(Ordering::Relaxed) {
             return Wait::Runtime;
         }
@@ -88,7 +88,7 @@ pub enum Expect {
     Whenever,
 }
 
-enum Wait {
+pub(crate) enum Wait {
     Block(Duration),
     Yield,
     Runtime,
@@ -134,12 +134,7 @@ impl<F: AsRawFd + AsFd> Wire<F> {
     /// A connected socket, left in blocking mode with a receive timeout of
     /// [`MAX_BLOCK`] (see [`Kind::Socket`]); needs the runtime's context.
     pub fn socket(file: F) -> io::Result<Wire<F>> {
-        set_nonblocking(file.as_raw_fd(), false)?;
-        nix::sys::socket::setsockopt(
-            &file.as_fd(),
-            nix::sys::socket::sockopt::ReceiveTimeout,
-            &nix::sys::time::TimeVal::new(0, MAX_BLOCK.as_micros() as _),
-        )?;
+        blocking_socket(&file)?;
         Self::register(file, Kind::Socket)
     }
 
@@ -299,9 +294,22 @@ impl<F: AsRawFd + AsFd> Wire<F> {
     }
 }
 
+/// Leaves a socket blocking, with a receive timeout of [`MAX_BLOCK`]: a
+/// recv(2) with no flags is a bounded blocking wait; I/O that must not wait
+/// passes `MSG_DONTWAIT` (see [`Kind::Socket`]).
+pub(crate) fn blocking_socket(file: &impl AsFd) -> io::Result<()> {
+    set_nonblocking(file.as_fd().as_raw_fd(), false)?;
+    nix::sys::socket::setsockopt(
+        &file.as_fd(),
+        nix::sys::socket::sockopt::ReceiveTimeout,
+        &nix::sys::time::TimeVal::new(0, MAX_BLOCK.as_micros() as _),
+    )?;
+    Ok(())
+}
+
 /// One read(2), or recv(2) with `flags`, into the spare capacity of
 /// `buf`: `Ok(0)` at EOF.
-fn read_into(
+pub(crate) fn read_into(
     fd: std::os::fd::RawFd,
     buf: &mut BytesMut,
     flags: Option<libc::c_int>,
@@ -327,7 +335,7 @@ fn read_into(
 }
 
 /// One write(2), or send(2) with `flags` (and no SIGPIPE), of `data`.
-fn write_from(
+pub(crate) fn write_from(
     fd: std::os::fd::RawFd,
     data: &[u8],
     flags: Option<libc::c_int>,
