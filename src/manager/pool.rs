@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::policy::{PoolView, SlotPhase, SlotView};
+use super::policy::{Fleet, PoolView, SlotPhase, SlotView};
 use crate::config::WorkerConfig;
 
 /// Commands from the manager to one slot's task.
@@ -78,6 +78,9 @@ pub struct Slot {
     pub retire: bool,
     /// Its job-server connections as it last reported them.
     pub links: BTreeMap<String, super::health::Link>,
+    /// The runner's pid as it reported it (`ready`): the one in its Gearman
+    /// client id, should it differ from `pid` (another pid namespace).
+    pub reported_pid: Option<u32>,
     pub cmd: mpsc::UnboundedSender<SlotCmd>,
 }
 
@@ -300,7 +303,14 @@ pub struct Pool {
     pub functions: BTreeMap<String, crate::view::FunctionStats>,
     pub durations: crate::view::Histogram,
     pub rate: Rate,
+    /// Jobs waiting at the job servers, as last read (0 while not read).
     pub queued: u64,
+    /// Jobs running at the job servers, as last read.
+    pub running: u64,
+    /// Since when every queue read found jobs waiting.
+    pub waiting_since: Option<Instant>,
+    /// The other hosts serving this worker, as `workers` last showed them.
+    pub peers: Option<super::fleet::Peers>,
     pub spawn: SpawnBucket,
     /// Why slots fail, while they do: (the last failure, since when they
     /// fail, whether it was a start). Cleared by a slot that starts after
@@ -345,6 +355,9 @@ impl Pool {
             durations: Default::default(),
             rate: Rate::default(),
             queued: 0,
+            running: 0,
+            waiting_since: None,
+            peers: None,
             spawn,
             failing: None,
             paused: false,
@@ -372,10 +385,38 @@ impl Pool {
                 })
                 .collect(),
             queued: self.queued,
+            fleet: self.fleet(),
             hold_until: self.faults.hold_until,
             removed: self.removed,
             stopping,
         }
+    }
+
+    /// The fleet as the policy sees it, while jobs wait and other hosts
+    /// are known.
+    fn fleet(&self) -> Option<Fleet> {
+        let peers = self.peers.as_ref()?;
+        Some(Fleet {
+            hosts: peers.hosts.saturating_add(1),
+            peer_slots: peers.slots,
+            running: self.running,
+            waiting_since: self.waiting_since?,
+        })
+    }
+
+    /// The Gearman client ids its slots use, as far as their pids are known
+    /// (`slotman:SERVICE:WORKER:SLOT:PID`).
+    pub fn client_ids(&self, service: &str) -> std::collections::HashSet<String> {
+        let name = &self.worker.name;
+        self.slots
+            .values()
+            .flat_map(|s| {
+                [s.pid, s.reported_pid]
+                    .into_iter()
+                    .flatten()
+                    .map(move |pid| format!("slotman:{service}:{name}:{}:{pid}", s.id))
+            })
+            .collect()
     }
 
     pub fn count(&self, f: impl Fn(&SlotState) -> bool) -> usize {
