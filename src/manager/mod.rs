@@ -12,7 +12,7 @@ pub mod pool;
 mod slot_task;
 mod status;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,8 +47,9 @@ pub enum Event {
     Stop,
     /// A snapshot for `slotman status`, the demo or metrics.
     Status(tokio::sync::oneshot::Sender<ServiceStatus>),
-    /// What the job servers said of the saturated pools' queues.
-    QueueDepth(Vec<QueueRead>),
+    /// What the job servers said of the saturated pools' queues, and which
+    /// servers did not answer.
+    QueueDepth(Vec<QueueRead>, HashSet<String>),
     /// An operator's command (`slotman reload|restart|drain|pause|resume`)
     /// and where its answer goes.
     Command(Command, Reply),
@@ -79,8 +80,11 @@ pub enum SlotEvent {
 
 /// How long a stopping manager waits for killed slots to be reaped.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-/// How long a job server has to answer an admin command of a queue read.
+/// How long a job server has to answer an admin command of a queue read …
 const QUEUE_POLL_TIMEOUT: Duration = Duration::from_secs(2);
+/// … or, when it did not answer the last one, this long: a hung job server
+/// must not hold up every read (and growth) by the whole timeout.
+const QUEUE_POLL_SLOW_TIMEOUT: Duration = Duration::from_millis(200);
 /// Set to `per-host` (benchmarks only): every host grows for the whole
 /// queue, as before fleets were seen (`bench/fleet` compares the two).
 const FLEET_RULE_ENV: &str = "SLOTMAN_FLEET_RULE";
@@ -136,6 +140,8 @@ pub struct Manager {
     queue_inflight: bool,
     /// When the job servers' queues were last read.
     queue_polled: Option<Instant>,
+    /// Job servers that did not answer the last read.
+    queue_slow: HashSet<String>,
     /// Grow for this host's share of a queue other hosts serve too (off
     /// only through [`FLEET_RULE_ENV`], for comparison).
     fleet_share: bool,
@@ -205,6 +211,7 @@ impl Manager {
             queue_poll: None,
             queue_inflight: false,
             queue_polled: None,
+            queue_slow: Default::default(),
             fleet_share: std::env::var(FLEET_RULE_ENV).map_or(true, |v| v != "per-host"),
             dirty: Default::default(),
             pool_wake: BTreeMap::new(),
@@ -352,8 +359,10 @@ impl Manager {
         self.queue_inflight = true;
         self.queue_polled = Some(pool::now());
         let tx = self.events_tx.clone();
+        let slow = self.queue_slow.clone();
         tokio::spawn(async move {
-            let _ = tx.send(Event::QueueDepth(read_queues(saturated).await));
+            let (reads, failed) = read_queues(saturated, &slow).await;
+            let _ = tx.send(Event::QueueDepth(reads, failed));
         });
     }
 
@@ -372,7 +381,9 @@ impl Manager {
             Event::Slot { worker, .. } => {
                 self.dirty.insert(worker.clone());
             }
-            Event::QueueDepth(reads) => self.dirty.extend(reads.iter().map(|r| r.worker.clone())),
+            Event::QueueDepth(reads, _) => {
+                self.dirty.extend(reads.iter().map(|r| r.worker.clone()))
+            }
             Event::Reload | Event::Stop | Event::Command(..) => {
                 self.dirty.extend(self.pools.keys().cloned())
             }
@@ -388,8 +399,9 @@ impl Manager {
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Event::QueueDepth(reads) => {
+            Event::QueueDepth(reads, failed) => {
                 self.queue_inflight = false;
+                self.queue_slow = failed;
                 let now = pool::now();
                 for r in reads {
                     let Some(p) = self.pools.get_mut(&r.worker) else {
@@ -1012,36 +1024,44 @@ fn start_slot(
 /// Reads the saturated pools' queues: `status` of every job server at
 /// once, then, for pools that find jobs waiting and want their fleet read
 /// again, `workers` of their servers at once. A server that fails or hangs
-/// costs its answer only, after at most [`QUEUE_POLL_TIMEOUT`].
-async fn read_queues(saturated: Vec<QueueQuery>) -> Vec<QueueRead> {
+/// costs its answer only, after at most [`QUEUE_POLL_TIMEOUT`] (or
+/// [`QUEUE_POLL_SLOW_TIMEOUT`] for those in `slow`). Returns the reads and
+/// the servers that did not answer.
+async fn read_queues(
+    saturated: Vec<QueueQuery>,
+    slow: &HashSet<String>,
+) -> (Vec<QueueRead>, HashSet<String>) {
     use crate::gearman::admin;
     use std::collections::HashMap;
-    async fn each<T, F: std::future::Future<Output = Result<T, admin::AdminError>>>(
-        servers: Vec<&String>,
+    let timeout = |s: &str| match slow.contains(s) {
+        true => QUEUE_POLL_SLOW_TIMEOUT,
+        false => QUEUE_POLL_TIMEOUT,
+    };
+    let mut failed = HashSet::new();
+    async fn each<'a, T, F: std::future::Future<Output = Result<T, admin::AdminError>>>(
+        servers: Vec<&'a String>,
         read: impl Fn(String) -> F,
-    ) -> Vec<(&String, T)> {
+        failed: &mut HashSet<String>,
+    ) -> Vec<(&'a String, T)> {
         let answers = futures::future::join_all(servers.iter().map(|s| read(s.to_string()))).await;
-        servers
-            .into_iter()
-            .zip(answers)
-            .filter_map(|(server, a)| match a {
-                Ok(v) => Some((server, v)),
+        let mut out = Vec::new();
+        for (server, a) in servers.into_iter().zip(answers) {
+            match a {
+                Ok(v) => out.push((server, v)),
                 Err(e) => {
                     tracing::debug!(server, "admin read failed: {e}");
-                    None
+                    failed.insert(server.clone());
                 }
-            })
-            .collect()
+            }
+        }
+        out
     }
     let mut servers: Vec<&String> = saturated.iter().flat_map(|q| &q.servers).collect();
     servers.sort();
     servers.dedup();
     let mut load: HashMap<String, admin::Load> = HashMap::new();
-    for (_, rows) in each(servers, |s| async move {
-        admin::status(&s, QUEUE_POLL_TIMEOUT).await
-    })
-    .await
-    {
+    let status = |s: String| async move { admin::status(&s, timeout(&s)).await };
+    for (_, rows) in each(servers, status, &mut failed).await {
         admin::add_load(&mut load, rows);
     }
     let mut reads: Vec<QueueRead> = saturated
@@ -1062,18 +1082,18 @@ async fn read_queues(saturated: Vec<QueueQuery>) -> Vec<QueueRead> {
         .zip(&reads)
         .filter(|(q, r)| wanted(q, r))
         .flat_map(|(q, _)| &q.servers)
+        .filter(|s| !failed.contains(*s))
         .collect();
     if servers.is_empty() {
-        return reads;
+        return (reads, failed);
     }
     servers.sort();
     servers.dedup();
-    let lists: HashMap<&String, Vec<admin::WorkerInfo>> = each(servers, |s| async move {
-        admin::workers(&s, QUEUE_POLL_TIMEOUT).await
-    })
-    .await
-    .into_iter()
-    .collect();
+    let workers = |s: String| async move { admin::workers(&s, QUEUE_POLL_TIMEOUT).await };
+    let lists: HashMap<&String, Vec<admin::WorkerInfo>> = each(servers, workers, &mut failed)
+        .await
+        .into_iter()
+        .collect();
     for (q, r) in saturated.iter().zip(reads.iter_mut()) {
         let Some((own, prefix)) = q.fleet.as_ref().filter(|_| r.waiting > 0) else {
             continue;
@@ -1094,7 +1114,7 @@ async fn read_queues(saturated: Vec<QueueQuery>) -> Vec<QueueRead> {
         let (hosts, slots) = fleet::observe(&mine, prefix, own, &q.functions);
         r.peers = Some((hosts, slots, bytes));
     }
-    reads
+    (reads, failed)
 }
 
 async fn sleep_until(t: Option<Instant>) {
