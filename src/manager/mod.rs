@@ -47,9 +47,8 @@ pub enum Event {
     Stop,
     /// A snapshot for `slotman status`, the demo or metrics.
     Status(tokio::sync::oneshot::Sender<ServiceStatus>),
-    /// What the job servers said of the saturated pools' queues, and which
-    /// servers did not answer.
-    QueueDepth(Vec<QueueRead>, HashSet<String>),
+    /// What the job servers said of the saturated pools' queues.
+    QueueDepth(Vec<QueueRead>),
     /// An operator's command (`slotman reload|restart|drain|pause|resume`)
     /// and where its answer goes.
     Command(Command, Reply),
@@ -82,9 +81,9 @@ pub enum SlotEvent {
 const KILL_GRACE: Duration = Duration::from_secs(5);
 /// How long a job server has to answer an admin command of a queue read …
 const QUEUE_POLL_TIMEOUT: Duration = Duration::from_secs(2);
-/// … or, when it did not answer the last one, this long: a hung job server
-/// must not hold up every read (and growth) by the whole timeout.
-const QUEUE_POLL_SLOW_TIMEOUT: Duration = Duration::from_millis(200);
+/// … or this long after another job server answered: a hung one must not
+/// hold up every read (and growth) by the whole timeout.
+const QUEUE_POLL_LAG: Duration = Duration::from_millis(200);
 /// Set to `per-host` (benchmarks only): every host grows for the whole
 /// queue, as before fleets were seen (`bench/fleet` compares the two).
 const FLEET_RULE_ENV: &str = "SLOTMAN_FLEET_RULE";
@@ -140,8 +139,6 @@ pub struct Manager {
     queue_inflight: bool,
     /// When the job servers' queues were last read.
     queue_polled: Option<Instant>,
-    /// Job servers that did not answer the last read.
-    queue_slow: HashSet<String>,
     /// Grow for this host's share of a queue other hosts serve too (off
     /// only through [`FLEET_RULE_ENV`], for comparison).
     fleet_share: bool,
@@ -211,7 +208,6 @@ impl Manager {
             queue_poll: None,
             queue_inflight: false,
             queue_polled: None,
-            queue_slow: Default::default(),
             fleet_share: std::env::var(FLEET_RULE_ENV).map_or(true, |v| v != "per-host"),
             dirty: Default::default(),
             pool_wake: BTreeMap::new(),
@@ -359,10 +355,8 @@ impl Manager {
         self.queue_inflight = true;
         self.queue_polled = Some(pool::now());
         let tx = self.events_tx.clone();
-        let slow = self.queue_slow.clone();
         tokio::spawn(async move {
-            let (reads, failed) = read_queues(saturated, &slow).await;
-            let _ = tx.send(Event::QueueDepth(reads, failed));
+            let _ = tx.send(Event::QueueDepth(read_queues(saturated).await));
         });
     }
 
@@ -381,9 +375,7 @@ impl Manager {
             Event::Slot { worker, .. } => {
                 self.dirty.insert(worker.clone());
             }
-            Event::QueueDepth(reads, _) => {
-                self.dirty.extend(reads.iter().map(|r| r.worker.clone()))
-            }
+            Event::QueueDepth(reads) => self.dirty.extend(reads.iter().map(|r| r.worker.clone())),
             Event::Reload | Event::Stop | Event::Command(..) => {
                 self.dirty.extend(self.pools.keys().cloned())
             }
@@ -399,9 +391,8 @@ impl Manager {
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Event::QueueDepth(reads, failed) => {
+            Event::QueueDepth(reads) => {
                 self.queue_inflight = false;
-                self.queue_slow = failed;
                 let now = pool::now();
                 for r in reads {
                     let Some(p) = self.pools.get_mut(&r.worker) else {
@@ -600,6 +591,7 @@ impl Manager {
                 let Some(slot) = pool.slots.remove(&id) else {
                     return;
                 };
+                pool.left(slot.id, [slot.pid, slot.reported_pid], now);
                 if let Some(cpu) = slot.cpu {
                     self.cpus.give_back(cpu);
                 }
@@ -1023,44 +1015,63 @@ fn start_slot(
 
 /// Reads the saturated pools' queues: `status` of every job server at
 /// once, then, for pools that find jobs waiting and want their fleet read
-/// again, `workers` of their servers at once. A server that fails or hangs
-/// costs its answer only, after at most [`QUEUE_POLL_TIMEOUT`] (or
-/// [`QUEUE_POLL_SLOW_TIMEOUT`] for those in `slow`). Returns the reads and
-/// the servers that did not answer.
-async fn read_queues(
-    saturated: Vec<QueueQuery>,
-    slow: &HashSet<String>,
-) -> (Vec<QueueRead>, HashSet<String>) {
+/// again, `workers` of their servers at once. A server that fails costs its
+/// answer only; one that is slow, at most [`QUEUE_POLL_LAG`] after the
+/// others answered (or [`QUEUE_POLL_TIMEOUT`] if none did).
+async fn read_queues(saturated: Vec<QueueQuery>) -> Vec<QueueRead> {
     use crate::gearman::admin;
+    use futures::StreamExt;
     use std::collections::HashMap;
-    let timeout = |s: &str| match slow.contains(s) {
-        true => QUEUE_POLL_SLOW_TIMEOUT,
-        false => QUEUE_POLL_TIMEOUT,
-    };
-    let mut failed = HashSet::new();
     async fn each<'a, T, F: std::future::Future<Output = Result<T, admin::AdminError>>>(
         servers: Vec<&'a String>,
         read: impl Fn(String) -> F,
         failed: &mut HashSet<String>,
     ) -> Vec<(&'a String, T)> {
-        let answers = futures::future::join_all(servers.iter().map(|s| read(s.to_string()))).await;
+        let mut pending: futures::stream::FuturesUnordered<_> = servers
+            .iter()
+            .map(|&s| {
+                let answer = read(s.clone());
+                async move { (s, answer.await) }
+            })
+            .collect();
         let mut out = Vec::new();
-        for (server, a) in servers.into_iter().zip(answers) {
-            match a {
-                Ok(v) => out.push((server, v)),
-                Err(e) => {
+        let mut cutoff: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match cutoff {
+                Some(t) => match tokio::time::timeout_at(t, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => pending.next().await,
+            };
+            match next {
+                None => break,
+                Some((server, Ok(v))) => {
+                    out.push((server, v));
+                    cutoff.get_or_insert_with(|| tokio::time::Instant::now() + QUEUE_POLL_LAG);
+                }
+                Some((server, Err(e))) => {
                     tracing::debug!(server, "admin read failed: {e}");
                     failed.insert(server.clone());
                 }
             }
         }
+        for s in servers {
+            if !out.iter().any(|(a, _)| *a == s) && failed.insert(s.clone()) {
+                tracing::debug!(
+                    server = s,
+                    "admin read skipped: no answer {QUEUE_POLL_LAG:?} after the other job servers'"
+                );
+            }
+        }
         out
     }
+    let mut failed = HashSet::new();
     let mut servers: Vec<&String> = saturated.iter().flat_map(|q| &q.servers).collect();
     servers.sort();
     servers.dedup();
     let mut load: HashMap<String, admin::Load> = HashMap::new();
-    let status = |s: String| async move { admin::status(&s, timeout(&s)).await };
+    let status = |s: String| async move { admin::status(&s, QUEUE_POLL_TIMEOUT).await };
     for (_, rows) in each(servers, status, &mut failed).await {
         admin::add_load(&mut load, rows);
     }
@@ -1085,7 +1096,7 @@ async fn read_queues(
         .filter(|s| !failed.contains(*s))
         .collect();
     if servers.is_empty() {
-        return (reads, failed);
+        return reads;
     }
     servers.sort();
     servers.dedup();
@@ -1114,7 +1125,7 @@ async fn read_queues(
         let (hosts, slots) = fleet::observe(&mine, prefix, own, &q.functions);
         r.peers = Some((hosts, slots, bytes));
     }
-    (reads, failed)
+    reads
 }
 
 async fn sleep_until(t: Option<Instant>) {

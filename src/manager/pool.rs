@@ -184,6 +184,11 @@ impl Faults {
     }
 }
 
+/// How long the ids of a slot that left still count as this host's.
+pub const GONE_FOR: Duration = Duration::from_secs(10);
+/// At most this many of them.
+const GONE_MAX: usize = 256;
+
 /// Counters per worker, for STATUS, `slotman status` and metrics.
 #[derive(Debug, Default, Clone)]
 pub struct Counters {
@@ -311,6 +316,9 @@ pub struct Pool {
     pub waiting_since: Option<Instant>,
     /// The other hosts serving this worker, as `workers` last showed them.
     pub peers: Option<super::fleet::Peers>,
+    /// Slots that left lately, by when: a job server may still list them
+    /// for a moment, and they must not pass for another host's.
+    pub gone: VecDeque<(Instant, u32, [Option<u32>; 2])>,
     pub spawn: SpawnBucket,
     /// Why slots fail, while they do: (the last failure, since when they
     /// fail, whether it was a start). Cleared by a slot that starts after
@@ -358,6 +366,7 @@ impl Pool {
             running: 0,
             waiting_since: None,
             peers: None,
+            gone: VecDeque::new(),
             spawn,
             failing: None,
             paused: false,
@@ -405,18 +414,33 @@ impl Pool {
     }
 
     /// The Gearman client ids its slots use, as far as their pids are known
-    /// (`slotman:SERVICE:WORKER:SLOT:PID`).
+    /// (`slotman:SERVICE:WORKER:SLOT:PID`), those of slots that left within
+    /// [`GONE_FOR`] included.
     pub fn client_ids(&self, service: &str) -> std::collections::HashSet<String> {
         let name = &self.worker.name;
-        self.slots
-            .values()
-            .flat_map(|s| {
-                [s.pid, s.reported_pid]
-                    .into_iter()
+        let live = self.slots.values().map(|s| (s.id, [s.pid, s.reported_pid]));
+        let gone = self.gone.iter().map(|(_, id, pids)| (*id, *pids));
+        live.chain(gone)
+            .flat_map(|(id, pids)| {
+                pids.into_iter()
                     .flatten()
-                    .map(move |pid| format!("slotman:{service}:{name}:{}:{pid}", s.id))
+                    .map(move |pid| format!("slotman:{service}:{name}:{id}:{pid}"))
             })
             .collect()
+    }
+
+    /// Slot `id` (with these pids) left: its ids stay ours for [`GONE_FOR`].
+    pub fn left(&mut self, id: u32, pids: [Option<u32>; 2], now: Instant) {
+        // Bounded: a pool recycling slots per job leaves thousands a minute.
+        while self.gone.len() >= GONE_MAX
+            || self
+                .gone
+                .front()
+                .is_some_and(|(at, ..)| now.saturating_duration_since(*at) > GONE_FOR)
+        {
+            self.gone.pop_front();
+        }
+        self.gone.push_back((now, id, pids));
     }
 
     pub fn count(&self, f: impl Fn(&SlotState) -> bool) -> usize {
@@ -506,6 +530,28 @@ mod tests {
         // Retried: it takes five more in a row.
         f.failed = false;
         assert!(!f.start_failure(t0 + apart * 9));
+    }
+
+    #[test]
+    fn slots_that_left_stay_ours_for_a_while_and_a_bounded_few() {
+        let config = crate::config::parse(
+            "[workers.w]\nkind = \"exec\"\ncommand = [\"/bin/cat\"]\nfunctions = [\"f\"]\n",
+            std::path::Path::new("svc.toml"),
+        )
+        .expect("config");
+        let mut pool = Pool::new(config.workers[0].clone());
+        let t0 = Instant::now();
+        pool.left(1, [Some(100), Some(101)], t0);
+        let ids = pool.client_ids("svc");
+        assert!(ids.contains("slotman:svc:w:1:100") && ids.contains("slotman:svc:w:1:101"));
+        pool.left(2, [Some(200), None], t0 + GONE_FOR + Duration::from_secs(1));
+        let ids = pool.client_ids("svc");
+        assert!(!ids.contains("slotman:svc:w:1:100"), "expired");
+        assert!(ids.contains("slotman:svc:w:2:200"));
+        for i in 0..10_000 {
+            pool.left(i, [Some(i), None], t0 + GONE_FOR);
+        }
+        assert!(pool.gone.len() <= GONE_MAX);
     }
 
     #[test]

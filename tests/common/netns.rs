@@ -218,6 +218,22 @@ impl Net {
         ip(&["-n", &self.hosts[i].ns, "link", "set", "eth0", state]).expect("ip link set");
     }
 
+    /// Bytes host `i` has sent to `peer` (an address) over TCP that `peer`
+    /// has not acknowledged yet (`ss` Send-Q).
+    pub fn unacked(&self, i: usize, peer: &str) -> u64 {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &self.hosts[i].ns, "ss", "-tnH"])
+            .output()
+            .expect("ss");
+        let prefix = format!("{peer}:");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .filter(|f| f.len() >= 5 && f[4].starts_with(&prefix))
+            .map(|f| f[2].parse::<u64>().unwrap_or(u64::MAX))
+            .fold(0, u64::saturating_add)
+    }
+
     /// Waits until host `from` can open a TCP connection to `addr`.
     pub fn wait_reachable(&self, from: usize, addr: &str) {
         let addr: std::net::SocketAddr = addr.parse().expect("address");
