@@ -86,6 +86,7 @@ fn server(net: &Net, gs: usize) -> String {
     format!("{}:4730", net.host(gs).addr)
 }
 
+/// An exec worker running `command` (whatever the payload).
 fn config(net: &Net, command: &str, min: u32, max: u32) -> String {
     format!(
         "stop_timeout = \"5s\"\n\n[workers.w]\nkind = \"exec\"\ncommand = {command}\nfunctions = [\"sleep\"]\njob_servers = [\"{}\", \"{}\"]\nmin = {min}\nmax = {max}\nidle_timeout = \"1h\"\n",
@@ -157,8 +158,8 @@ fn registered(net: &Net, gs: usize, svc: &Service) -> usize {
         .count()
 }
 
-/// Submits `n` background jobs with `payload`, `shares[i]` of them to job
-/// server `i` in turn (0 = gs1, 1 = gs2), from the client host.
+/// Submits `n` background jobs (empty payloads) to the job servers `to` in
+/// turn, from the client host.
 fn submit(net: &Net, tag: &str, n: usize, to: &[usize]) {
     let servers: Vec<String> = to.iter().map(|&gs| server(net, gs)).collect();
     let tag = tag.to_string();
@@ -212,12 +213,18 @@ struct Burst {
 }
 
 /// Starts one manager per `(host, max)`, each at `min = 1`; once every
-/// slot is registered at both job servers, submits `jobs` one-second
-/// jobs over both servers and waits until every one is done.
+/// slot is registered at both job servers, submits `jobs` one-second jobs
+/// over both servers and waits until every one is done. The handler is
+/// exec `/bin/sleep 1`: light, so the drain times compare the rules and
+/// not the machine's load (bench/fleet measures a Python handler, whose
+/// slow starts make the per-host rule's herd costlier still).
 fn burst(net: &mut Net, hosts: &[(usize, u32)], jobs: u64) -> Burst {
     let mut managers: Vec<Service> = hosts
         .iter()
-        .map(|&(host, max)| manager(net, host, &config(net, r#"["/bin/sleep", "1"]"#, 1, max)))
+        .map(|&(host, max)| {
+            let sleep = r#"["/bin/sleep", "1"]"#;
+            manager(net, host, &config(net, sleep, 1, max))
+        })
         .collect();
     for m in &managers {
         wait_until(
