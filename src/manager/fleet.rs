@@ -13,7 +13,7 @@
 //! (NAT) count as one: each then grows as if the others were not there.
 //!
 //! Admin load: `workers` lists every connection of the job server (about
-//! 60 bytes each), so it is read only while a pool grows for a queue, at
+//! 50 bytes each), so it is read only while a pool grows for a queue, at
 //! most every [`WORKERS_EVERY`], and less often the larger the fleet and the
 //! list ([`workers_interval`]). `status` (a line per function) is read every
 //! [`status_interval`] while a pool is saturated, as before.
@@ -277,7 +277,7 @@ mod tests {
             answer_bytes,
         };
         assert_eq!(workers_interval(&p(1, 1000)), WORKERS_EVERY);
-        // 300 hosts × 40 slots at ~60 bytes: a 720 kB list.
+        // 300 hosts × 40 slots at ~50 bytes: a ~600 kB list.
         let big = workers_interval(&p(299, 720_000));
         assert!(big > Duration::from_secs(40) && big < Duration::from_secs(60));
         assert_eq!(
