@@ -17,7 +17,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::config::{self, Config};
@@ -284,7 +283,9 @@ impl Manager {
             .filter(|(_, p)| {
                 !p.removed
                     && !p.faults.failed
-                    && (p.worker.kind == crate::config::HandlerKind::Native
+                    // A native worker without the relay is blind: only the
+                    // queue tells.
+                    && ((p.worker.kind == crate::config::HandlerKind::Native && !p.worker.proxy)
                         || (p.worker.scale_on_queue
                             && p.count(|s| matches!(s, SlotState::Idle { .. })) == 0))
             })
@@ -974,7 +975,7 @@ fn start_slot(
     let now = pool::now();
     let recycle_at = pool.worker.max_lifetime.and_then(|life| {
         // Splay up to 10% so that slots started together do not recycle together.
-        let splay = life.mul_f64(rand::thread_rng().gen_range(0.0..0.1));
+        let splay = life.mul_f64(0.1 * fastrand::f64());
         // Checked: a lifetime the clock cannot hold is never reached.
         config::values::after(now, life).and_then(|t| config::values::after(t, splay))
     });
