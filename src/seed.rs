@@ -140,7 +140,7 @@ pub fn worker_args(
             "-d".to_string(),
             "display_errors=stderr".into(),
             "-r".into(),
-            "require $argv[1]; exit(\\Slotman\\run(array_slice($argv, 2)));".into(),
+            "require $argv[1]; exit(\\Slotman\\main(array_slice($argv, 2)));".into(),
             "--".into(),
             format!("{lib}/php/Slotman/Worker.php"),
         ]

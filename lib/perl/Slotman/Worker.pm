@@ -55,7 +55,12 @@ sub _load {
     die "slotman: `$package` is not a Perl package name\n"
         unless $package =~ /^[A-Za-z_]\w*(?:::\w+)*$/;
     (my $file = "$package.pm") =~ s{::}{/}g;
-    require $file;
+    if (!eval { require $file; 1 }) {
+        # The module's own words on one line, without perl's trailer.
+        my @why = grep { length && !/^(?:Compilation failed in require|BEGIN failed--compilation aborted)/ }
+            split /\n/, "$@";
+        die "slotman: cannot load $package: " . join('; ', @why) . "\n";
+    }
     die "slotman: $package does not extend Slotman::Worker; add `use parent 'Slotman::Worker';` to $INC{$file}\n"
         unless $package->isa('Slotman::Worker');
     return $package;

@@ -102,12 +102,38 @@ final class IO
         }
         $this->in = $in;
         $this->out = $out;
-        // PHP has no dup2: closing STDIN and STDOUT frees fds 0 and 1, and
-        // the next two descriptors opened take them, lowest first.
-        fclose(\STDIN);
-        fclose(\STDOUT);
-        $this->held[] = fopen('/dev/null', 'rb');
-        $this->held[] = fopen('php://stderr', 'wb');
+        if (!self::redirectWithFfi()) {
+            // PHP itself has no dup2: closing STDIN and STDOUT frees fds 0
+            // and 1, and the next two descriptors opened take them, lowest
+            // first. The STDIN and STDOUT constants are then closed streams.
+            fclose(\STDIN);
+            fclose(\STDOUT);
+            $this->held[] = fopen('/dev/null', 'rb');
+            $this->held[] = fopen('php://stderr', 'wb');
+        }
+    }
+
+    /**
+     * fd 0 to /dev/null and fd 1 to stderr with libc's dup2, through FFI
+     * where PHP has it (CLI, ffi.enable not off): STDIN and STDOUT stay
+     * usable streams, now reading nothing and writing to stderr.
+     */
+    private static function redirectWithFfi(): bool
+    {
+        if (!class_exists(\FFI::class, false) || ini_get('ffi.enable') === '0') {
+            return false;
+        }
+        try {
+            $libc = \FFI::cdef('int dup2(int oldfd, int newfd); int open(const char *path, int flags); int close(int fd);', 'libc.so.6');
+            $null = $libc->open('/dev/null', 0);
+            if ($null < 0 || $libc->dup2($null, 0) < 0 || $libc->dup2(2, 1) < 0) {
+                return false;
+            }
+            $libc->close($null);
+            return true;
+        } catch (\Throwable $e) {
+            return false;
+        }
     }
 
     public function send(string $bytes): void
@@ -212,7 +238,11 @@ function load(string $name, array $libs): \ReflectionClass
     if ($file === null) {
         throw new \RuntimeException("slotman: no $name.php in " . implode(', ', $libs));
     }
-    require_once $file;
+    try {
+        require_once $file;
+    } catch (\Throwable $e) {
+        throw new \RuntimeException("slotman: cannot load $name: " . $e->getMessage() . ' (' . $e->getFile() . ':' . $e->getLine() . ')');
+    }
     if (!class_exists($name, false)) {
         throw new \RuntimeException("slotman: $file defines no class $name");
     }
@@ -280,4 +310,19 @@ function run(array $args): int
         $io->sendFrame('COMPLETE', $result);
     }
     return 0;
+}
+
+/**
+ * run() with a failure to start said on one line (the last one on stderr,
+ * which slotman shows in the worker's status) and exit status 1.
+ * @internal
+ */
+function main(array $args): int
+{
+    try {
+        return run($args);
+    } catch (\Throwable $e) {
+        fwrite(\STDERR, $e->getMessage() . "\n");
+        return 1;
+    }
 }

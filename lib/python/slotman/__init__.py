@@ -93,7 +93,11 @@ def _functions(cls):
 def _load(name):
     """The worker class `name` from the module `name` (on sys.path: the
     worker's `libs`)."""
-    module = importlib.import_module(name)
+    try:
+        module = importlib.import_module(name)
+    except Exception as e:  # noqa: BLE001 - said on one line, last, for the slot's status
+        traceback.print_exc()
+        raise SystemExit("slotman: cannot load %s: %s: %s" % (name, type(e).__name__, e))
     cls = getattr(module, name, None)
     if not inspect.isclass(cls):
         raise SystemExit("slotman: %s defines no class %s" % (module.__file__, name))
