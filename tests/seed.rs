@@ -509,3 +509,40 @@ fn check_catches_a_missing_module_and_a_syntax_error() {
         assert_eq!(files.len(), 1, "{kind}: {files:?}");
     }
 }
+
+/// examples/seed: its config as written (with `libs` pointed at the
+/// examples) passes `slotman check`, and each language's TestWorker serves
+/// `reverse` with exactly `reverse` and `wait` registered.
+#[test]
+fn the_seed_examples_run() {
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/seed");
+    if have("perl", "perl") {
+        let text = std::fs::read_to_string(examples.join("slotman.toml")).expect("example config");
+        let text = text.replace("/opt/workers", &examples.display().to_string());
+        let (code, out, err) = check(&text);
+        assert_eq!(code, 0, "{err}");
+        assert!(
+            out.contains(
+                "2 workers (TestWorker: perl, 2..50 slots; SecondWorker: perl, 2..5 slots)"
+            ),
+            "{out}"
+        );
+    }
+    for l in &LANGS {
+        if !have(l.kind, l.interpreter) {
+            continue;
+        }
+        let Some(g) = Gearmand::start() else { return };
+        let mut svc = Service::new(&config(l.kind, &examples, &g.addr, ""));
+        svc.start();
+        let want = names("TestWorker::", &["reverse", "wait"]);
+        wait_until("the example registers", PATIENCE, || registered(&g) == want);
+        assert_eq!(
+            complete(&g.addr, "TestWorker::reverse", "hello"),
+            "olleh",
+            "{}",
+            l.kind
+        );
+        assert!(svc.stop());
+    }
+}
