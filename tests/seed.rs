@@ -48,6 +48,7 @@ sub progress {
 sub boom { my ($self, $payload) = @_; die "kaboom: $payload\n" }
 sub noisy { print "noise\n" for 1 .. 2000; print STDOUT "COMPLETE 3\nbad"; warn "a warning\n"; return "quiet" }
 sub pid { return $$ }
+sub who { my ($self, $payload, $job) = @_; return join '|', $job->function, $job->unique // '-' }
 sub _private { return "no" }
 sub HIDDEN { return "no" }
 1;
@@ -84,6 +85,9 @@ class TestWorker(Worker):
 
     def pid(self, payload, job):
         return str(os.getpid())
+
+    def who(self, payload, job):
+        return job.function.encode() + b"|" + (b"-" if job.unique is None else job.unique)
 
     @staticmethod
     def helper(payload, job):
@@ -126,6 +130,8 @@ class TestWorker extends \Slotman\Worker
 
     public function pid(string $payload, $job) { return getmypid(); }
 
+    public function who(string $payload, $job) { return $job->function() . '|' . ($job->unique() ?? '-'); }
+
     public static function helper() { return "no"; }
 
     protected function inner() { return "no"; }
@@ -139,7 +145,7 @@ class TestWorker extends \Slotman\Worker
 "#;
 
 /// The registered names every version must have, no more.
-const FUNCTIONS: &[&str] = &["boom", "noisy", "pid", "progress", "reverse"];
+const FUNCTIONS: &[&str] = &["boom", "noisy", "pid", "progress", "reverse", "who"];
 
 struct Lang {
     kind: &'static str,
@@ -269,6 +275,26 @@ fn serves_the_seed_way(kind: &str) {
     let back = complete(&g.addr, "TestWorker::reverse", big.clone());
     assert_eq!(back.len(), big.len());
     assert!(back.iter().eq(big.iter().rev()), "1 MB came back changed");
+
+    // A unique id that is not a plain word comes in a JOBX frame.
+    for (unique, want) in [
+        ("a b\nc\u{e9}", "who|a b\nc\u{e9}"),
+        ("-", "who|-"),
+        ("", "who|-"),
+        ("u1", "who|u1"),
+    ] {
+        let reply = rt().block_on(async {
+            let mut c = Client::connect(&g.addr).await.expect("connect");
+            c.submit("TestWorker::who", unique, "")
+                .await
+                .expect("submit")
+        });
+        assert_eq!(
+            reply.result,
+            JobResult::Complete(Bytes::from(want)),
+            "unique {unique:?}"
+        );
+    }
 
     let reply = submit(&g.addr, "TestWorker::progress", "x");
     assert_eq!(
@@ -498,7 +524,7 @@ fn check_catches_a_missing_module_and_a_syntax_error() {
         assert_eq!(
             err.trim(),
             "svc.toml:8: workers.TestWorker.functions[1]: warning: TestWorker has no public method \
-             `rverse` (it has boom, noisy, pid, progress, reverse): not registered",
+             `rverse` (it has boom, noisy, pid, progress, reverse, who): not registered",
             "{kind}"
         );
         // Checking wrote nothing next to the module (no __pycache__).
@@ -543,6 +569,51 @@ fn the_seed_examples_run() {
             "{}",
             l.kind
         );
+        assert!(svc.stop());
+    }
+}
+
+/// Handlers may run as another `user`: the library slotman writes (as root)
+/// is readable to them, and the worker serves. Each language, as `nobody`.
+#[test]
+fn workers_running_as_another_user_read_the_library() {
+    if !nix::unistd::Uid::effective().is_root() {
+        skip("root", "switching to `user = \"nobody\"` needs root");
+        return;
+    }
+    let nobody = nix::unistd::User::from_name("nobody")
+        .ok()
+        .flatten()
+        .expect("user nobody");
+    for l in &LANGS {
+        if !have(l.kind, l.interpreter) {
+            continue;
+        }
+        let Some(g) = Gearmand::start() else { return };
+        let libs = libs_with(l.file, l.module);
+        // A module directory nobody can read but not write.
+        std::fs::set_permissions(
+            libs.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod");
+        let mut svc = Service::new(&config(l.kind, libs.path(), &g.addr, "user = \"nobody\"\n"));
+        svc.start();
+        wait_until("the slot registers", PATIENCE, || {
+            registered(&g) == names("TestWorker::", FUNCTIONS)
+        });
+        let pid: u32 = String::from_utf8_lossy(&complete(&g.addr, "TestWorker::pid", ""))
+            .trim()
+            .parse()
+            .expect("a pid");
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+        let uid = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Uid:"))
+            .and_then(|l| l.split_whitespace().next())
+            .expect("Uid line");
+        assert_eq!(uid, nobody.uid.to_string(), "{}", l.kind);
+        assert_eq!(complete(&g.addr, "TestWorker::reverse", "ab"), "ba");
         assert!(svc.stop());
     }
 }
