@@ -16,12 +16,8 @@ said so. Ratio = slotman's median jobs/s / the baseline's, same run.
 
     bench/seed.py [--quick] [--ns 1,4,16] [--reps N] [--slotman PATH]
 
-bench/run runs it as section S8 (`bench/run --only S8`).
+is `bench/run --only S8 ...`: bench/run runs it as its section S8.
 """
-import argparse
-import importlib.machinery
-import importlib.util
-import json
 import os
 import subprocess
 import sys
@@ -39,14 +35,6 @@ LANGS = [
     ("php", "GearmanWorker (PHP, C libgearman)", "php", "sph::"),
     ("python", "gearman3 (Python, PyPI)", "python", "spy::"),
 ]
-
-
-def load_bench_run():
-    loader = importlib.machinery.SourceFileLoader("benchrun", os.path.join(BENCH, "run"))
-    spec = importlib.util.spec_from_loader("benchrun", loader)
-    mod = importlib.util.module_from_spec(spec)
-    loader.exec_module(mod)
-    return mod
 
 
 def baseline_available(lang):
@@ -88,8 +76,8 @@ def seed_pool(B, ctx, port, kind, prefix, n):
     return s
 
 
-def measure(ctx, B=None):
-    B = B or load_bench_run()
+def measure(B, ctx):
+    """S8 for each of ctx.ns; B is bench/run as a module."""
     res = {"skipped": {}}
     for n in ctx.ns:
         B.log("S8 seed libraries N=%d" % n)
@@ -171,40 +159,11 @@ def render(res):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--ns", default="1,4,16")
-    ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--slotman", default=os.path.join(ROOT, "target", "release", "slotman"))
-    a = ap.parse_args()
-    B = load_bench_run()
-
-    class Ctx:
-        pass
-    ctx = Ctx()
-    ctx.out = os.path.join(BENCH, "out", "seed-" + time.strftime("%Y%m%d-%H%M%S"))
-    os.makedirs(os.path.join(ctx.out, "rt"), exist_ok=True)
-    ctx.slotman_source = os.path.abspath(a.slotman)
-    ctx.slotman, ctx.runner = B.copy_slotman(ctx.slotman_source, ctx.out)
-    ctx.ns = [int(x) for x in a.ns.split(",")]
-    ctx.reps = a.reps or (1 if a.quick else 3)
-    ctx.warmup = 0.5 if a.quick else 1.0
-    ctx.duration = 2.0 if a.quick else 3.0
-    ctx.quiet = B.Quiet(30 if a.quick else 120)
-    subprocess.run(["cargo", "build", "--quiet", "--release", "--manifest-path",
-                    os.path.join(BENCH, "loadgen", "Cargo.toml"), "--target-dir",
-                    os.path.join(BENCH, "target")], check=True)
-    try:
-        res = measure(ctx, B)
-    finally:
-        B.cleanup()
-    with open(os.path.join(ctx.out, "results.json"), "w") as f:
-        json.dump({"S8": res, "machine": B.machine(ctx)}, f, indent=1)
-    md = render(res)
-    with open(os.path.join(ctx.out, "results.md"), "w") as f:
-        f.write(md + "\n")
-    print(md)
+    """Standalone: bench/run with this section only (its options pass on:
+    --quick, --ns, --reps, --slotman, --update-doc)."""
+    run = os.path.join(BENCH, "run")
+    os.execv(sys.executable, [sys.executable, run, "--only", "S8"] + sys.argv[1:])
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

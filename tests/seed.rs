@@ -191,6 +191,15 @@ fn have(tier: &str, program: &str) -> bool {
     ok
 }
 
+/// The language and a gearmand, or `None` (after a skip) without them.
+fn ready(kind: &str) -> Option<(&'static Lang, Gearmand)> {
+    let l = lang(kind);
+    if !have(kind, l.interpreter) {
+        return None;
+    }
+    Some((l, Gearmand::start()?))
+}
+
 /// A libs directory holding `file` with `text`.
 fn libs_with(file: &str, text: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -243,11 +252,7 @@ fn complete(addr: &str, function: &str, payload: impl Into<Bytes>) -> Bytes {
 
 /// Runs the worker in `kind` through everything the module above offers.
 fn serves_the_seed_way(kind: &str) {
-    let l = lang(kind);
-    if !have(kind, l.interpreter) {
-        return;
-    }
-    let Some(g) = Gearmand::start() else { return };
+    let Some((l, g)) = ready(kind) else { return };
     let libs = libs_with(l.file, l.module);
     let mut svc = Service::new(&config(kind, libs.path(), &g.addr, "workleft = 5\n"));
     svc.start();
@@ -296,14 +301,13 @@ fn serves_the_seed_way(kind: &str) {
         );
     }
 
+    // Progress, in the order sent, before the result.
     let reply = submit(&g.addr, "TestWorker::progress", "x");
-    assert_eq!(
-        reply.result,
-        JobResult::Complete(Bytes::from_static(b"done"))
-    );
-    assert_eq!(reply.statuses, vec![(1, 2), (2, 2)]);
-    assert_eq!(reply.data, vec![Bytes::from_static(b"part")]);
-    assert_eq!(reply.warnings, vec![Bytes::from_static(b"warn")]);
+    let seen = (reply.statuses, reply.data, reply.warnings, reply.result);
+    let part = vec![Bytes::from_static(b"part")];
+    let warn = vec![Bytes::from_static(b"warn")];
+    let done = JobResult::Complete(Bytes::from_static(b"done"));
+    assert_eq!(seen, (vec![(1, 2), (2, 2)], part, warn, done));
 
     let reply = submit(&g.addr, "TestWorker::boom", "x");
     assert_eq!(
@@ -405,11 +409,9 @@ fn php_worker_serves_the_seed_way() {
 /// lacks is not registered, and the log says so once.
 #[test]
 fn functions_restrict_the_announced_set() {
-    let l = lang("python");
-    if !have("python", l.interpreter) {
+    let Some((l, g)) = ready("python") else {
         return;
-    }
-    let Some(g) = Gearmand::start() else { return };
+    };
     let libs = libs_with(l.file, l.module);
     let mut svc = Service::new(&config(
         "python",
@@ -431,11 +433,7 @@ fn functions_restrict_the_announced_set() {
 /// interpreter's words in the worker's problems.
 #[test]
 fn a_module_that_dies_at_load_is_a_start_failure() {
-    let l = lang("perl");
-    if !have("perl", l.interpreter) {
-        return;
-    }
-    let Some(g) = Gearmand::start() else { return };
+    let Some((l, g)) = ready("perl") else { return };
     let libs = libs_with(
         l.file,
         "package TestWorker;\nuse parent 'Slotman::Worker';\ndie \"no database here\\n\";\n1;\n",
