@@ -88,15 +88,14 @@ sub _main {
     my %known = map { $_ => 1 } @functions;
     my $worker = $package->new;
     $io->send("$ready\n");
-    while (defined(my $job = $io->next_job)) {
-        my $function = $job->{function};
+    while (my ($function, $payload, $job) = $io->next_job) {
         my ($result, $error);
         if (!$known{$function}) {
             $error = "$package has no function `$function`";
         } else {
             # Scalar context, as a function's answer is one string:
             # `return reverse $payload` reverses the string.
-            my $ok = eval { $result = $worker->$function($job->{payload}, $job); 1 };
+            my $ok = eval { $result = $worker->$function($payload, $job); 1 };
             if (!$ok) {
                 $error = defined $@ && "$@" ne '' ? "$@" : 'died';
                 $error =~ s/\n+\z//;
@@ -109,7 +108,9 @@ sub _main {
             warn "slotman: ${package}::$function: $error\n";
             $io->send_frame('EXCEPTION', Slotman::Worker::Job::_bytes($error));
         } else {
-            $io->send_frame('COMPLETE', Slotman::Worker::Job::_bytes($result // ''));
+            $result = '' unless defined $result;
+            utf8::encode($result) if utf8::is_utf8($result);
+            $io->send('COMPLETE ' . length($result) . "\n" . $result);
         }
     }
     return 0;
@@ -126,9 +127,10 @@ sub _bytes {
     return $s;
 }
 
-sub function { $_[0]{function} }
-sub handle   { $_[0]{handle} }
-sub unique   { $_[0]{unique} }
+# The job is [function, handle, unique, io]: made per job, so kept small.
+sub function { $_[0][0] }
+sub handle   { $_[0][1] }
+sub unique   { $_[0][2] }
 
 # WORK_STATUS: `$job->status(3, 10)` (3 of 10 done).
 sub status {
@@ -137,21 +139,21 @@ sub status {
         die "status(numerator, denominator) takes whole numbers >= 0\n"
             unless defined && /^[0-9]+\z/;
     }
-    $self->{io}->send("STATUS $numerator $denominator\n");
+    $self->[3]->send("STATUS $numerator $denominator\n");
     return;
 }
 
 # WORK_DATA: part of the result, sent now.
 sub data {
     my ($self, $data) = @_;
-    $self->{io}->send_frame('DATA', _bytes($data // ''));
+    $self->[3]->send_frame('DATA', _bytes($data // ''));
     return;
 }
 
 # WORK_WARNING.
 sub warning {
     my ($self, $data) = @_;
-    $self->{io}->send_frame('WARNING', _bytes($data // ''));
+    $self->[3]->send_frame('WARNING', _bytes($data // ''));
     return;
 }
 
@@ -188,7 +190,11 @@ sub _line {
     my ($self) = @_;
     while (1) {
         my $at = index($self->{buf}, "\n");
-        return substr($self->{buf}, 0, $at + 1, '') =~ s/\n\z//r if $at >= 0;
+        if ($at >= 0) {
+            my $line = substr($self->{buf}, 0, $at + 1, '');
+            chop $line;
+            return $line;
+        }
         die "slotman: header longer than " . Slotman::Worker::MAX_HEADER . " bytes\n"
             if length $self->{buf} >= Slotman::Worker::MAX_HEADER;
         if (!$self->_fill) {
@@ -207,14 +213,23 @@ sub _take {
     return substr($self->{buf}, 0, $size, '');
 }
 
-# The next job, or undef once slotman closed stdin (the slot is stopping).
+# The next job as (function, payload, job object), or an empty list once
+# slotman closed stdin (the slot is stopping).
 sub next_job {
     my ($self) = @_;
-    my $line = $self->_line;
-    return undef unless defined $line;
-    my ($word, $function, $handle, $unique, $size, @rest) = split / /, $line, -1;
+    my $buf = \$self->{buf};
+    my $at = index($$buf, "\n");
+    my $line;
+    if ($at >= 0) {
+        $line = substr($$buf, 0, $at + 1, '');
+        chop $line;
+    } else {
+        $line = $self->_line;
+        return unless defined $line;
+    }
+    my ($word, $function, $handle, $unique, $size, $rest) = split / /, $line, 6;
     die "slotman: unexpected frame from slotman: $line\n"
-        if @rest || !defined $size || $size !~ /^[0-9]+\z/
+        if defined $rest || !defined $size || $size =~ /[^0-9]/ || $size eq ''
         || ($word ne 'JOB' && $word ne 'JOBX');
     if ($word eq 'JOBX') {
         for ($function, $handle, $unique eq '-' ? () : $unique) {
@@ -225,13 +240,8 @@ sub next_job {
     } elsif ($unique eq '-') {
         $unique = undef;
     }
-    return bless {
-        function => $function,
-        handle   => $handle,
-        unique   => $unique,
-        payload  => $self->_take($size),
-        io       => $self,
-    }, 'Slotman::Worker::Job';
+    my $payload = length($$buf) >= $size ? substr($$buf, 0, $size, '') : $self->_take($size);
+    return ($function, $payload, bless([$function, $handle, $unique, $self], 'Slotman::Worker::Job'));
 }
 
 sub send {

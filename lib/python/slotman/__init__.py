@@ -184,8 +184,8 @@ def _main(args):
     if len(ready) > MAX_HEADER:
         raise SystemExit("slotman: %s has too many methods to announce in one line of %d "
                          "bytes; move some to another worker" % (cls.__name__, MAX_HEADER))
-    known = set(functions)
     worker = cls()
+    methods = {name: getattr(worker, name) for name in functions}
     io.send(ready.encode("ascii"))
     while True:
         job = io.next_job()
@@ -193,9 +193,10 @@ def _main(args):
             return 0
         function, handle, unique, payload = job
         try:
-            if function not in known:
+            method = methods.get(function)
+            if method is None:
                 raise LookupError("%s has no function `%s`" % (cls.__name__, function))
-            result = getattr(worker, function)(payload, Job(function, handle, unique, io))
+            result = method(payload, Job(function, handle, unique, io))
             result = _bytes(result, "%s.%s returned" % (cls.__name__, function))
         except Exception as e:  # noqa: BLE001 - every error of a job fails only that job
             message = str(e) or type(e).__name__
