@@ -615,3 +615,39 @@ fn workers_running_as_another_user_read_the_library() {
         assert!(svc.stop());
     }
 }
+
+/// A PHP without FFI (`ffi.enable = 0`): the library falls back to closing
+/// STDIN and STDOUT; echo still goes to stderr and the framing holds, and a
+/// method that writes to the closed STDOUT fails only its own job.
+#[test]
+fn php_without_ffi_keeps_the_framing() {
+    let Some((l, g)) = ready("php") else { return };
+    let libs = libs_with(
+        l.file,
+        "<?php\nclass TestWorker extends \\Slotman\\Worker {\n\
+         public function reverse(string $p, $j) { echo \"noise\\n\"; return strrev($p); }\n\
+         public function raw(string $p, $j) { fwrite(STDOUT, \"COMPLETE 3\\nbad\"); return 'no'; }\n}\n",
+    );
+    let wrapper = libs.path().join("php-no-ffi");
+    std::fs::write(&wrapper, "#!/bin/sh\nexec php -d ffi.enable=0 \"$@\"\n").expect("wrapper");
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .expect("chmod");
+    let extra = format!("interpreter = \"{}\"\n", wrapper.display());
+    let mut svc = Service::new(&config("php", libs.path(), &g.addr, &extra));
+    svc.start();
+    let want = names("TestWorker::", &["raw", "reverse"]);
+    wait_until("the slot registers", PATIENCE, || registered(&g) == want);
+    assert_eq!(complete(&g.addr, "TestWorker::reverse", "ab"), "ba");
+    match submit(&g.addr, "TestWorker::raw", "").result {
+        JobResult::Exception(why) => {
+            assert!(String::from_utf8_lossy(&why).contains("stream"), "{why:?}")
+        }
+        other => panic!("raw gave {other:?}"),
+    }
+    assert_eq!(complete(&g.addr, "TestWorker::reverse", "cd"), "dc");
+    assert!(svc.log().contains("noise"));
+    assert!(svc.stop());
+}
