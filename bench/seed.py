@@ -97,6 +97,13 @@ def measure(B, ctx):
             s.start()
             pools.append(s)
             cases["slotman_" + lang] = (prefix + "echo", None, s)
+            if lang == "perl":
+                # What the library costs: the hand-written Perl stdio handler.
+                h = B.Slotman(ctx, "seedhand%d" % n, g.port, "stdio", [B.PERL, B.H_PL], ["echo"], n, n,
+                              worker="h", idle_timeout="60s")
+                h.start()
+                pools.append(h)
+                cases["slotman_perl_stdio"] = ("h::echo", None, h)
         for name, (fn, _, s) in cases.items():
             if not g.wait_count(s.prefix if s else "", fn, n, 60):
                 raise RuntimeError("S8: %s did not register %s" % (name, fn))
@@ -127,8 +134,8 @@ def measure(B, ctx):
                              "rates": [r["rate"] for r in rs],
                              "p50_ms": round(B.med([r["p50_us"] for r in rs]) / 1000, 3),
                              "cpu_us_per_job": cpu}
-        for lang, *_ in LANGS:
-            a, b = summary.get("slotman_" + lang), summary.get("plain_" + lang)
+        for lang in [lang for lang, *_ in LANGS] + ["perl_stdio"]:
+            a, b = summary.get("slotman_" + lang), summary.get("plain_" + lang.split("_")[0])
             if a and b and b["rate"]:
                 summary["ratio_" + lang] = round(a["rate"] / b["rate"], 3)
         res[str(n)] = summary
@@ -152,6 +159,11 @@ def render(res):
             ours_cpu = "%.1f + %.1f" % (q["cpu_us_per_job"].get("runners", 0), q["cpu_us_per_job"].get("handlers", 0))
             L.append("| %s | %s | %s | %s | `kind = \"%s\"` | %.0f | **%s** | %s | %s |"
                      % (n, lang, label, own, lang, q["rate"], s.get("ratio_" + lang, "–"), own_cpu, ours_cpu))
+            h = s.get("slotman_perl_stdio") if lang == "perl" else None
+            if h:
+                L.append("| %s | perl | (same) | | hand-written `stdio` handler | %.0f | %s | | %.1f + %.1f |"
+                         % (n, h["rate"], s.get("ratio_perl_stdio", "–"),
+                            h["cpu_us_per_job"].get("runners", 0), h["cpu_us_per_job"].get("handlers", 0)))
     for lang, why in res.get("skipped", {}).items():
         L.append("")
         L.append("%s baseline not measured: %s." % (lang, why))

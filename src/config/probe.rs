@@ -34,7 +34,7 @@ pub(crate) trait Probe {
     fn seed_module(
         &self,
         _language: Language,
-        _interpreter: &str,
+        _interpreter: &Path,
         _libs: &[PathBuf],
         _name: &str,
         _file: &Path,
@@ -103,7 +103,7 @@ impl Probe for Host {
     fn seed_module(
         &self,
         language: Language,
-        interpreter: &str,
+        interpreter: &Path,
         libs: &[PathBuf],
         name: &str,
         file: &Path,
@@ -144,7 +144,7 @@ impl Probe for Host {
 /// Runs `program args` (`-B` first when `no_bytecode`) with no input, for
 /// at most [`SEED_CHECK_TIMEOUT`]; its output.
 fn run_bounded(
-    program: &str,
+    program: &Path,
     args: &[String],
     no_bytecode: bool,
 ) -> Result<std::process::Output, String> {
@@ -158,7 +158,7 @@ fn run_bounded(
         .stderr(Stdio::piped());
     let child = cmd
         .spawn()
-        .map_err(|e| format!("cannot run `{program}`: {e}"))?;
+        .map_err(|e| format!("cannot run `{}`: {e}", program.display()))?;
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -166,7 +166,7 @@ fn run_bounded(
     });
     match rx.recv_timeout(SEED_CHECK_TIMEOUT) {
         Ok(Ok(out)) => Ok(out),
-        Ok(Err(e)) => Err(format!("running `{program}` failed: {e}")),
+        Ok(Err(e)) => Err(format!("running `{}` failed: {e}", program.display())),
         Err(_) => {
             // Still our unreaped child (the thread waits for it): the pid is its.
             if let Ok(pid) = i32::try_from(pid) {
@@ -176,7 +176,8 @@ fn run_bounded(
                 );
             }
             Err(format!(
-                "`{program}` did not finish within {}s",
+                "`{}` did not finish within {}s",
+                program.display(),
                 SEED_CHECK_TIMEOUT.as_secs()
             ))
         }

@@ -66,7 +66,7 @@ impl Probe for FakeHost {
     fn seed_module(
         &self,
         _language: crate::seed::Language,
-        _interpreter: &str,
+        _interpreter: &Path,
         _libs: &[std::path::PathBuf],
         name: &str,
         file: &Path,

@@ -683,18 +683,21 @@ fn finish(
     let mut env = d.env.clone();
     env.extend(w.env);
 
+    // The program as found on the host (for a bare name, on the worker's PATH).
+    let mut program = None;
     if let (Some(probe), Some(command)) = (probe, &command) {
         let search_path = env
             .get("PATH")
             .cloned()
             .or_else(|| probe.search_path())
             .unwrap_or_else(|| FALLBACK_PATH.to_owned());
-        if let Err(message) = program_exists(probe, &command.argv[0], &search_path) {
-            ctx.err_at(&command.program, message);
+        match program_exists(probe, &command.argv[0], &search_path) {
+            Ok(path) => program = Some(path),
+            Err(message) => ctx.err_at(&command.program, message),
         }
     }
-    if let (Some(probe), Some(language), Some((libs, Some(libs_at))), Some(command)) =
-        (probe, language, &libs, &command)
+    if let (Some(probe), Some(language), Some((libs, Some(libs_at))), Some(program)) =
+        (probe, language, &libs, &program)
     {
         let functions = functions.as_deref().unwrap_or_default();
         seed_module(
@@ -703,7 +706,7 @@ fn finish(
             language,
             name,
             (libs, libs_at),
-            command,
+            program,
             functions,
         );
     }
@@ -831,10 +834,12 @@ fn min_exceeds_max(
 
 /// A command's program: an absolute path that is executable, or a bare name
 /// found on `search_path`.
-fn program_exists(probe: &dyn Probe, program: &str, search_path: &str) -> Result<(), String> {
+/// Returns its path (the one found on `search_path` for a bare name).
+fn program_exists(probe: &dyn Probe, program: &str, search_path: &str) -> Result<PathBuf, String> {
     if program.starts_with('/') {
         return probe
             .executable(Path::new(program))
+            .map(|()| PathBuf::from(program))
             .map_err(|why| format!("`{program}` {why}"));
     }
     // Relative PATH entries are skipped: they depend on the directory the
@@ -842,9 +847,10 @@ fn program_exists(probe: &dyn Probe, program: &str, search_path: &str) -> Result
     let found = search_path
         .split(':')
         .filter(|dir| dir.starts_with('/'))
-        .any(|dir| probe.executable(&Path::new(dir).join(program)).is_ok());
-    if found {
-        Ok(())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| probe.executable(path).is_ok());
+    if let Some(path) = found {
+        Ok(path)
     } else {
         Err(format!(
             "`{program}` is not an executable on PATH ({search_path}); give its absolute path"
@@ -874,7 +880,7 @@ fn seed_module(
     language: crate::seed::Language,
     name: &str,
     (libs, libs_at): (&[PathBuf], &At),
-    command: &Command,
+    interpreter: &Path,
     functions: &[(String, At)],
 ) {
     let mut ok = true;
@@ -908,7 +914,7 @@ fn seed_module(
         );
         return;
     };
-    match probe.seed_module(language, &command.argv[0], libs, name, &module) {
+    match probe.seed_module(language, interpreter, libs, name, &module) {
         Ok(None) => {}
         Ok(Some(announced)) if announced.is_empty() => ctx.err_at(
             libs_at,
