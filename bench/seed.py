@@ -10,8 +10,8 @@ interleaved (as bench/run's S1):
   Python  N x gearman3 (PyPI, in bench/.venv)             vs  slotman kind = "python"
 
 The slotman pools run bench/workers/seed/Bench.{pm,py,php} (one method,
-`echo`); the baselines bench/workers/echo_worker.{pl,php} and
-echo_worker_gearman3.py. A baseline whose library is missing is skipped and
+`echo`); the baselines bench/workers/echo_worker.{pl,php} (the PHP one shared with
+bench/relay.py) and echo_worker_gearman3.py. A baseline whose library is missing is skipped and
 said so. Ratio = slotman's median jobs/s / the baseline's, same run.
 
     bench/seed.py [--quick] [--ns 1,4,16] [--reps N] [--slotman PATH]
@@ -59,7 +59,9 @@ def start_baseline(B, lang, port, n, function):
         if lang == "perl":
             args = [B.PERL, os.path.join(WORKERS, "echo_worker.pl"), "127.0.0.1:%d" % port, function]
         elif lang == "php":
-            args = ["php", os.path.join(WORKERS, "echo_worker.php"), "127.0.0.1", str(port), function]
+            # bench/relay.py's worker: registers PREFIXecho.
+            args = ["php", os.path.join(WORKERS, "echo_worker.php"), "127.0.0.1:%d" % port,
+                    function[:-len("echo")]]
         else:
             args = [VENV_PY, os.path.join(WORKERS, "echo_worker_gearman3.py"), "127.0.0.1:%d" % port, function]
         procs.append(B.spawn(args))

@@ -1,6 +1,7 @@
 //! The manager (`slotman run`) as users run it, against a real gearmand and
 //! real handler processes: scaling to a burst and back, recycling, jobs that
-//! survive kills / reloads / restarts, bad reloads, crash loops, the demo.
+//! survive kills / reloads / restarts, bad reloads, crash loops (the demo:
+//! tests/demo.rs).
 
 mod common;
 
@@ -638,31 +639,6 @@ fn a_worker_whose_handler_never_says_ready_is_marked_failed_and_a_stop_is_prompt
 }
 
 #[test]
-fn demo_runs_without_gearmand_on_path() {
-    // The embedded job server needs no installation: hide any gearmand.
-    let out = Command::new(slotman_bin())
-        .args(["demo", "--jobs", "24"])
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .expect("run demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("embedded"),
-        "used the embedded job server: {stdout}"
-    );
-    assert!(stdout.contains("24 jobs"), "{stdout}");
-    assert!(
-        stdout.contains("24 complete"),
-        "every demo job completes: {stdout}"
-    );
-}
-
-#[test]
 fn a_native_worker_is_supervised_and_grown_from_the_queue() {
     let Some(g) = Gearmand::start() else { return };
     let Some(gearman) = ["/usr/bin/gearman", "/usr/local/bin/gearman"]
@@ -676,9 +652,10 @@ fn a_native_worker_is_supervised_and_grown_from_the_queue() {
         return;
     };
     let port = g.addr.rsplit(':').next().expect("port").to_string();
-    // `gearman -w` is an ordinary Gearman worker: it runs `sleep 0.3; cat` per job.
+    // `gearman -w` is an ordinary Gearman worker: it runs `sleep 0.3; cat` per
+    // job. Without the relay (`proxy = false`) the slot is blind to its jobs.
     let mut svc = Service::new(&format!(
-        "[workers.n]\nkind = \"native\"\ncommand = [\"{gearman}\", \"-h\", \"127.0.0.1\", \"-p\", \"{port}\", \"-w\", \"-f\", \"n::echo\", \"--\", \"sh\", \"-c\", \"sleep 0.3; cat\"]\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 3\nidle_timeout = \"1s\"\n",
+        "[workers.n]\nkind = \"native\"\ncommand = [\"{gearman}\", \"-h\", \"127.0.0.1\", \"-p\", \"{port}\", \"-w\", \"-f\", \"n::echo\", \"--\", \"sh\", \"-c\", \"sleep 0.3; cat\"]\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 3\nidle_timeout = \"1s\"\nproxy = false\n",
         g.addr
     ));
     svc.start();

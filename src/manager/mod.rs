@@ -256,7 +256,9 @@ impl Manager {
             .filter(|(_, p)| {
                 !p.removed
                     && !p.faults.failed
-                    && (p.worker.kind == crate::config::HandlerKind::Native
+                    // A native worker without the relay is blind: only the
+                    // queue tells.
+                    && ((p.worker.kind == crate::config::HandlerKind::Native && !p.worker.proxy)
                         || (p.worker.scale_on_queue
                             && p.count(|s| matches!(s, SlotState::Idle { .. })) == 0))
             })
