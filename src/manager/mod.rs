@@ -291,8 +291,7 @@ impl Manager {
             })
             .map(|(n, p)| {
                 let functions = p
-                    .worker
-                    .functions
+                    .functions()
                     .iter()
                     .map(|f| p.worker.registered_name(f))
                     .collect();
@@ -727,6 +726,7 @@ impl Manager {
             }
             // Kept by the slot task (slot_task.rs).
             Report::Handler { .. } => {}
+            Report::Registered { functions } => pool.announced = functions,
             Report::Link { server, error } => {
                 let since = match slot.links.get(&server) {
                     Some(l) if l.error.is_some() == error.is_some() => l.since,
@@ -863,7 +863,7 @@ impl Manager {
                         }
                         for _ in 0..count {
                             let cpu = match pool.worker.kind {
-                                crate::config::HandlerKind::Stdio => self.cpus.take(),
+                                k if k.is_stdio() => self.cpus.take(),
                                 _ => None,
                             };
                             let pin = self.pinning && pool.worker.pin_cpu;

@@ -326,6 +326,9 @@ pub struct Pool {
     pub failing: Option<Failing>,
     /// `slotman pause`: its slots take no new job; the policy leaves it be.
     pub paused: bool,
+    /// What its slots registered when the config lists no functions (a
+    /// seed-style worker's methods), as the last slot reported them.
+    pub announced: Vec<String>,
 }
 
 /// Slots of a worker failing in a row (see [`Pool::failing`]).
@@ -370,6 +373,17 @@ impl Pool {
             spawn,
             failing: None,
             paused: false,
+            announced: Vec::new(),
+        }
+    }
+
+    /// The functions its slots register (without prefix): the config's,
+    /// else what they reported.
+    pub fn functions(&self) -> &[String] {
+        if self.worker.functions.is_empty() {
+            &self.announced
+        } else {
+            &self.worker.functions
         }
     }
 

@@ -170,8 +170,7 @@ impl Manager {
                     queued: None,
                     job_servers: p.worker.job_servers.clone(),
                     registered: p
-                        .worker
-                        .functions
+                        .functions()
                         .iter()
                         .map(|f| p.worker.registered_name(f))
                         .collect(),
