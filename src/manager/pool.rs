@@ -35,9 +35,8 @@ pub enum SlotState {
         handle: String,
         since: Instant,
     },
-    Draining {
-        reason: String,
-    },
+    /// Sent `drain` (the log line at that moment says why).
+    Draining,
 }
 
 impl SlotState {
@@ -46,7 +45,7 @@ impl SlotState {
             SlotState::Starting => "starting",
             SlotState::Idle { .. } => "idle",
             SlotState::Busy { .. } => "busy",
-            SlotState::Draining { .. } => "draining",
+            SlotState::Draining => "draining",
         }
     }
 }
@@ -401,7 +400,7 @@ impl Pool {
                         SlotState::Starting => SlotPhase::Starting,
                         SlotState::Idle { since } => SlotPhase::Idle { since: *since },
                         SlotState::Busy { .. } => SlotPhase::Busy,
-                        SlotState::Draining { .. } => SlotPhase::Draining,
+                        SlotState::Draining => SlotPhase::Draining,
                     },
                     outdated: s.generation != self.generation || s.retire,
                     recycle_at: s.recycle_at,
@@ -463,7 +462,7 @@ impl Pool {
 
     /// Slots that count as capacity (not draining).
     pub fn active(&self) -> usize {
-        self.count(|s| !matches!(s, SlotState::Draining { .. }))
+        self.count(|s| !matches!(s, SlotState::Draining))
     }
 
     pub fn busy(&self) -> usize {
