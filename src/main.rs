@@ -133,16 +133,22 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file } => match slotman::config::check(&service_or_file(file)) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
+        Command::Check { file } => {
+            let (result, warnings) = slotman::config::check(&service_or_file(file));
+            for warning in warnings {
+                eprintln!("{warning}");
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(1)
+            match result {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
             }
-        },
+        }
         Command::DemoHandler => match slotman::demo::handler_main() {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => fail(e),

@@ -186,9 +186,7 @@ impl JobRunner for Jobs {
                         self.spec.worker.memory_max.map_or("-".into(), |m| m.to_string())
                     );
                     self.leave(ExitReason::OomKilled);
-                } else if matches!(why, FailReason::Spawn(_))
-                    && self.spec.worker.kind == HandlerKind::Stdio
-                {
+                } else if matches!(why, FailReason::Spawn(_)) && self.spec.worker.kind.is_stdio() {
                     // A replacement handler that cannot start (or never says
                     // READY) would cost every later job its ready_timeout:
                     // the slot leaves as a failed start, which the manager
@@ -292,6 +290,23 @@ pub async fn run(
             return ExitReason::HandlerFailed;
         }
     };
+    let functions = match register(&spec, handler.announced()) {
+        Ok(functions) => functions,
+        Err(why) => {
+            tracing::error!(worker = %id.worker, slot = id.slot, "{why}");
+            handler.shutdown().await;
+            let _ = reports.send(Report::StartFailed { why });
+            let _ = reports.send(Report::Exiting {
+                reason: ExitReason::HandlerFailed,
+            });
+            return ExitReason::HandlerFailed;
+        }
+    };
+    if spec.worker.functions.is_empty() {
+        let _ = reports.send(Report::Registered {
+            functions: functions.clone(),
+        });
+    }
     // Every handler process is reported as it starts, before it gets a
     // job: the manager's cleanup after a killed runner needs its group.
     let told = reports.clone();
@@ -341,7 +356,7 @@ pub async fn run(
             server: server.clone(),
             client_id: client_id.clone(),
             prefix: spec.worker.prefix.clone(),
-            functions: spec.worker.functions.clone(),
+            functions: functions.clone(),
             max_packet: spec.worker.max_packet_size,
             // With two servers, the next job could come from either: the
             // prefetching grab would hold the permit across both.
@@ -387,6 +402,28 @@ pub async fn run(
         jobs.handler.into_inner().shutdown().await;
     }
     reason
+}
+
+/// The functions this slot registers (see
+/// [`super::handler::registration`]); the difference between the config's
+/// list and the handler's `READY` is logged once, here.
+fn register(spec: &SlotSpec, announced: &[String]) -> Result<Vec<String>, String> {
+    let reg = super::handler::registration(&spec.worker.functions, announced)?;
+    if !reg.not_announced.is_empty() {
+        tracing::warn!(
+            worker = %spec.worker.name,
+            "not registered: {} (listed in `functions`, but the handler does not announce them)",
+            reg.not_announced.join(", ")
+        );
+    }
+    if !reg.not_listed.is_empty() {
+        tracing::info!(
+            worker = %spec.worker.name,
+            "not registered: {} (announced by the handler, not listed in `functions`)",
+            reg.not_listed.join(", ")
+        );
+    }
+    Ok(reg.functions)
 }
 
 /// While the manager says paused, holds the slot's one job permit: the
