@@ -158,6 +158,32 @@ enum Side {
     Server,
 }
 
+impl Side {
+    /// The side closed its connection.
+    fn closed(self) -> Ended {
+        match self {
+            Side::Worker => Ended::worker("the worker closed its connection"),
+            Side::Server => Ended::server("closed by the job server"),
+        }
+    }
+
+    /// Reading from the side failed.
+    fn failed(self, e: &std::io::Error) -> Ended {
+        match self {
+            Side::Worker => Ended::worker(format!("reading from the worker: {}", io_words(e))),
+            Side::Server => Ended::server(io_words(e)),
+        }
+    }
+
+    /// The side sent what does not frame.
+    fn malformed(self, e: ProtocolError) -> Ended {
+        match self {
+            Side::Worker => Ended::worker(format!("malformed packet from the worker: {e}")),
+            Side::Server => Ended::server(format!("malformed packet from the job server: {e}")),
+        }
+    }
+}
+
 /// The relay loop proper. Returns why it ended, with what is still owed to
 /// the job server.
 async fn relay(
@@ -271,46 +297,29 @@ async fn relay(
             continue;
         };
         let now = Instant::now();
-        let judged = match side {
-            Side::Worker => {
-                match r {
-                    Ok(0) => break Ended::worker("the worker closed its connection"),
-                    Ok(_) => {}
-                    Err(e) => {
-                        break Ended::worker(format!("reading from the worker: {}", io_words(&e)))
-                    }
-                }
-                judge(
-                    &codec,
-                    &mut from_worker,
-                    (&mut to_server, &mut to_worker),
-                    |h, body| {
-                        let verdict = session.on_worker(shared, h, body, now);
-                        due = due_after(Side::Worker, h.kind, &verdict);
-                        verdict
-                    },
-                    |e| Ended::worker(format!("malformed packet from the worker: {e}")),
-                )
-            }
-            Side::Server => {
-                match r {
-                    Ok(0) => break Ended::server("closed by the job server"),
-                    Ok(_) => {}
-                    Err(e) => break Ended::server(io_words(&e)),
-                }
-                judge(
-                    &codec,
-                    &mut from_server,
-                    (&mut to_worker, &mut to_server),
-                    |h, body| {
-                        let verdict = session.on_server(shared, h, body, now);
-                        due = due_after(Side::Server, h.kind, &verdict);
-                        verdict
-                    },
-                    |e| Ended::server(format!("malformed packet from the job server: {e}")),
-                )
-            }
+        match r {
+            Ok(0) => break side.closed(),
+            Ok(_) => {}
+            Err(e) => break side.failed(&e),
+        }
+        let (input, pass, back) = match side {
+            Side::Worker => (&mut from_worker, &mut to_server, &mut to_worker),
+            Side::Server => (&mut from_server, &mut to_worker, &mut to_server),
         };
+        let judged = judge(
+            &codec,
+            input,
+            (pass, back),
+            |h, body| {
+                let verdict = match side {
+                    Side::Worker => session.on_worker(shared, h, body, now),
+                    Side::Server => session.on_server(shared, h, body, now),
+                };
+                due = due_after(side, h.kind, &verdict);
+                verdict
+            },
+            |e| side.malformed(e),
+        );
         if let Err(e) = judged {
             break e;
         }
