@@ -14,11 +14,14 @@
 //! - [`systemd`]: sd_notify and journald.
 //! - [`procfs`]: the one /proc/PID/stat parser.
 //! - [`demo`]: `slotman demo`.
+//! - [`generate`]: man pages (from the CLI and docs/configuration.md) and
+//!   shell completions, for packages.
 
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod gearman;
+pub mod generate;
 pub mod manager;
 pub mod placement;
 pub mod procfs;
