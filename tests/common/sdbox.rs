@@ -129,6 +129,14 @@ impl SdBox {
 
     /// [`SdBox::start`] with mounts at other places inside than outside.
     pub fn start_with(binds: &[Bind]) -> Option<SdBox> {
+        SdBox::start_full(binds, false)
+    }
+
+    /// [`SdBox::start_with`], and with `private_net` a network namespace
+    /// of the box's own (only a loopback): for services on fixed ports,
+    /// such as Debian's gearmand on 4730. Commands run by [`SdBox::exec`]
+    /// are in it too; the host's loopback is out of reach.
+    pub fn start_full(binds: &[Bind], private_net: bool) -> Option<SdBox> {
         if let Err(why) = SdBox::probe() {
             super::skip("systemd", &why);
             return None;
@@ -147,6 +155,9 @@ impl SdBox {
                 "bind paths must be absolute: {b:?}"
             );
             cmd.arg(format!("{}:{}", b.src.display(), b.dst.display()));
+        }
+        if private_net {
+            cmd.env("SDBOX_NET", "private");
         }
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         let started = Instant::now();
