@@ -232,14 +232,44 @@ fn the_bash_completion_completes_commands() {
             "{f} completes an internal command"
         );
     }
-    let script = format!(
-        "source {}; COMP_WORDS=(slotman st); COMP_CWORD=1; COMP_LINE='slotman st'; COMP_POINT=10; \
-         _slotman slotman st slotman; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
-        dir.path().join("slotman.bash").display()
+    let complete =
+        |line: &str| {
+            let words: Vec<&str> = line.split(' ').collect();
+            let script =
+                format!(
+            "source {}; COMP_WORDS=({}); COMP_CWORD={}; COMP_LINE='{line}'; COMP_POINT={}; \
+             _slotman slotman '{}' '{}'; printf '%s\\n' \"${{COMPREPLY[@]}}\"",
+            dir.path().join("slotman.bash").display(),
+            words.iter().map(|w| format!("'{w}'")).collect::<Vec<_>>().join(" "),
+            words.len() - 1,
+            line.len(),
+            words[words.len() - 1],
+            words[words.len() - 2],
+        );
+            let out = run(Command::new("bash").args(["--norc", "-c", &script]));
+            String::from_utf8_lossy(&out.stdout)
+                .split_whitespace()
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        };
+    assert_eq!(
+        complete("slotman st"),
+        ["status"],
+        "completions of `slotman st`"
     );
-    let out = run(Command::new("bash").args(["--norc", "-c", &script]));
-    let words = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(words.trim(), "status", "completions of `slotman st`");
+    let commands = complete("slotman ");
+    for visible in ["run", "check", "status", "reload", "demo"] {
+        assert!(
+            commands.iter().any(|c| c == visible),
+            "no {visible} in {commands:?}"
+        );
+    }
+    for hidden in ["slot", "demo-handler", "generate"] {
+        assert!(
+            !commands.iter().any(|c| c == hidden),
+            "{hidden} offered: {commands:?}"
+        );
+    }
 }
 
 /// The package's files, control fields and conffiles: what DESIGN.md's

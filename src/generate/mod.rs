@@ -75,14 +75,29 @@ pub fn man_pages(cmd: clap::Command, dir: &Path, date: &str) -> std::io::Result<
 }
 
 /// Writes the bash, zsh and fish completions of `cmd` into `dir`:
-/// `slotman.bash`, `_slotman`, `slotman.fish`.
-pub fn completions(mut cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+/// `slotman.bash`, `_slotman`, `slotman.fish`. Hidden commands are left
+/// out (clap_complete would offer them).
+pub fn completions(cmd: clap::Command, dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
     let name = cmd.get_name().to_string();
+    let mut cmd = without_hidden_commands(cmd);
     [Shell::Bash, Shell::Zsh, Shell::Fish]
         .into_iter()
         .map(|shell| clap_complete::generate_to(shell, &mut cmd, &name, dir))
         .collect()
+}
+
+/// `cmd` with the same arguments and only its visible subcommands.
+fn without_hidden_commands(cmd: clap::Command) -> clap::Command {
+    let mut visible = clap::Command::new(cmd.get_name().to_string());
+    if let Some(version) = cmd.get_version() {
+        visible = visible.version(version.to_string());
+    }
+    if let Some(about) = cmd.get_about() {
+        visible = visible.about(about.clone());
+    }
+    visible = visible.args(cmd.get_arguments().cloned());
+    visible.subcommands(cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned())
 }
 
 /// `slotman.toml(5)`: docs/configuration.md under a man page's head.
