@@ -588,6 +588,18 @@ fn installed_upgraded_removed_and_purged_in_a_booted_systemd() {
     let out = step(&sd, &mut t, "gearman -f Example::reverse -- hello");
     assert_eq!(out.assert_ok("Example::reverse").text(), "olleh", "{t}");
 
+    // A second instance whose config was broken after it started: its
+    // restart fails, and must not fail the upgrade of the package.
+    sd.write_file(
+        "/etc/slotman/broken.toml",
+        "[workers.B]\nkind = \"exec\"\ncommand = [\"/bin/cat\"]\nfunctions = [\"b\"]\n",
+    );
+    step(&sd, &mut t, "systemctl start slotman@broken").assert_ok("start slotman@broken");
+    sd.write_file(
+        "/etc/slotman/broken.toml",
+        "[workers.B]\nkind = \"exec\"\nmin = \"many\"\n",
+    );
+
     // Upgrade while a long job runs.
     let old_pid = main_pid(&sd);
     let (old_exe, _) = inodes(&sd, old_pid, "/usr/bin/slotman");
@@ -598,8 +610,14 @@ fn installed_upgraded_removed_and_purged_in_a_booted_systemd() {
     let upgrade_took = started.elapsed();
     assert_completed(&sd, "/run/job-upgrade.out", "the upgrade");
     step(&sd, &mut t, "cat /run/job-upgrade.out");
-    let out = step(&sd, &mut t, "dpkg-query -W -f '${Version}' slotman");
-    assert_eq!(out.text(), version2);
+    let out = step(
+        &sd,
+        &mut t,
+        "dpkg-query -W -f '${Version}\\n${Status}' slotman",
+    );
+    assert_eq!(out.text(), format!("{version2}\ninstall ok installed"));
+    let out = step(&sd, &mut t, "systemctl is-failed slotman@broken || true");
+    assert_eq!(out.text(), "failed", "the broken instance's restart");
     let new_pid = main_pid(&sd);
     assert_ne!(new_pid, old_pid, "the instance was not restarted:\n{t}");
     let (exe, file) = inodes(&sd, new_pid, "/usr/bin/slotman");
