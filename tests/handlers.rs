@@ -585,8 +585,21 @@ async fn stdio_handler_that_exits_between_jobs_is_replaced_before_the_next() {
     for _ in 0..3 {
         let before = h.pid();
         assert_eq!(complete(&mut h, &job("quit", "x")).await, "bye");
-        // Let it exit (and its SIGCHLD arrive) before the next job comes.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The next job comes once it has exited and the runtime has seen its
+        // SIGCHLD: a handler that dies right before a job may get it and
+        // fail it (stdio.rs `unusable`). One park after the exit lets the
+        // signal driver run.
+        let pid = before.expect("a stdio handler has a pid");
+        let exited = || slotman::procfs::stat(pid).is_none_or(|s| s.is_zombie());
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !exited() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the handler did not exit after quit"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
         assert_eq!(complete(&mut h, &job("echo", "next")).await, "next");
         assert_ne!(h.pid(), before, "the next job went to the exited handler");
     }

@@ -1,6 +1,7 @@
 //! The manager (`slotman run`) as users run it, against a real gearmand and
 //! real handler processes: scaling to a burst and back, recycling, jobs that
-//! survive kills / reloads / restarts, bad reloads, crash loops, the demo.
+//! survive kills / reloads / restarts, bad reloads, crash loops (the demo:
+//! tests/demo.rs).
 
 mod common;
 
@@ -635,31 +636,6 @@ fn a_worker_whose_handler_never_says_ready_is_marked_failed_and_a_stop_is_prompt
     assert!(svc.stop());
     let took = asked.elapsed();
     assert!(took < Duration::from_secs(10), "stop took {took:?}");
-}
-
-#[test]
-fn demo_runs_without_gearmand_on_path() {
-    // The embedded job server needs no installation: hide any gearmand.
-    let out = Command::new(slotman_bin())
-        .args(["demo", "--jobs", "24"])
-        .env("PATH", "/usr/bin:/bin")
-        .output()
-        .expect("run demo");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "demo failed: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        stdout.contains("embedded"),
-        "used the embedded job server: {stdout}"
-    );
-    assert!(stdout.contains("24 jobs"), "{stdout}");
-    assert!(
-        stdout.contains("24 complete"),
-        "every demo job completes: {stdout}"
-    );
 }
 
 #[test]

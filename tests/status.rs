@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use common::quiet::{show, ChildLog};
 use common::{slotman_bin, wait_until, Gearmand};
-use slotman::control::proto::ServiceStatus;
+use slotman::control::proto::{ServiceStatus, SlotStatus};
 use slotman::control::server::{Response, MAX_CONNECTIONS};
 use slotman::control::snapshot::SAMPLE_MAX_AGE;
 use slotman::gearman::client::{Client, JobResult};
@@ -128,8 +128,22 @@ fn status_matches_what_is_running() {
     wait_until("two busy slots", Duration::from_secs(10), || {
         svc.status_json().workers[0].busy == 2
     });
-    // Give the handlers time to touch their 50 MB.
-    std::thread::sleep(Duration::from_millis(800));
+    // The handlers touch their 50 MB after they take the job.
+    wait_until(
+        "both busy slots show their 50 MB",
+        Duration::from_secs(10),
+        || {
+            let st = svc.status_json();
+            let held = |s: &&SlotStatus| s.memory_bytes.is_some_and(|m| m > 50 * 1024 * 1024);
+            st.workers[0]
+                .slots
+                .iter()
+                .filter(|s| s.state == "busy")
+                .filter(held)
+                .count()
+                == 2
+        },
+    );
     let st = svc.status_json();
     let w = &st.workers[0];
     assert_eq!(w.slots.len(), 3);

@@ -1,26 +1,15 @@
 //! The file as written: a tree of TOML values that remembers where each value
 //! and each key sits, so that every later message can name a line.
 //!
-//! `toml::Spanned<T>` alone cannot do this: a table the file only implies (the
-//! `workers` of `[workers.x]`, the `a` of `a.b = 1`) has no span, and
-//! `Spanned` then refuses it. [`Loc`] asks the deserializer for a span the way
-//! `Spanned` does (the same struct name and field names, which toml checks
-//! for) and takes the plain value when none comes. The unit tests below fail
-//! loudly if a toml upgrade changes that handshake.
+//! toml's own document tree ([`DeTable`]) carries a span for every key and
+//! value, including the tables a file only implies (the `workers` of
+//! `[workers.x]`, the `a` of `a.b = 1`, which get their key's span); this
+//! module copies it into owned [`Loc`]s, in file order.
 
-use std::fmt;
 use std::ops::Range;
 
-use serde::de::{Deserialize, Deserializer, Error as _, MapAccess, SeqAccess, Visitor};
-
-// The names serde_spanned 0.6 (toml 0.8) uses to ask for a span.
-const SPANNED_NAME: &str = "$__serde_spanned_private_Spanned";
-const SPANNED_START: &str = "$__serde_spanned_private_start";
-const SPANNED_END: &str = "$__serde_spanned_private_end";
-const SPANNED_VALUE: &str = "$__serde_spanned_private_value";
-const SPANNED_FIELDS: &[&str] = &[SPANNED_START, SPANNED_END, SPANNED_VALUE];
-// toml hands a datetime over as a one-entry map under this key.
-const DATETIME_KEY: &str = "$__toml_private_datetime";
+use toml::de::{DeTable, DeValue};
+use toml::Spanned;
 
 /// A table key and where it is written.
 #[derive(Debug, Clone)]
@@ -64,197 +53,77 @@ impl Node {
     }
 }
 
-/// Parses TOML text into a located tree; the error is toml's (syntax,
-/// duplicate keys), with its span.
-pub(crate) fn parse(text: &str) -> Result<Loc, toml::de::Error> {
-    toml::from_str(text)
+/// Text that is not TOML (syntax, duplicate keys, an integer past i64).
+#[derive(Debug)]
+pub(crate) struct ParseError {
+    message: String,
+    span: Option<Range<usize>>,
 }
 
-impl<'de> Deserialize<'de> for Key {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct KeyVisitor;
-        impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a table key")
+impl ParseError {
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    pub fn span(&self) -> Option<Range<usize>> {
+        self.span.clone()
+    }
+}
+
+/// Parses TOML text into a located tree.
+pub(crate) fn parse(text: &str) -> Result<Loc, ParseError> {
+    let root = DeTable::parse(text).map_err(|e| {
+        let span = e.span();
+        let mut message = e.message().to_owned();
+        // toml points at the key but does not name it.
+        if let Some(key) = span.clone().and_then(|s| text.get(s)) {
+            if message == "duplicate key" && !key.is_empty() {
+                message = format!("duplicate key `{}`", key.trim());
             }
-            // A key without a span, or one of the span handshake's own field
-            // names (the caller tells them apart).
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key, E> {
-                Ok(Key {
-                    name: v.to_owned(),
-                    span: None,
+        }
+        ParseError { message, span }
+    })?;
+    Ok(Loc {
+        span: None,
+        node: table(root.get_ref())?,
+    })
+}
+
+fn table(t: &DeTable) -> Result<Node, ParseError> {
+    let mut entries = Vec::with_capacity(t.len());
+    for (key, value) in t.iter() {
+        let key = Key {
+            name: key.get_ref().to_string(),
+            span: Some(key.span()),
+        };
+        entries.push((key, loc(value)?));
+    }
+    Ok(Node::Table(entries))
+}
+
+fn loc(value: &Spanned<DeValue>) -> Result<Loc, ParseError> {
+    let span = value.span();
+    let node = match value.get_ref() {
+        DeValue::String(s) => Node::Str(s.to_string()),
+        DeValue::Integer(i) => match i64::from_str_radix(i.as_str(), i.radix()) {
+            Ok(n) => Node::Int(n),
+            Err(_) => {
+                return Err(ParseError {
+                    message: "integer out of range".into(),
+                    span: Some(span),
                 })
             }
-            // A key with its span: {start, end, value}.
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Key, A::Error> {
-                let (mut start, mut end, mut name) = (None, None, None);
-                while let Some(field) = map.next_key::<String>()? {
-                    match field.as_str() {
-                        SPANNED_START => start = Some(map.next_value::<usize>()?),
-                        SPANNED_END => end = Some(map.next_value::<usize>()?),
-                        SPANNED_VALUE => name = Some(map.next_value::<String>()?),
-                        other => {
-                            return Err(A::Error::custom(format!(
-                                "unexpected field {other} in a spanned key"
-                            )))
-                        }
-                    }
-                }
-                match (start, end, name) {
-                    (Some(start), Some(end), Some(name)) => Ok(Key {
-                        name,
-                        span: Some(start..end),
-                    }),
-                    _ => Err(A::Error::custom("incomplete spanned key")),
-                }
-            }
-        }
-        d.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, KeyVisitor)
-    }
-}
-
-/// Builds a [`Node`]; its children are [`Loc`]s.
-struct NodeVisitor;
-
-impl NodeVisitor {
-    fn table<'de, A: MapAccess<'de>>(mut map: A, first: Option<Key>) -> Result<Node, A::Error> {
-        let mut entries = Vec::new();
-        let mut next = first;
-        loop {
-            let key = match next.take() {
-                Some(key) => key,
-                None => match map.next_key::<Key>()? {
-                    Some(key) => key,
-                    None => break,
-                },
-            };
-            if key.span.is_none() && key.name == DATETIME_KEY && entries.is_empty() {
-                // Consume the datetime's text; slotman has no datetime keys.
-                let _: String = map.next_value()?;
-                return Ok(Node::Datetime);
-            }
-            let value = map.next_value::<Loc>()?;
-            entries.push((key, value));
-        }
-        Ok(Node::Table(entries))
-    }
-}
-
-impl<'de> Visitor<'de> for NodeVisitor {
-    type Value = Node;
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a TOML value")
-    }
-    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Node, E> {
-        Ok(Node::Bool(v))
-    }
-    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Node, E> {
-        Ok(Node::Int(v))
-    }
-    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Node, E> {
-        // TOML integers are i64; this only guards against a deserializer
-        // that reports small ones as unsigned.
-        i64::try_from(v)
-            .map(Node::Int)
-            .map_err(|_| E::custom("integer out of range"))
-    }
-    fn visit_f64<E: serde::de::Error>(self, _: f64) -> Result<Node, E> {
-        Ok(Node::Float)
-    }
-    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Node, E> {
-        Ok(Node::Str(v.to_owned()))
-    }
-    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Node, E> {
-        Ok(Node::Str(v))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Node, A::Error> {
-        let mut items = Vec::new();
-        while let Some(item) = seq.next_element::<Loc>()? {
-            items.push(item);
-        }
-        Ok(Node::Array(items))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Node, A::Error> {
-        NodeVisitor::table(map, None)
-    }
-}
-
-impl<'de> Deserialize<'de> for Node {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        d.deserialize_any(NodeVisitor)
-    }
-}
-
-impl<'de> Deserialize<'de> for Loc {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct LocVisitor;
-        impl LocVisitor {
-            fn bare<E>(node: Result<Node, E>) -> Result<Loc, E> {
-                node.map(|node| Loc { span: None, node })
-            }
-        }
-        impl<'de> Visitor<'de> for LocVisitor {
-            type Value = Loc;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a TOML value")
-            }
-            // Without a span the deserializer falls back to the plain value.
-            fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Loc, E> {
-                Self::bare(NodeVisitor.visit_bool(v))
-            }
-            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Loc, E> {
-                Self::bare(NodeVisitor.visit_i64(v))
-            }
-            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Loc, E> {
-                Self::bare(NodeVisitor.visit_u64(v))
-            }
-            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Loc, E> {
-                Self::bare(NodeVisitor.visit_f64(v))
-            }
-            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Loc, E> {
-                Self::bare(NodeVisitor.visit_str(v))
-            }
-            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Loc, E> {
-                Self::bare(NodeVisitor.visit_string(v))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Loc, A::Error> {
-                Self::bare(NodeVisitor.visit_seq(seq))
-            }
-            // Either the span handshake ({start, end, value}, keys without
-            // spans) or a table that has no span of its own.
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Loc, A::Error> {
-                let first = match map.next_key::<Key>()? {
-                    None => return Self::bare(Ok(Node::Table(Vec::new()))),
-                    Some(key) => key,
-                };
-                if first.span.is_some() || first.name != SPANNED_START {
-                    return Self::bare(NodeVisitor::table(map, Some(first)));
-                }
-                let start: usize = map.next_value()?;
-                let (mut end, mut node) = (None, None);
-                while let Some(field) = map.next_key::<Key>()? {
-                    match field.name.as_str() {
-                        SPANNED_END => end = Some(map.next_value::<usize>()?),
-                        SPANNED_VALUE => node = Some(map.next_value::<Node>()?),
-                        other => {
-                            return Err(A::Error::custom(format!(
-                                "unexpected field {other} in a spanned value"
-                            )))
-                        }
-                    }
-                }
-                match (end, node) {
-                    (Some(end), Some(node)) => Ok(Loc {
-                        span: Some(start..end),
-                        node,
-                    }),
-                    _ => Err(A::Error::custom("incomplete spanned value")),
-                }
-            }
-        }
-        d.deserialize_struct(SPANNED_NAME, SPANNED_FIELDS, LocVisitor)
-    }
+        },
+        DeValue::Float(_) => Node::Float,
+        DeValue::Boolean(b) => Node::Bool(*b),
+        DeValue::Datetime(_) => Node::Datetime,
+        DeValue::Array(items) => Node::Array(items.iter().map(loc).collect::<Result<_, _>>()?),
+        DeValue::Table(t) => table(t)?,
+    };
+    Ok(Loc {
+        span: Some(span),
+        node,
+    })
 }
 
 #[cfg(test)]
@@ -288,10 +157,10 @@ mod tests {
         assert_eq!(text_at(text, &k.span), "top");
         assert_eq!(text_at(text, &v.span), "1");
 
-        // `workers` is implied by the header: no span of its own, but its key has one.
+        // `workers` is implied by the header: it is where its key is.
         let (k, workers) = get(&root, "workers");
         assert_eq!(text_at(text, &k.span), "workers");
-        assert!(workers.span.is_none());
+        assert_eq!(text_at(text, &workers.span), "workers");
 
         let (k, a) = get(workers, "a");
         assert_eq!(text_at(text, &k.span), "a");
@@ -322,5 +191,21 @@ mod tests {
         assert!(err.span().is_some());
         let err = parse("a = 1\na = 2\n").unwrap_err();
         assert!(err.message().contains("duplicate"), "{}", err.message());
+        let err = parse("a = 1\nb = 9223372036854775808\n").unwrap_err();
+        assert_eq!(err.message(), "integer out of range");
+        assert_eq!(err.span(), Some(10..29));
+    }
+
+    #[test]
+    fn integers_in_every_radix_and_negative_ones_are_read() {
+        let root = parse("a = 0x1f\nb = -5\nc = 1_000\nd = 0o17\ne = 0b101\n").unwrap();
+        let ints: Vec<i64> = table(&root)
+            .iter()
+            .map(|(_, v)| match v.node {
+                Node::Int(n) => n,
+                ref other => panic!("not an integer: {other:?}"),
+            })
+            .collect();
+        assert_eq!(ints, [31, -5, 1000, 15, 5]);
     }
 }

@@ -684,11 +684,11 @@ fn no_workers() {
 fn syntax_errors_name_their_line() {
     check(
         "[workers.a]\ncommand = [\"/usr/bin/true\"]\nmin = \n",
-        "t.toml:3: invalid TOML: invalid string; expected `\"`, `'`",
+        "t.toml:3: invalid TOML: string values must be quoted, expected literal string",
     );
     check(
         "[workers.a]\nmin = 1\nmin = 2\n",
-        "t.toml:3: invalid TOML: duplicate key `min` in table `workers.a`",
+        "t.toml:3: invalid TOML: duplicate key `min`",
     );
 }
 

@@ -30,7 +30,7 @@ pub async fn fetch(dir: &Path, service: &str) -> anyhow::Result<ServiceStatus> {
                     tracing::debug!("{why}; asking again in {pause:?}");
                     busy = Some(why);
                     // Jitter, so that clients refused together come apart.
-                    let jitter = rand::random::<f64>() * 0.5 + 0.75;
+                    let jitter = 0.75 + 0.5 * fastrand::f64();
                     tokio::time::sleep(pause.mul_f64(jitter)).await;
                     pause = (pause * 2).min(Duration::from_millis(500));
                 }

@@ -16,7 +16,6 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rand::Rng;
 use tokio::sync::mpsc;
 
 use crate::config::{self, Config};
@@ -921,7 +920,7 @@ fn start_slot(
     let now = pool::now();
     let recycle_at = pool.worker.max_lifetime.and_then(|life| {
         // Splay up to 10% so that slots started together do not recycle together.
-        let splay = life.mul_f64(rand::thread_rng().gen_range(0.0..0.1));
+        let splay = life.mul_f64(0.1 * fastrand::f64());
         // Checked: a lifetime the clock cannot hold is never reached.
         config::values::after(now, life).and_then(|t| config::values::after(t, splay))
     });

@@ -255,7 +255,7 @@ fn kill_members(is_member: impl Fn(&procfs::Stat) -> bool) -> usize {
 /// it is open: if the check read the process the pidfd holds, that one is
 /// signalled; if that one exited in between, the signal finds no one,
 /// whoever has its pid now. Without pidfds (Linux before 5.3), by number.
-fn kill_checked(pid: u32, check: impl Fn(u32) -> bool) -> bool {
+pub fn kill_checked(pid: u32, check: impl Fn(u32) -> bool) -> bool {
     let Ok(raw) = i32::try_from(pid) else {
         return false;
     };

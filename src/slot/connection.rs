@@ -25,7 +25,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use rand::Rng;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
 use tokio::time::Instant;
@@ -226,7 +225,7 @@ pub async fn serve<R: JobRunner>(
                 }
             }
         }
-        let jittered = backoff.mul_f64(rand::thread_rng().gen_range(0.8..1.2));
+        let jittered = backoff.mul_f64(0.8 + 0.4 * fastrand::f64());
         tokio::select! {
             _ = drain.cancelled() => return,
             _ = tokio::time::sleep(jittered) => {}

@@ -1,14 +1,17 @@
 //! `slotman demo`: the whole product in one command, with no set-up.
 //!
-//! Starts a job server (the system's gearmand when one is installed, else an
-//! embedded rustygeard on a loopback port, unless `--job-server` is given),
+//! Starts a job server (the system's gearmand when one is installed, else
+//! the small embedded one in `jobserver`, unless `--job-server` is given),
 //! runs a manager in this process with a pool of demo handlers (slotman's
 //! own `demo-handler`, a stdio handler, so nothing else needs installing),
 //! submits a burst of background jobs, shows the pool growing to `max` and
-//! shrinking back, prints a summary and leaves nothing behind.
+//! shrinking back, then has a few clients wait for foreground jobs while
+//! one busy slot is killed (its job runs again on another slot), prints a
+//! summary and leaves nothing behind.
+
+pub mod jobserver;
 
 use std::io::{IsTerminal, Read, Write};
-use std::net::TcpListener;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -16,7 +19,7 @@ use anyhow::Context;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::control::proto::{ServiceStatus, WorkerStatus};
-use crate::gearman::client::Client;
+use crate::gearman::client::{Client, JobResult};
 use crate::manager::{Event, Manager};
 use crate::placement::Placement;
 
@@ -38,8 +41,10 @@ const WORKLEFT: u32 = 5;
 enum JobServer {
     External,
     Gearmand(std::process::Child),
-    /// rustygeard runs on its own thread until the process exits.
-    Embedded,
+    /// The embedded one; it stops when dropped.
+    Embedded {
+        _server: jobserver::JobServer,
+    },
 }
 
 impl Drop for JobServer {
@@ -52,7 +57,9 @@ impl Drop for JobServer {
 }
 
 fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn find_gearmand() -> Option<PathBuf> {
@@ -66,39 +73,31 @@ async fn start_job_server(opts: &Options) -> anyhow::Result<(String, JobServer, 
     if let Some(addr) = &opts.job_server {
         return Ok((addr.clone(), JobServer::External, "given with --job-server"));
     }
+    let Some(gearmand) = find_gearmand() else {
+        let server = jobserver::JobServer::start(([127, 0, 0, 1], 0).into())
+            .await
+            .context("starting the embedded job server")?;
+        return Ok((
+            server.addr().to_string(),
+            JobServer::Embedded { _server: server },
+            "embedded demo job server: no gearmand on PATH",
+        ));
+    };
     let port = free_port()?;
     let addr = format!("127.0.0.1:{port}");
-    let (server, what) = match find_gearmand() {
-        Some(gearmand) => {
-            let child = std::process::Command::new(gearmand)
-                .args([
-                    "--listen=127.0.0.1",
-                    &format!("--port={port}"),
-                    "--log-file=none",
-                    "--threads=1",
-                ])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .context("starting gearmand")?;
-            (JobServer::Gearmand(child), "gearmand from PATH")
-        }
-        None => {
-            let sock: std::net::SocketAddr = addr.parse()?;
-            std::thread::Builder::new()
-                .name("rustygeard".into())
-                .spawn(move || {
-                    if let Err(e) = rustygeard::server::GearmanServer::run(sock, None) {
-                        eprintln!("embedded job server failed: {e}");
-                    }
-                })?;
-            (
-                JobServer::Embedded,
-                "embedded rustygeard (no gearmand on PATH)",
-            )
-        }
-    };
+    let child = std::process::Command::new(gearmand)
+        .args([
+            "--listen=127.0.0.1",
+            &format!("--port={port}"),
+            "--log-file=none",
+            "--threads=1",
+        ])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting gearmand")?;
+    let server = JobServer::Gearmand(child);
     let deadline = Instant::now() + Duration::from_secs(10);
     while tokio::net::TcpStream::connect(&addr).await.is_err() {
         anyhow::ensure!(
@@ -107,7 +106,7 @@ async fn start_job_server(opts: &Options) -> anyhow::Result<(String, JobServer, 
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok((addr, server, what))
+    Ok((addr, server, "gearmand from PATH"))
 }
 
 pub async fn run(opts: Options) -> anyhow::Result<()> {
@@ -126,7 +125,12 @@ pub async fn run(opts: Options) -> anyhow::Result<()> {
 
     let (tx, rx) = mpsc::unbounded_channel();
     let manager = tokio::spawn(Manager::new(config, Placement::Child, tx.clone()).run(rx));
-    let result = drive(&opts, &addr, &tx).await;
+    let result = async {
+        let burst = drive(&opts, &addr, &tx).await?;
+        let waited = foreground(&addr, &tx).await?;
+        anyhow::Ok(format!("{burst}\n{waited}"))
+    }
+    .await;
     let _ = tx.send(Event::Stop);
     manager.await??;
     let _ = std::fs::remove_dir_all(&dir);
@@ -166,8 +170,7 @@ async fn drive(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Background jobs: every job server drains them reliably, and the
-    // manager's own counters tell when each has run.
+    // Background jobs: the manager's own counters tell when each has run.
     let mut client = Client::connect(addr).await?;
     for i in 0..opts.jobs {
         client
@@ -241,6 +244,110 @@ async fn drive(
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// Foreground clients: each submits one job and waits for its answer.
+const FG_CLIENTS: u32 = 4;
+/// Milliseconds each foreground job works: long enough to kill its slot
+/// in the middle.
+const FG_JOB_MS: u32 = 1200;
+
+/// Foreground jobs, one per client, while one busy slot is killed: its job
+/// server hands the job to another slot and its client still gets the
+/// answer. Returns the summary line.
+async fn foreground(addr: &str, tx: &mpsc::UnboundedSender<Event>) -> anyhow::Result<String> {
+    println!(
+        "\n{FG_CLIENTS} clients each submit a {FG_JOB_MS}ms job and wait for the answer; a busy slot will be killed"
+    );
+    let mut clients = Vec::new();
+    for i in 0..FG_CLIENTS {
+        let mut client = Client::connect(addr).await?;
+        let unique = format!("fg-{i}-{}", std::process::id());
+        clients.push(tokio::spawn(async move {
+            let reply = client
+                .submit("demo::work", &unique, FG_JOB_MS.to_string())
+                .await;
+            (unique, reply)
+        }));
+    }
+    let killed = kill_a_busy_slot(tx).await?;
+    match &killed {
+        Some((slot, pid, handle)) => {
+            println!("  SIGKILLed slot {slot} (runner pid {pid}) in the middle of job {handle}")
+        }
+        None => println!("  no slot was busy long enough to be killed"),
+    }
+    let mut complete = 0;
+    let mut rerun = false;
+    for client in clients {
+        let (unique, reply) = tokio::time::timeout(Duration::from_secs(60), client)
+            .await
+            .context("a foreground job got no answer within 60s")??;
+        let reply = reply.with_context(|| format!("foreground job {unique}"))?;
+        let again = killed.as_ref().is_some_and(|k| k.2 == reply.handle);
+        rerun |= again;
+        let progress: Vec<String> = reply
+            .statuses
+            .iter()
+            .map(|(n, d)| format!("{n}/{d}"))
+            .collect();
+        let result = match &reply.result {
+            JobResult::Complete(data) => {
+                complete += 1;
+                String::from_utf8_lossy(data).into_owned()
+            }
+            JobResult::Fail => "failed".to_string(),
+            JobResult::Exception(data) => format!("exception {}", String::from_utf8_lossy(data)),
+        };
+        println!(
+            "  {} {unique}: {result} (progress {}){}",
+            reply.handle,
+            progress.join(", "),
+            if again {
+                ", run again after its slot was killed"
+            } else {
+                ""
+            }
+        );
+    }
+    Ok(format!(
+        "foreground: {complete} of {FG_CLIENTS} answered complete{}.",
+        match (&killed, rerun) {
+            (Some(_), true) => "; the killed slot's job ran again on another slot",
+            _ => "",
+        }
+    ))
+}
+
+/// Waits until a slot is in the middle of a job and SIGKILLs its runner, as
+/// a crash would: its slot id, pid and job handle. `None` if no slot got
+/// that far within 10 s.
+async fn kill_a_busy_slot(
+    tx: &mpsc::UnboundedSender<Event>,
+) -> anyhow::Result<Option<(u32, u32, String)>> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mid_job = f64::from(FG_JOB_MS) / 1000.0 / 4.0;
+    while Instant::now() < deadline {
+        let s = snapshot(tx).await?;
+        let busy = worker(&s).and_then(|w| {
+            w.slots.iter().find_map(|slot| {
+                let job = slot.job.as_ref().filter(|j| j.running_secs >= mid_job)?;
+                Some((slot.id, slot.pid?, job.handle.clone()))
+            })
+        });
+        if let Some((slot, pid, handle)) = busy {
+            // Only our own live child: the runner's pid cannot have been
+            // reused while it is our unreaped child.
+            let me = std::process::id();
+            let ours =
+                |p: u32| crate::procfs::stat(p).is_some_and(|st| st.ppid == me && !st.is_zombie());
+            if crate::placement::child::kill_checked(pid, ours) {
+                return Ok(Some((slot, pid, handle)));
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(None)
 }
 
 fn tempfile_dir() -> anyhow::Result<PathBuf> {
