@@ -75,16 +75,6 @@ fn target_dir() -> PathBuf {
         .expect("the test binary lives in TARGET/PROFILE/")
 }
 
-fn tool_on_path(tool: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 fn run(cmd: &mut Command) -> std::process::Output {
     let out = cmd
         .output()
@@ -170,7 +160,7 @@ fn every_config_key_is_in_the_reference_and_its_man_page() {
 /// command users see has its page.
 #[test]
 fn the_man_pages_render_cleanly_and_every_command_has_one() {
-    if !tool_on_path("man") || !tool_on_path("lexgrog") {
+    if !common::tool_on_path("man") || !common::tool_on_path("lexgrog") {
         skip("package", "man-db is not installed (apt install man-db)");
         return;
     }
@@ -360,7 +350,7 @@ fn the_package_holds_what_the_contract_names() {
 #[test]
 fn lintian_finds_no_error_and_only_accepted_warnings() {
     let Some(deb) = package() else { return };
-    if !tool_on_path("lintian") {
+    if !common::tool_on_path("lintian") {
         skip("package", "lintian is not installed (apt install lintian)");
         return;
     }
@@ -400,14 +390,7 @@ fn lintian_finds_no_error_and_only_accepted_warnings() {
 /// is a container image's way of saying "start no services", and this box
 /// is a machine that runs them.
 fn machine(dirs: &[&Path]) -> Option<SdBox> {
-    let binds: Vec<Bind> = dirs
-        .iter()
-        .map(|d| Bind {
-            src: d.to_path_buf(),
-            dst: d.to_path_buf(),
-        })
-        .collect();
-    let sd = SdBox::start_full(&binds, true)?;
+    let sd = SdBox::start_full(&Bind::same_paths(dirs), true)?;
     sd.sh("rm -f /usr/sbin/policy-rc.d")
         .assert_ok("removing policy-rc.d in the box");
     Some(sd)
@@ -499,7 +482,7 @@ fn slot_pids(sd: &SdBox) -> Vec<u32> {
 fn installed_upgraded_removed_and_purged_in_a_booted_systemd() {
     let Some(deb) = package() else { return };
     for tool in ["gearman", "gearadmin", "dpkg-deb", "man"] {
-        if !tool_on_path(tool) {
+        if !common::tool_on_path(tool) {
             skip(
                 "package",
                 &format!("`{tool}` is not installed (gearman-tools, dpkg, man-db)"),

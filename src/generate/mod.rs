@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap_complete::Shell;
-use roff::{bold, italic, roman, Roff};
+use roff::{bold, italic, roman, Inline, Roff};
 
 /// The configuration reference, compiled in: the man page is rendered from
 /// the same text users read in the docs.
@@ -155,11 +155,10 @@ fn see_also(roff: &mut Roff, pages: &[(&str, &str)]) {
 }
 
 /// What `slotman(1)` says beyond the options: how it is used under
-/// systemd, its files, its exit statuses.
+/// systemd, its files, its exit statuses, its environment.
 fn main_page_sections() -> Roff {
     let mut roff = Roff::new();
-    roff.control("SH", ["EXAMPLES"]);
-    for (command, what) in [
+    let examples = [
         ("$EDITOR /etc/slotman/billing.toml", "one file per service"),
         (
             "slotman check /etc/slotman/billing.toml",
@@ -201,13 +200,8 @@ fn main_page_sections() -> Roff {
             "slotman demo",
             "a job server, a pool and a burst of jobs, live",
         ),
-    ] {
-        roff.control("TP", []);
-        roff.text([bold(command)]);
-        roff.text([roman(what)]);
-    }
-    roff.control("SH", ["FILES"]);
-    for (file, what) in [
+    ];
+    let files = [
         (
             "/etc/slotman/SERVICE.toml",
             "the configuration of the service SERVICE; see slotman.toml(5)",
@@ -236,13 +230,8 @@ fn main_page_sections() -> Roff {
             "/usr/share/doc/slotman/",
             "the README and the configuration reference",
         ),
-    ] {
-        roff.control("TP", []);
-        roff.text([italic(file)]);
-        roff.text([roman(what)]);
-    }
-    roff.control("SH", ["EXIT STATUS"]);
-    for (code, what) in [
+    ];
+    let exit_statuses = [
         ("0", "success"),
         (
             "1",
@@ -252,13 +241,8 @@ fn main_page_sections() -> Roff {
             "78",
             "run: the configuration is invalid (EX_CONFIG; the unit does not restart on it)",
         ),
-    ] {
-        roff.control("TP", []);
-        roff.text([bold(code)]);
-        roff.text([roman(what)]);
-    }
-    roff.control("SH", ["ENVIRONMENT"]);
-    for (var, what) in [
+    ];
+    let environment = [
         (
             "RUST_LOG",
             "log filter of the manager and its slots, e.g. debug (default info)",
@@ -268,12 +252,22 @@ fn main_page_sections() -> Roff {
             "directory of the control sockets (set by systemd; default /run/slotman)",
         ),
         ("NO_COLOR", "no colours in log lines written to a terminal"),
-    ] {
-        roff.control("TP", []);
-        roff.text([bold(var)]);
-        roff.text([roman(what)]);
-    }
+    ];
+    entries(&mut roff, "EXAMPLES", &examples, bold);
+    entries(&mut roff, "FILES", &files, italic);
+    entries(&mut roff, "EXIT STATUS", &exit_statuses, bold);
+    entries(&mut roff, "ENVIRONMENT", &environment, bold);
     roff
+}
+
+/// A section of `.TP` entries: each term in `style`, then what it is.
+fn entries(roff: &mut Roff, heading: &str, items: &[(&str, &str)], style: fn(String) -> Inline) {
+    roff.control("SH", [heading]);
+    for (term, what) in items {
+        roff.control("TP", []);
+        roff.text([style(term.to_string())]);
+        roff.text([roman(*what)]);
+    }
 }
 
 /// Creates `dir/name` and writes it with `f`.

@@ -53,6 +53,19 @@ pub struct Bind {
     pub dst: PathBuf,
 }
 
+impl Bind {
+    /// Each of `paths` at the same path inside.
+    pub fn same_paths(paths: &[&Path]) -> Vec<Bind> {
+        paths
+            .iter()
+            .map(|p| Bind {
+                src: p.to_path_buf(),
+                dst: p.to_path_buf(),
+            })
+            .collect()
+    }
+}
+
 impl SdBox {
     /// Whether this host can run a box; `Err` says what is missing.
     pub fn probe() -> Result<(), String> {
@@ -117,14 +130,7 @@ impl SdBox {
     /// inside. `None` (after [`super::skip`]) if the host cannot run one;
     /// panics with the box's logs if it can but the box does not come up.
     pub fn start(binds: &[&Path]) -> Option<SdBox> {
-        let binds: Vec<Bind> = binds
-            .iter()
-            .map(|p| Bind {
-                src: p.to_path_buf(),
-                dst: p.to_path_buf(),
-            })
-            .collect();
-        SdBox::start_with(&binds)
+        SdBox::start_with(&Bind::same_paths(binds))
     }
 
     /// [`SdBox::start`] with mounts at other places inside than outside.
