@@ -212,6 +212,28 @@ fn the_man_pages_render_cleanly_and_every_command_has_one() {
     );
 }
 
+/// `slotman generate` where nothing can be written: exit 1, and the
+/// reason with the directory, not a panic.
+#[test]
+fn generate_into_a_place_that_cannot_be_written_fails_clearly() {
+    let file = tempfile::NamedTempFile::new().expect("a temp file");
+    let dir = file.path().join("man");
+    for what in ["man", "completions"] {
+        let out = Command::new(common::slotman_bin())
+            .args(["generate", what])
+            .arg(&dir)
+            .output()
+            .expect("running slotman generate");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{}", describe(&out));
+        assert!(
+            stderr.contains(&format!("writing into {}", dir.display()))
+                && !stderr.contains("panicked"),
+            "{stderr}"
+        );
+    }
+}
+
 /// The bash completion, sourced into bash, completes the commands.
 #[test]
 fn the_bash_completion_completes_commands() {
