@@ -64,6 +64,7 @@ fn worker(kind: HandlerKind, command: &[&str]) -> WorkerConfig {
         max_spawn_rate: 32,
         scale_on_queue: true,
         prefetch: false,
+        proxy: true,
         pin_cpu: true,
         ready_timeout: Duration::from_secs(30),
     }

@@ -652,9 +652,10 @@ fn a_native_worker_is_supervised_and_grown_from_the_queue() {
         return;
     };
     let port = g.addr.rsplit(':').next().expect("port").to_string();
-    // `gearman -w` is an ordinary Gearman worker: it runs `sleep 0.3; cat` per job.
+    // `gearman -w` is an ordinary Gearman worker: it runs `sleep 0.3; cat` per
+    // job. Without the relay (`proxy = false`) the slot is blind to its jobs.
     let mut svc = Service::new(&format!(
-        "[workers.n]\nkind = \"native\"\ncommand = [\"{gearman}\", \"-h\", \"127.0.0.1\", \"-p\", \"{port}\", \"-w\", \"-f\", \"n::echo\", \"--\", \"sh\", \"-c\", \"sleep 0.3; cat\"]\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 3\nidle_timeout = \"1s\"\n",
+        "[workers.n]\nkind = \"native\"\ncommand = [\"{gearman}\", \"-h\", \"127.0.0.1\", \"-p\", \"{port}\", \"-w\", \"-f\", \"n::echo\", \"--\", \"sh\", \"-c\", \"sleep 0.3; cat\"]\nfunctions = [\"echo\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 3\nidle_timeout = \"1s\"\nproxy = false\n",
         g.addr
     ));
     svc.start();

@@ -18,7 +18,7 @@
 //! kind DESIGN.md presents as the successor of the seed's workers), `prefix`
 //! "NAME::", `min` 1, `max` 4, `workleft` 0 (never), `idle_timeout` 10s, no
 //! `timeout`, no `max_lifetime`, `max_packet_size` 64M, `ready_timeout` 30s,
-//! no limits. `command`
+//! no limits, `proxy` true (native workers). `command`
 //! has no default, nor has `functions` for exec and stdio workers.
 //!
 //! # Value syntax
@@ -179,6 +179,10 @@ pub struct WorkerConfig {
     /// more throughput for short jobs, but a job may wait behind a long
     /// one in this slot while another slot is idle; default false.
     pub prefetch: bool,
+    /// `native` workers only: hand the worker the slot's relay addresses
+    /// (`SLOTMAN_JOB_SERVERS`, `{job_servers}`) so that slotman sees its
+    /// jobs; `false`: the real job servers, supervision only. Default true.
+    pub proxy: bool,
     /// Pin each slot's runner and stdio handler to one CPU while they
     /// stream short jobs and the service has more slots than CPUs
     /// (`slot/cpu.rs`); default false: it changes the CPU affinity of the
@@ -256,7 +260,7 @@ impl WorkerConfig {
     /// sets on their running scopes (systemd's SetUnitProperties). Anything
     /// else a slot was started with (command, kind, env, functions, prefix,
     /// job servers, user, group, directory, `workleft`, `timeout`,
-    /// `recycle_rss`, packet size, `prefetch`) means replacing the slots.
+    /// `recycle_rss`, packet size, `prefetch`, `proxy`) means replacing the slots.
     pub fn same_processes(&self, other: &WorkerConfig) -> bool {
         // Destructured without `..` so that a new field has to be sorted into
         // one group or the other here before this compiles.
@@ -287,6 +291,7 @@ impl WorkerConfig {
             max_spawn_rate: _,
             scale_on_queue: _,
             prefetch,
+            proxy,
             pin_cpu: _,
             ready_timeout: _,
         } = self;
@@ -305,5 +310,6 @@ impl WorkerConfig {
             && *group == other.group
             && *max_packet_size == other.max_packet_size
             && *prefetch == other.prefetch
+            && *proxy == other.proxy
     }
 }

@@ -146,6 +146,7 @@ fn builtin_defaults_fill_every_key() {
         max_spawn_rate: 64,
         scale_on_queue: true,
         prefetch: false,
+        proxy: true,
         pin_cpu: false,
         ready_timeout: Duration::from_secs(30),
     };
@@ -243,6 +244,7 @@ fn every_worker_key_is_accepted_in_defaults() {
         ("max_spawn_rate", "8"),
         ("scale_on_queue", "false"),
         ("prefetch", "true"),
+        ("proxy", "false"),
         ("pin_cpu", "true"),
         ("ready_timeout", "\"5s\""),
     ]
@@ -782,6 +784,7 @@ fn same_processes_ignores_pool_sizing_and_limits() {
         |w| w.group = Some("g".into()),
         |w| w.recycle_rss = Some(1),
         |w| w.max_packet_size = 1,
+        |w| w.proxy = !w.proxy,
     ];
     for change in different {
         let mut other = base.clone();

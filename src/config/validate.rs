@@ -55,6 +55,7 @@ pub(crate) const WORKER_KEYS: &[&str] = &[
     "max_spawn_rate",
     "scale_on_queue",
     "prefetch",
+    "proxy",
     "pin_cpu",
     "ready_timeout",
 ];
@@ -219,6 +220,7 @@ struct Keys {
     max_spawn_rate: Field<u32>,
     scale_on_queue: Field<bool>,
     prefetch: Field<bool>,
+    proxy: Field<bool>,
     pin_cpu: Field<bool>,
     ready_timeout: Field<Duration>,
 }
@@ -469,6 +471,7 @@ fn read_keys(ctx: &mut Ctx, base: &str, entries: &[(Key, Loc)], table_line: usiz
             }
             "scale_on_queue" => k.scale_on_queue = Field::new(boolean(ctx, &a, value), at),
             "prefetch" => k.prefetch = Field::new(boolean(ctx, &a, value), at),
+            "proxy" => k.proxy = Field::new(boolean(ctx, &a, value), at),
             "pin_cpu" => k.pin_cpu = Field::new(boolean(ctx, &a, value), at),
             // No "0 means none": a handler that never says READY is the
             // fault this deadline exists for.
@@ -660,6 +663,7 @@ fn finish(
             .0,
         scale_on_queue: w.scale_on_queue.over(&d.scale_on_queue).or_builtin(true)?.0,
         prefetch: w.prefetch.over(&d.prefetch).or_builtin(false)?.0,
+        proxy: w.proxy.over(&d.proxy).or_builtin(true)?.0,
         pin_cpu: w.pin_cpu.over(&d.pin_cpu).or_builtin(false)?.0,
         ready_timeout: w
             .ready_timeout

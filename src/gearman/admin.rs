@@ -48,6 +48,27 @@ pub fn add_waiting(
     }
 }
 
+/// Jobs of one function, waiting and running, over the job servers read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Load {
+    /// Queued and not yet handed to a worker.
+    pub waiting: u64,
+    /// Handed to a worker, not yet answered.
+    pub running: u64,
+}
+
+/// Adds each function's waiting and running jobs in `rows` into `into`.
+pub fn add_load(
+    into: &mut std::collections::HashMap<String, Load>,
+    rows: impl IntoIterator<Item = FunctionStatus>,
+) {
+    for r in rows {
+        let l = into.entry(r.name).or_default();
+        l.waiting = l.waiting.saturating_add(r.queued.saturating_sub(r.running));
+        l.running = l.running.saturating_add(r.running);
+    }
+}
+
 /// One line of `workers`: a connection (worker or client) to the job server.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerInfo {
@@ -349,6 +370,29 @@ mod tests {
             Err(AdminError::Server(msg)) => assert!(msg.starts_with("ERR UNKNOWN_COMMAND")),
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn load_adds_up_over_servers() {
+        let mut l = std::collections::HashMap::new();
+        add_load(&mut l, vec![fs("a", 5, 2, 1), fs("b", 1, 1, 1)]);
+        add_load(&mut l, vec![fs("a", 3, 0, 1), fs("a", u64::MAX, 0, 0)]);
+        // A server that reports more running than queued: none waiting.
+        add_load(&mut l, vec![fs("b", 1, 4, 1)]);
+        assert_eq!(
+            l["a"],
+            Load {
+                waiting: u64::MAX,
+                running: 2
+            }
+        );
+        assert_eq!(
+            l["b"],
+            Load {
+                waiting: 0,
+                running: 5
+            }
+        );
     }
 
     #[test]

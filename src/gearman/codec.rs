@@ -49,10 +49,41 @@ impl Decoder for PacketCodec {
     /// its arguments sliced out of the buffer without copying. At end of
     /// stream the default `decode_eof` turns leftover bytes into an `Io`
     /// error, so a connection cut mid-packet is not mistaken for a clean close.
+    ///
+    /// The header is checked as soon as it is here ([`PacketCodec::peek`]).
     fn decode(&mut self, src: &mut BytesMut) -> Result<Option<Packet>, ProtocolError> {
-        // Refuse a wrong magic as soon as it is visible: a text reply such as
-        // "ERR ...\r\n" is shorter than a header and would otherwise leave
-        // us waiting for bytes that never come.
+        let (header, total) = match self.peek(src)? {
+            Peek::Whole(header, total) => (header, total),
+            Peek::Partial(total) => {
+                reserve_packet(src, total);
+                return Ok(None);
+            }
+        };
+        let mut frame = src.split_to(total);
+        frame.advance(HEADER_LEN);
+        Packet::from_body(header.magic, header.kind, frame.freeze()).map(Some)
+    }
+}
+
+/// What the start of a buffer holds, as far as framing goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Peek {
+    /// A whole packet of this many bytes, header included.
+    Whole(Header, usize),
+    /// The start of a packet of this many bytes (0: the header is not
+    /// complete yet).
+    Partial(usize),
+}
+
+impl PacketCodec {
+    /// Frames the packet at the start of `src` without consuming it: the
+    /// relay passes packets on as bytes and decodes only their header (and
+    /// what it acts on, with [`super::packet::split_body`]). Errors as
+    /// `decode`: a wrong magic as soon as it is visible (a text reply such
+    /// as "ERR ...\r\n" is shorter than a header and would otherwise leave
+    /// us waiting for bytes that never come), an unknown type, a body above
+    /// the limit before any of it is buffered.
+    pub fn peek(&self, src: &[u8]) -> Result<Peek, ProtocolError> {
         if let Some(prefix) = src.get(..4) {
             let mut magic = [0u8; 4];
             magic.copy_from_slice(prefix);
@@ -61,7 +92,7 @@ impl Decoder for PacketCodec {
             }
         }
         let Some(raw) = src.get(..HEADER_LEN) else {
-            return Ok(None);
+            return Ok(Peek::Partial(0));
         };
         let mut header_bytes = [0u8; HEADER_LEN];
         header_bytes.copy_from_slice(raw);
@@ -76,19 +107,21 @@ impl Decoder for PacketCodec {
         // 32 bits on every target tokio supports.
         let total = HEADER_LEN + header.size as usize;
         if src.len() < total {
-            if src.capacity() < total {
-                // Grow to exactly one packet. `BytesMut::reserve` may double
-                // the allocation, which for a near-limit body would overshoot
-                // the limit by up to 2x.
-                let mut grown = BytesMut::with_capacity(total);
-                grown.extend_from_slice(src);
-                *src = grown;
-            }
-            return Ok(None);
+            return Ok(Peek::Partial(total));
         }
-        let mut frame = src.split_to(total);
-        frame.advance(HEADER_LEN);
-        Packet::from_body(header.magic, header.kind, frame.freeze()).map(Some)
+        Ok(Peek::Whole(header, total))
+    }
+}
+
+/// Makes room in `src` for a packet of `total` bytes that starts at its
+/// beginning. `BytesMut::reserve` may double the allocation, which for a
+/// near-limit body would overshoot the limit by up to 2x: this grows to
+/// exactly one packet.
+pub fn reserve_packet(src: &mut BytesMut, total: usize) {
+    if src.capacity() < total {
+        let mut grown = BytesMut::with_capacity(total);
+        grown.extend_from_slice(src);
+        *src = grown;
     }
 }
 

@@ -270,36 +270,12 @@ impl Packet {
     }
 
     /// Splits a body into the arguments its type prescribes. The body is
-    /// sliced, not copied. Errors: `NonEmptyBody` for a zero-argument type
-    /// with a body, `WrongArgs` when there are fewer separators than the type
-    /// needs (more are part of the last argument). Never panics.
+    /// sliced, not copied. Errors as [`split_body`]. Never panics.
     pub fn from_body(magic: Magic, kind: PacketType, body: Bytes) -> Result<Packet, ProtocolError> {
-        let expected = kind.arg_count();
-        if expected == 0 {
-            if !body.is_empty() {
-                return Err(ProtocolError::NonEmptyBody { kind });
-            }
-            return Ok(Packet {
-                magic,
-                kind,
-                args: Vec::new(),
-            });
-        }
-        // `expected` comes from our own table (at most 8), never from the peer.
-        let mut args = Vec::with_capacity(expected);
-        let mut rest = body;
-        while args.len() + 1 < expected {
-            let Some(nul) = rest.iter().position(|&b| b == 0) else {
-                return Err(ProtocolError::WrongArgs {
-                    kind,
-                    expected,
-                    got: args.len() + 1,
-                });
-            };
-            args.push(rest.slice(..nul));
-            rest = rest.slice(nul + 1..);
-        }
-        args.push(rest);
+        let args = split_body(kind, &body)?
+            .iter()
+            .map(|a| body.slice_ref(a))
+            .collect();
         Ok(Packet { magic, kind, args })
     }
 
@@ -377,6 +353,67 @@ impl Packet {
     }
 }
 
+/// Most arguments any packet type has (SUBMIT_JOB_SCHED).
+pub const MAX_ARGS: usize = 8;
+
+/// A body's arguments, borrowed from it: what [`split_body`] returns, with
+/// no allocation (the relay looks into every packet it passes on).
+#[derive(Debug, Clone, Copy)]
+pub struct Args<'a> {
+    args: [&'a [u8]; MAX_ARGS],
+    len: usize,
+}
+
+impl<'a> Args<'a> {
+    /// Argument `i`, or an empty slice if there is no such argument.
+    pub fn get(&self, i: usize) -> &'a [u8] {
+        if i < self.len {
+            self.args[i]
+        } else {
+            &[]
+        }
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &'a [u8]> + '_ {
+        self.args[..self.len].iter().copied()
+    }
+}
+
+/// Splits `body` into the arguments `kind` prescribes. Errors:
+/// `NonEmptyBody` for a zero-argument type with a body, `WrongArgs` when
+/// there are fewer separators than the type needs (more are part of the
+/// last argument). Never panics.
+pub fn split_body(kind: PacketType, body: &[u8]) -> Result<Args<'_>, ProtocolError> {
+    let expected = kind.arg_count();
+    let mut out = Args {
+        args: [&[]; MAX_ARGS],
+        len: 0,
+    };
+    if expected == 0 {
+        if !body.is_empty() {
+            return Err(ProtocolError::NonEmptyBody { kind });
+        }
+        return Ok(out);
+    }
+    let mut rest = body;
+    // `expected` comes from our own table (at most MAX_ARGS), never from the peer.
+    while out.len + 1 < expected {
+        let Some(nul) = rest.iter().position(|&b| b == 0) else {
+            return Err(ProtocolError::WrongArgs {
+                kind,
+                expected,
+                got: out.len + 1,
+            });
+        };
+        out.args[out.len] = &rest[..nul];
+        out.len += 1;
+        rest = &rest[nul + 1..];
+    }
+    out.args[out.len] = rest;
+    out.len += 1;
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -391,7 +428,7 @@ mod tests {
         for &t in PacketType::ALL {
             assert_eq!(PacketType::from_u32(t as u32), Some(t));
             assert!(!t.name().is_empty());
-            assert!(t.arg_count() <= 8);
+            assert!(t.arg_count() <= MAX_ARGS);
         }
         for n in [0u32, 5, 43, 1000, u32::MAX] {
             assert_eq!(PacketType::from_u32(n), None, "{n}");

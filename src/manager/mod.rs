@@ -5,13 +5,14 @@
 
 mod commands;
 mod cpus;
+mod fleet;
 pub mod health;
 pub mod policy;
 pub mod pool;
 mod slot_task;
 mod status;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -45,11 +46,25 @@ pub enum Event {
     Stop,
     /// A snapshot for `slotman status`, the demo or metrics.
     Status(tokio::sync::oneshot::Sender<ServiceStatus>),
-    /// Jobs waiting at the job servers, per worker (from admin `status`).
-    QueueDepth(Vec<(String, u64)>),
+    /// What the job servers said of the saturated pools' queues.
+    QueueDepth(Vec<QueueRead>),
     /// An operator's command (`slotman reload|restart|drain|pause|resume`)
     /// and where its answer goes.
     Command(Command, Reply),
+}
+
+/// One pool's queue as the job servers showed it (admin `status`, and
+/// `workers` when the fleet was to be read again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueRead {
+    pub worker: String,
+    /// Jobs waiting, over every job server that answered.
+    pub waiting: u64,
+    /// Jobs running, likewise.
+    pub running: u64,
+    /// Other hosts and their slots, with the largest answer's size in
+    /// bytes; `None` when `workers` was not read (or no server answered).
+    pub peers: Option<(u32, u32, usize)>,
 }
 
 /// What a slot task reports, in the order it happened.
@@ -63,9 +78,14 @@ pub enum SlotEvent {
 
 /// How long a stopping manager waits for killed slots to be reaped.
 const KILL_GRACE: Duration = Duration::from_secs(5);
-/// How often the job servers' queues are read while a pool is saturated.
-const QUEUE_POLL: Duration = Duration::from_millis(100);
+/// How long a job server has to answer an admin command of a queue read …
 const QUEUE_POLL_TIMEOUT: Duration = Duration::from_secs(2);
+/// … or this long after another job server answered: a hung one must not
+/// hold up every read (and growth) by the whole timeout.
+const QUEUE_POLL_LAG: Duration = Duration::from_millis(200);
+/// Set to `per-host` (benchmarks only): every host grows for the whole
+/// queue, as before fleets were seen (`bench/fleet` compares the two).
+const FLEET_RULE_ENV: &str = "SLOTMAN_FLEET_RULE";
 /// Least time between two STATUS= updates.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -94,6 +114,9 @@ struct QueueQuery {
     worker: String,
     servers: Vec<String>,
     functions: Vec<String>,
+    /// Read `workers` too if jobs wait: the pool's own client ids and the
+    /// prefix of its fleet's (`slotman:SERVICE:WORKER:`).
+    fleet: Option<(std::collections::HashSet<String>, String)>,
 }
 
 pub struct Manager {
@@ -115,6 +138,9 @@ pub struct Manager {
     queue_inflight: bool,
     /// When the job servers' queues were last read.
     queue_polled: Option<Instant>,
+    /// Grow for this host's share of a queue other hosts serve too (off
+    /// only through [`FLEET_RULE_ENV`], for comparison).
+    fleet_share: bool,
     /// Pools an event touched since the policy last ran on them: the policy
     /// runs per event only where something changed.
     dirty: std::collections::BTreeSet<String>,
@@ -181,6 +207,7 @@ impl Manager {
             queue_poll: None,
             queue_inflight: false,
             queue_polled: None,
+            fleet_share: std::env::var(FLEET_RULE_ENV).map_or(true, |v| v != "per-host"),
             dirty: Default::default(),
             pool_wake: BTreeMap::new(),
             status_sent: None,
@@ -256,7 +283,9 @@ impl Manager {
             .filter(|(_, p)| {
                 !p.removed
                     && !p.faults.failed
-                    && (p.worker.kind == crate::config::HandlerKind::Native
+                    // A native worker without the relay is blind: only the
+                    // queue tells.
+                    && ((p.worker.kind == crate::config::HandlerKind::Native && !p.worker.proxy)
                         || (p.worker.scale_on_queue
                             && p.count(|s| matches!(s, SlotState::Idle { .. })) == 0))
             })
@@ -267,13 +296,34 @@ impl Manager {
                     .iter()
                     .map(|f| p.worker.registered_name(f))
                     .collect();
+                let now = pool::now();
+                let stale = p
+                    .peers
+                    .as_ref()
+                    .map_or(true, |f| now >= f.at + fleet::workers_interval(f));
+                let service = &self.config.service;
                 QueueQuery {
                     worker: n.clone(),
                     servers: p.worker.job_servers.clone(),
                     functions,
+                    fleet: (self.fleet_share && stale)
+                        .then(|| (p.client_ids(service), format!("slotman:{service}:{n}:"))),
                 }
             })
             .collect()
+    }
+
+    /// How often to read `status`: every 100 ms, less often in a large
+    /// fleet (the largest a saturated pool has seen).
+    fn queue_interval(&self) -> Duration {
+        let hosts = self
+            .pools
+            .values()
+            .filter_map(|p| p.peers.as_ref())
+            .map(|f| f.hosts.saturating_add(1))
+            .max()
+            .unwrap_or(1);
+        fleet::status_interval(hosts)
     }
 
     fn schedule_queue_poll(&mut self) {
@@ -285,12 +335,14 @@ impl Manager {
             // new slot, so a burst was absorbed one slot at a time.
             for p in self.pools.values_mut() {
                 p.queued = 0;
+                p.running = 0;
+                p.waiting_since = None;
             }
         } else if self.queue_poll.is_none() && !self.queue_inflight {
             // The first look is at once (a burst has just landed); then at
-            // most one every QUEUE_POLL.
+            // most one every queue_interval.
             let now = pool::now();
-            let next = self.queue_polled.map_or(now, |t| t + QUEUE_POLL);
+            let next = self.queue_polled.map_or(now, |t| t + self.queue_interval());
             self.queue_poll = Some(next.max(now));
         }
     }
@@ -305,27 +357,7 @@ impl Manager {
         self.queue_polled = Some(pool::now());
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
-            let mut servers: Vec<&String> = saturated.iter().flat_map(|q| &q.servers).collect();
-            servers.sort();
-            servers.dedup();
-            let mut waiting = std::collections::HashMap::new();
-            for server in servers {
-                match crate::gearman::admin::status(server, QUEUE_POLL_TIMEOUT).await {
-                    Ok(rows) => crate::gearman::admin::add_waiting(&mut waiting, rows),
-                    Err(e) => tracing::debug!(server, "admin status failed: {e}"),
-                }
-            }
-            let depths = saturated
-                .iter()
-                .map(|q| {
-                    let depth = q
-                        .functions
-                        .iter()
-                        .map(|f| waiting.get(f).copied().unwrap_or(0));
-                    (q.worker.clone(), depth.sum())
-                })
-                .collect();
-            let _ = tx.send(Event::QueueDepth(depths));
+            let _ = tx.send(Event::QueueDepth(read_queues(saturated).await));
         });
     }
 
@@ -344,7 +376,7 @@ impl Manager {
             Event::Slot { worker, .. } => {
                 self.dirty.insert(worker.clone());
             }
-            Event::QueueDepth(depths) => self.dirty.extend(depths.iter().map(|(w, _)| w.clone())),
+            Event::QueueDepth(reads) => self.dirty.extend(reads.iter().map(|r| r.worker.clone())),
             Event::Reload | Event::Stop | Event::Command(..) => {
                 self.dirty.extend(self.pools.keys().cloned())
             }
@@ -360,11 +392,32 @@ impl Manager {
             Event::Status(reply) => {
                 let _ = reply.send(self.status());
             }
-            Event::QueueDepth(depths) => {
+            Event::QueueDepth(reads) => {
                 self.queue_inflight = false;
-                for (worker, queued) in depths {
-                    if let Some(p) = self.pools.get_mut(&worker) {
-                        p.queued = queued;
+                let now = pool::now();
+                for r in reads {
+                    let Some(p) = self.pools.get_mut(&r.worker) else {
+                        continue;
+                    };
+                    p.queued = r.waiting;
+                    p.running = r.running;
+                    p.waiting_since = (r.waiting > 0).then(|| p.waiting_since.unwrap_or(now));
+                    if let Some((hosts, slots, answer_bytes)) = r.peers {
+                        if p.peers.as_ref().map(|f| f.hosts) != Some(hosts) {
+                            tracing::info!(
+                                worker = %r.worker,
+                                hosts = hosts + 1,
+                                "{}: {} serving its queue",
+                                r.worker,
+                                count(hosts as usize + 1, "host")
+                            );
+                        }
+                        p.peers = Some(fleet::Peers {
+                            hosts,
+                            slots,
+                            at: now,
+                            answer_bytes,
+                        });
                     }
                 }
             }
@@ -539,6 +592,7 @@ impl Manager {
                 let Some(slot) = pool.slots.remove(&id) else {
                     return;
                 };
+                pool.left(slot.id, [slot.pid, slot.reported_pid], now);
                 if let Some(cpu) = slot.cpu {
                     self.cpus.give_back(cpu);
                 }
@@ -601,6 +655,7 @@ impl Manager {
         match r {
             Report::Ready { pid } => {
                 slot.pid.get_or_insert(pid);
+                slot.reported_pid = Some(pid);
                 slot.was_ready = true;
                 pool.faults.started();
                 if pool.failing.as_ref().is_some_and(|f| f.at_start) {
@@ -943,6 +998,7 @@ fn start_slot(
             cpu,
             pinned: pin,
             links: BTreeMap::new(),
+            reported_pid: None,
             retire: false,
             cmd: tx,
         },
@@ -956,6 +1012,121 @@ fn start_slot(
         stop_timeout: Some(stop_timeout),
     };
     Launched { spec, cmds: rx }
+}
+
+/// Reads the saturated pools' queues: `status` of every job server at
+/// once, then, for pools that find jobs waiting and want their fleet read
+/// again, `workers` of their servers at once. A server that fails costs its
+/// answer only; one that is slow, at most [`QUEUE_POLL_LAG`] after the
+/// others answered (or [`QUEUE_POLL_TIMEOUT`] if none did).
+async fn read_queues(saturated: Vec<QueueQuery>) -> Vec<QueueRead> {
+    use crate::gearman::admin;
+    use futures::StreamExt;
+    use std::collections::HashMap;
+    async fn each<'a, T, F: std::future::Future<Output = Result<T, admin::AdminError>>>(
+        servers: Vec<&'a String>,
+        read: impl Fn(String) -> F,
+        failed: &mut HashSet<String>,
+    ) -> Vec<(&'a String, T)> {
+        let mut pending: futures::stream::FuturesUnordered<_> = servers
+            .iter()
+            .map(|&s| {
+                let answer = read(s.clone());
+                async move { (s, answer.await) }
+            })
+            .collect();
+        let mut out = Vec::new();
+        let mut cutoff: Option<tokio::time::Instant> = None;
+        loop {
+            let next = match cutoff {
+                Some(t) => match tokio::time::timeout_at(t, pending.next()).await {
+                    Ok(next) => next,
+                    Err(_) => break,
+                },
+                None => pending.next().await,
+            };
+            match next {
+                None => break,
+                Some((server, Ok(v))) => {
+                    out.push((server, v));
+                    cutoff.get_or_insert_with(|| tokio::time::Instant::now() + QUEUE_POLL_LAG);
+                }
+                Some((server, Err(e))) => {
+                    tracing::debug!(server, "admin read failed: {e}");
+                    failed.insert(server.clone());
+                }
+            }
+        }
+        for s in servers {
+            if !out.iter().any(|(a, _)| *a == s) && failed.insert(s.clone()) {
+                tracing::debug!(
+                    server = s,
+                    "admin read skipped: no answer {QUEUE_POLL_LAG:?} after the other job servers'"
+                );
+            }
+        }
+        out
+    }
+    let mut failed = HashSet::new();
+    let mut servers: Vec<&String> = saturated.iter().flat_map(|q| &q.servers).collect();
+    servers.sort();
+    servers.dedup();
+    let mut load: HashMap<String, admin::Load> = HashMap::new();
+    let status = |s: String| async move { admin::status(&s, QUEUE_POLL_TIMEOUT).await };
+    for (_, rows) in each(servers, status, &mut failed).await {
+        admin::add_load(&mut load, rows);
+    }
+    let mut reads: Vec<QueueRead> = saturated
+        .iter()
+        .map(|q| {
+            let of = |f: &String| load.get(f).copied().unwrap_or_default();
+            QueueRead {
+                worker: q.worker.clone(),
+                waiting: q.functions.iter().map(|f| of(f).waiting).sum(),
+                running: q.functions.iter().map(|f| of(f).running).sum(),
+                peers: None,
+            }
+        })
+        .collect();
+    let wanted = |q: &QueueQuery, r: &QueueRead| q.fleet.is_some() && r.waiting > 0;
+    let mut servers: Vec<&String> = saturated
+        .iter()
+        .zip(&reads)
+        .filter(|(q, r)| wanted(q, r))
+        .flat_map(|(q, _)| &q.servers)
+        .filter(|s| !failed.contains(*s))
+        .collect();
+    if servers.is_empty() {
+        return reads;
+    }
+    servers.sort();
+    servers.dedup();
+    let workers = |s: String| async move { admin::workers(&s, QUEUE_POLL_TIMEOUT).await };
+    let lists: HashMap<&String, Vec<admin::WorkerInfo>> = each(servers, workers, &mut failed)
+        .await
+        .into_iter()
+        .collect();
+    for (q, r) in saturated.iter().zip(reads.iter_mut()) {
+        let Some((own, prefix)) = q.fleet.as_ref().filter(|_| r.waiting > 0) else {
+            continue;
+        };
+        let mine: Vec<Vec<admin::WorkerInfo>> = q
+            .servers
+            .iter()
+            .filter_map(|s| lists.get(s).cloned())
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let bytes = mine
+            .iter()
+            .map(|l| fleet::answer_bytes(l))
+            .max()
+            .unwrap_or(0);
+        let (hosts, slots) = fleet::observe(&mine, prefix, own, &q.functions);
+        r.peers = Some((hosts, slots, bytes));
+    }
+    reads
 }
 
 async fn sleep_until(t: Option<Instant>) {

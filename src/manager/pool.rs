@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
 
-use super::policy::{PoolView, SlotPhase, SlotView};
+use super::policy::{Fleet, PoolView, SlotPhase, SlotView};
 use crate::config::WorkerConfig;
 
 /// Commands from the manager to one slot's task.
@@ -78,6 +78,9 @@ pub struct Slot {
     pub retire: bool,
     /// Its job-server connections as it last reported them.
     pub links: BTreeMap<String, super::health::Link>,
+    /// The runner's pid as it reported it (`ready`): the one in its Gearman
+    /// client id, should it differ from `pid` (another pid namespace).
+    pub reported_pid: Option<u32>,
     pub cmd: mpsc::UnboundedSender<SlotCmd>,
 }
 
@@ -180,6 +183,11 @@ impl Faults {
         self.hold_until = Some(now + FAILED_RETRY);
     }
 }
+
+/// How long the ids of a slot that left still count as this host's.
+pub const GONE_FOR: Duration = Duration::from_secs(10);
+/// At most this many of them.
+const GONE_MAX: usize = 256;
 
 /// Counters per worker, for STATUS, `slotman status` and metrics.
 #[derive(Debug, Default, Clone)]
@@ -300,7 +308,17 @@ pub struct Pool {
     pub functions: BTreeMap<String, crate::view::FunctionStats>,
     pub durations: crate::view::Histogram,
     pub rate: Rate,
+    /// Jobs waiting at the job servers, as last read (0 while not read).
     pub queued: u64,
+    /// Jobs running at the job servers, as last read.
+    pub running: u64,
+    /// Since when every queue read found jobs waiting.
+    pub waiting_since: Option<Instant>,
+    /// The other hosts serving this worker, as `workers` last showed them.
+    pub peers: Option<super::fleet::Peers>,
+    /// Slots that left lately, by when: a job server may still list them
+    /// for a moment, and they must not pass for another host's.
+    pub gone: VecDeque<(Instant, u32, [Option<u32>; 2])>,
     pub spawn: SpawnBucket,
     /// Why slots fail, while they do: (the last failure, since when they
     /// fail, whether it was a start). Cleared by a slot that starts after
@@ -345,6 +363,10 @@ impl Pool {
             durations: Default::default(),
             rate: Rate::default(),
             queued: 0,
+            running: 0,
+            waiting_since: None,
+            peers: None,
+            gone: VecDeque::new(),
             spawn,
             failing: None,
             paused: false,
@@ -372,10 +394,53 @@ impl Pool {
                 })
                 .collect(),
             queued: self.queued,
+            fleet: self.fleet(),
             hold_until: self.faults.hold_until,
             removed: self.removed,
             stopping,
         }
+    }
+
+    /// The fleet as the policy sees it, while jobs wait and other hosts
+    /// are known.
+    fn fleet(&self) -> Option<Fleet> {
+        let peers = self.peers.as_ref()?;
+        Some(Fleet {
+            hosts: peers.hosts.saturating_add(1),
+            peer_slots: peers.slots,
+            running: self.running,
+            waiting_since: self.waiting_since?,
+        })
+    }
+
+    /// The Gearman client ids its slots use, as far as their pids are known
+    /// (`slotman:SERVICE:WORKER:SLOT:PID`), those of slots that left within
+    /// [`GONE_FOR`] included.
+    pub fn client_ids(&self, service: &str) -> std::collections::HashSet<String> {
+        let name = &self.worker.name;
+        let live = self.slots.values().map(|s| (s.id, [s.pid, s.reported_pid]));
+        let gone = self.gone.iter().map(|(_, id, pids)| (*id, *pids));
+        live.chain(gone)
+            .flat_map(|(id, pids)| {
+                pids.into_iter()
+                    .flatten()
+                    .map(move |pid| format!("slotman:{service}:{name}:{id}:{pid}"))
+            })
+            .collect()
+    }
+
+    /// Slot `id` (with these pids) left: its ids stay ours for [`GONE_FOR`].
+    pub fn left(&mut self, id: u32, pids: [Option<u32>; 2], now: Instant) {
+        // Bounded: a pool recycling slots per job leaves thousands a minute.
+        while self.gone.len() >= GONE_MAX
+            || self
+                .gone
+                .front()
+                .is_some_and(|(at, ..)| now.saturating_duration_since(*at) > GONE_FOR)
+        {
+            self.gone.pop_front();
+        }
+        self.gone.push_back((now, id, pids));
     }
 
     pub fn count(&self, f: impl Fn(&SlotState) -> bool) -> usize {
@@ -465,6 +530,28 @@ mod tests {
         // Retried: it takes five more in a row.
         f.failed = false;
         assert!(!f.start_failure(t0 + apart * 9));
+    }
+
+    #[test]
+    fn slots_that_left_stay_ours_for_a_while_and_a_bounded_few() {
+        let config = crate::config::parse(
+            "[workers.w]\nkind = \"exec\"\ncommand = [\"/bin/cat\"]\nfunctions = [\"f\"]\n",
+            std::path::Path::new("svc.toml"),
+        )
+        .expect("config");
+        let mut pool = Pool::new(config.workers[0].clone());
+        let t0 = Instant::now();
+        pool.left(1, [Some(100), Some(101)], t0);
+        let ids = pool.client_ids("svc");
+        assert!(ids.contains("slotman:svc:w:1:100") && ids.contains("slotman:svc:w:1:101"));
+        pool.left(2, [Some(200), None], t0 + GONE_FOR + Duration::from_secs(1));
+        let ids = pool.client_ids("svc");
+        assert!(!ids.contains("slotman:svc:w:1:100"), "expired");
+        assert!(ids.contains("slotman:svc:w:2:200"));
+        for i in 0..10_000 {
+            pool.left(i, [Some(i), None], t0 + GONE_FOR);
+        }
+        assert!(pool.gone.len() <= GONE_MAX);
     }
 
     #[test]

@@ -239,8 +239,9 @@ impl Manager {
 /// A pool's health (see [`health`]).
 pub(super) fn assess(pool: &Pool) -> (Health, Vec<Problem>) {
     let servers: &[String] = match pool.worker.kind {
-        // Its program holds its own connections; the slot sees none.
-        crate::config::HandlerKind::Native => &[],
+        // Without the relay its program holds its own connections; the slot
+        // sees none.
+        crate::config::HandlerKind::Native if !pool.worker.proxy => &[],
         _ => &pool.worker.job_servers,
     };
     let active = pool.active();

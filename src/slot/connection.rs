@@ -80,12 +80,12 @@ pub struct ConnectionSpec {
 }
 
 /// Back-off bounds for reconnecting to a job server.
-const BACKOFF_MIN: Duration = Duration::from_millis(100);
-const BACKOFF_MAX: Duration = Duration::from_secs(5);
+pub(super) const BACKOFF_MIN: Duration = Duration::from_millis(100);
+pub(super) const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// A connection that stays up this long resets the back-off.
 const STABLE_AFTER: Duration = Duration::from_secs(10);
 /// How long to wait for the TCP connect itself.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a reply the slot waits for may take (ECHO_RES, the answer to a
 /// grab). gearmand answers both from memory at once; a server that takes
 /// this long is treated as gone. Errs long: a false alarm only costs a
@@ -225,7 +225,7 @@ pub async fn serve<R: JobRunner>(
                 }
             }
         }
-        let jittered = backoff.mul_f64(0.8 + 0.4 * fastrand::f64());
+        let jittered = jitter(backoff);
         tokio::select! {
             _ = drain.cancelled() => return,
             _ = tokio::time::sleep(jittered) => {}
@@ -292,8 +292,14 @@ async fn connect(spec: &ConnectionSpec) -> Result<Conn, String> {
     }
 }
 
+/// `backoff` ± 20 %, so that slots that lost a server together do not
+/// retry together.
+pub(super) fn jitter(backoff: Duration) -> Duration {
+    backoff.mul_f64(0.8 + 0.4 * fastrand::f64())
+}
+
 /// An I/O error as the system says it, without Rust's " (os error N)".
-fn io_words(e: &std::io::Error) -> String {
+pub(super) fn io_words(e: &std::io::Error) -> String {
     let text = e.to_string();
     match text.find(" (os error ") {
         Some(i) => text[..i].to_string(),
@@ -302,7 +308,7 @@ fn io_words(e: &std::io::Error) -> String {
 }
 
 /// Why a session ends when the server did not answer `request` in time.
-fn no_reply(request: &str) -> String {
+pub(super) fn no_reply(request: &str) -> String {
     format!(
         "timed out: no reply to {request} within {}s",
         REPLY_TIMEOUT.as_secs()

@@ -11,6 +11,7 @@ pub mod cpu;
 pub mod handler;
 pub mod memory;
 pub mod native;
+pub mod relay;
 pub mod report;
 pub mod runner;
 pub mod wire;

@@ -21,7 +21,7 @@
 //! killed, the job server requeues the job). So a slot never outlives its
 //! manager by more than the job in hand, nor by more than `stop_timeout`.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -183,6 +183,99 @@ impl JobCounts {
 
     pub fn is_empty(&self) -> bool {
         self.durations.count == 0
+    }
+}
+
+/// What the manager has been told of a slot's jobs, and what it has not
+/// yet. Reports go out on transitions, not per job (see [`Report::Busy`]):
+/// the manager costs nothing per job while a slot stays busy with short
+/// jobs. Shared by the runner's connections and the native relay.
+#[derive(Debug)]
+pub struct Told {
+    /// Jobs finished since the last `done`.
+    counts: JobCounts,
+    /// The manager believes the slot busy (a `busy` and no idle `done` since).
+    busy: bool,
+    /// When the last `busy` went out.
+    at: Instant,
+    /// The job before the current one was short.
+    last_short: bool,
+}
+
+impl Default for Told {
+    fn default() -> Self {
+        Told {
+            counts: JobCounts::default(),
+            busy: false,
+            at: Instant::now(),
+            last_short: false,
+        }
+    }
+}
+
+impl Told {
+    /// The slot has no job in hand: send what is counted, and say so.
+    pub fn idle(&mut self, reports: &Reports) {
+        if self.busy || !self.counts.is_empty() {
+            let jobs = std::mem::take(&mut self.counts);
+            self.busy = false;
+            let _ = reports.send(Report::Done { jobs, idle: true });
+        }
+    }
+
+    /// Reports the start of a job when the manager's view would otherwise
+    /// be stale (queued with the counts so far: one write, one wake-up), or
+    /// always with `force`. Returns whether it reported.
+    pub fn busy(
+        &mut self,
+        reports: &Reports,
+        function: &str,
+        handle: &str,
+        now: Instant,
+        force: bool,
+    ) -> bool {
+        if !force && self.busy && self.last_short && now.duration_since(self.at) < REPORT_EVERY {
+            return false;
+        }
+        if !self.counts.is_empty() {
+            let jobs = std::mem::take(&mut self.counts);
+            let _ = reports.send(Report::Done { jobs, idle: false });
+        }
+        self.busy = true;
+        self.at = now;
+        let _ = reports.send(Report::Busy {
+            function: function.to_owned(),
+            handle: handle.to_owned(),
+        });
+        true
+    }
+
+    /// A job ended: counted for the next `done`.
+    pub fn finished(&mut self, function: &str, result: JobResult, took: Duration) {
+        self.counts.add(function, result, took);
+        self.last_short = took < SHORT_JOB;
+    }
+}
+
+/// What the manager was last told of each job-server connection (`None`:
+/// up; else the error), so that a server retried with back-off is
+/// reported on change, not per attempt.
+#[derive(Debug, Default)]
+pub struct Links(std::collections::HashMap<String, Option<String>>);
+
+impl Links {
+    /// Reports the state of `server` if it changed; whether it did.
+    pub fn report(&mut self, reports: &Reports, server: &str, error: Option<&str>) -> bool {
+        let now = error.map(str::to_string);
+        if self.0.get(server) == Some(&now) {
+            return false;
+        }
+        self.0.insert(server.to_string(), now.clone());
+        let _ = reports.send(Report::Link {
+            server: server.to_string(),
+            error: now,
+        });
+        true
     }
 }
 

@@ -17,9 +17,7 @@ use super::connection::{self, ConnectionSpec, Gate, JobRunner};
 use super::cpu::CpuPair;
 use super::handler::{FailReason, Handler, HandlerError, Job, JobEvent, Outcome, SlotIdentity};
 use super::memory::RssCheck;
-use super::report::{
-    ExitReason, JobCounts, JobResult, Report, Reports, SlotSpec, REPORT_EVERY, SHORT_JOB,
-};
+use super::report::{ExitReason, JobResult, Links, Report, Reports, SlotSpec, Told, SHORT_JOB};
 use crate::config::HandlerKind;
 
 /// The job side of the slot: the handler plus workleft accounting.
@@ -47,20 +45,7 @@ struct Jobs {
     cpu: Arc<CpuPair>,
     /// What the manager was last told of each job server connection
     /// (`None`: up; else the error).
-    links: std::sync::Mutex<std::collections::HashMap<String, Option<String>>>,
-}
-
-/// Reports go out on transitions, not per job (see [`Report::Busy`]): the
-/// manager costs nothing per job while a slot stays busy with short jobs.
-struct Told {
-    /// Jobs finished since the last `done`.
-    counts: JobCounts,
-    /// The manager believes the slot busy (a `busy` and no idle `done` since).
-    busy: bool,
-    /// When the last `busy` went out.
-    at: Instant,
-    /// The job before the current one was short.
-    last_short: bool,
+    links: std::sync::Mutex<Links>,
 }
 
 impl Jobs {
@@ -70,33 +55,18 @@ impl Jobs {
 
     /// The slot has no job in hand: send what is counted, and say so.
     fn report_idle(&self) {
-        let mut told = self.told();
-        if told.busy || !told.counts.is_empty() {
-            let jobs = std::mem::take(&mut told.counts);
-            told.busy = false;
-            let _ = self.reports.send(Report::Done { jobs, idle: true });
-        }
+        self.told().idle(&self.reports);
     }
 
-    /// Reports the start of `job` when the manager's view would otherwise
-    /// be stale (queued with the counts so far: one write, one wake-up).
-    /// Returns whether it reported.
+    /// See [`Told::busy`].
     fn report_busy(&self, job: &Job, now: Instant, force: bool) -> bool {
-        let mut told = self.told();
-        if !force && told.busy && told.last_short && now.duration_since(told.at) < REPORT_EVERY {
-            return false;
-        }
-        if !told.counts.is_empty() {
-            let jobs = std::mem::take(&mut told.counts);
-            let _ = self.reports.send(Report::Done { jobs, idle: false });
-        }
-        told.busy = true;
-        told.at = now;
-        let _ = self.reports.send(Report::Busy {
-            function: job.gearman_function.clone(),
-            handle: job.handle.clone(),
-        });
-        true
+        self.told().busy(
+            &self.reports,
+            &job.gearman_function,
+            &job.handle,
+            now,
+            force,
+        )
     }
     /// Switches the handler's log lines to `job`.
     fn mark_job(&self, job: crate::systemd::journal::JobTag) {
@@ -141,15 +111,10 @@ impl JobRunner for Jobs {
     }
 
     fn link(&self, server: &str, error: Option<&str>) {
-        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
-        let now = error.map(str::to_string);
-        if links.get(server) != Some(&now) {
-            links.insert(server.to_string(), now.clone());
-            let _ = self.reports.send(Report::Link {
-                server: server.to_string(),
-                error: now,
-            });
-        }
+        self.links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .report(&self.reports, server, error);
     }
 
     fn may_prefetch(&self) -> bool {
@@ -256,11 +221,7 @@ impl JobRunner for Jobs {
         if !self.gate.is_closed() {
             self.check_rss(handler_pid, took >= SHORT_JOB);
         }
-        {
-            let mut told = self.told();
-            told.counts.add(&job.gearman_function, result, took);
-            told.last_short = took < SHORT_JOB;
-        }
+        self.told().finished(&job.gearman_function, result, took);
         if self.gate.is_closed() {
             // Exiting next: the manager hears of this job now.
             self.report_idle();
@@ -287,7 +248,7 @@ pub async fn run(
         &spec.service,
         &spec.worker.name,
         spec.slot,
-        spec.worker.kind != HandlerKind::Native,
+        spec.worker.kind != HandlerKind::Native || spec.worker.proxy,
     ) {
         Ok((fd, tags)) => {
             super::handler::set_handler_stderr(fd);
@@ -299,7 +260,15 @@ pub async fn run(
         }
     };
     if spec.worker.kind == HandlerKind::Native {
-        return super::native::run(&spec, &id, &reports, &drain).await;
+        return super::native::run(super::native::Native {
+            spec: &spec,
+            id: &id,
+            reports: &reports,
+            drain: &drain,
+            pause,
+            log_tags,
+        })
+        .await;
     }
     let mut handler = match Handler::start(&spec.worker, &id, &drain).await {
         Ok(h) => h,
@@ -352,12 +321,7 @@ pub async fn run(
         rss_check: std::sync::Mutex::new(RssCheck::new(spec.worker.recycle_rss)),
         cpu,
         links: Default::default(),
-        told: std::sync::Mutex::new(Told {
-            counts: JobCounts::default(),
-            busy: false,
-            at: Instant::now(),
-            last_short: false,
-        }),
+        told: Default::default(),
     });
     let pid = std::process::id();
     let client_id = format!(

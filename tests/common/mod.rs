@@ -401,6 +401,7 @@ fn spawn_with_pdeathsig(cmd: &mut Command) -> std::io::Result<Child> {
     }
     cmd.spawn()
 }
+pub mod netns;
 pub mod quiet;
 pub mod sdbox;
 pub mod service;

@@ -211,7 +211,7 @@ fn far_future() -> Instant {
 }
 
 /// `exit status N` or `signal N`, the wording of [`FailReason`]s.
-pub(super) fn describe(status: ExitStatus) -> String {
+pub(crate) fn describe(status: ExitStatus) -> String {
     match (status.code(), status.signal()) {
         (Some(code), _) => format!("exit status {code}"),
         (None, Some(signal)) => format!("signal {signal}"),
