@@ -122,7 +122,7 @@ fn init_with<F: Layer<Registry> + Send + Sync + 'static>(filter: F) {
 /// Colour codes only for a terminal: in a file or a pipe they are noise.
 /// A non-empty `NO_COLOR` turns them off there too (no-color.org).
 fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    terminal && no_color.map_or(true, |v| v.is_empty())
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// True when fd 2 is the stream systemd set up for this service: its device
@@ -407,9 +407,9 @@ const LAST_WORDS_MAX: usize = 300;
 /// has read what the handler wrote (waits at most 200 ms for that).
 pub async fn handler_last_words() -> Option<String> {
     for _ in 0..20 {
-        if !HANDLER_STDERR
+        if HANDLER_STDERR
             .get()
-            .is_some_and(|fd| pipe_pending(fd.as_raw_fd()) > 0)
+            .is_none_or(|fd| pipe_pending(fd.as_raw_fd()) <= 0)
         {
             break;
         }

@@ -153,7 +153,7 @@ impl Shared {
     /// through.
     pub fn open(&self, conn: ConnId) -> bool {
         let s = self.state();
-        !s.stopping && !s.paused && s.gate.map_or(true, |g| g == conn)
+        !s.stopping && !s.paused && s.gate.is_none_or(|g| g == conn)
     }
 
     /// `conn`'s grab found no job (or the connection closed): the slot's job
