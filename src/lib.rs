@@ -13,6 +13,8 @@
 //! - [`control`]: the control socket, `slotman status`, Prometheus metrics.
 //! - [`systemd`]: sd_notify and journald.
 //! - [`procfs`]: the one /proc/PID/stat parser.
+//! - [`seed`]: the Perl, Python and PHP worker libraries, built in, and how
+//!   an interpreter runs or checks a worker's module with them.
 //! - [`demo`]: `slotman demo`.
 //! - [`generate`]: man pages (from the CLI and docs/configuration.md) and
 //!   shell completions, for packages.
@@ -26,6 +28,7 @@ pub mod manager;
 pub mod placement;
 pub mod procfs;
 pub mod run;
+pub mod seed;
 pub mod slot;
 pub mod systemd;
 pub mod view;

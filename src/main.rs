@@ -158,16 +158,22 @@ enum Generated {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        Command::Check { file } => match slotman::config::check(&service_or_file(file)) {
-            Ok(summary) => {
-                println!("{summary}");
-                ExitCode::SUCCESS
+        Command::Check { file } => {
+            let (result, warnings) = slotman::config::check(&service_or_file(file));
+            for warning in warnings {
+                eprintln!("{warning}");
             }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::from(1)
+            match result {
+                Ok(summary) => {
+                    println!("{summary}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    ExitCode::from(1)
+                }
             }
-        },
+        }
         Command::Generate { what, dir, date } => {
             let written = match what {
                 Generated::Man => slotman::generate::man_pages(Cli::command(), &dir, &date),

@@ -72,7 +72,7 @@ fn check_summarises_a_valid_file() {
     let scratch = Scratch::new();
     let path = scratch.config("billing", VALID);
     assert_eq!(
-        config::check(&path).unwrap(),
+        config::check(&path).0.unwrap(),
         format!(
             "{}: ok: 1 worker (resize: stdio, 2..4 slots)",
             path.display()
@@ -84,7 +84,7 @@ fn check_summarises_a_valid_file() {
 fn check_reports_every_problem_with_file_and_line() {
     let scratch = Scratch::new();
     let path = scratch.config("billing", INVALID);
-    let err = config::check(&path).unwrap_err();
+    let err = config::check(&path).0.unwrap_err();
     let p = path.display();
     assert_eq!(
         err.to_string(),

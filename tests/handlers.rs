@@ -43,6 +43,7 @@ fn worker(kind: HandlerKind, command: &[&str]) -> WorkerConfig {
         kind,
         command: command.iter().map(|s| s.to_string()).collect(),
         functions: vec![],
+        libs: vec![],
         prefix: "Test::".into(),
         min: 1,
         max: 1,

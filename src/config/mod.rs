@@ -19,7 +19,10 @@
 //! "NAME::", `min` 1, `max` 4, `workleft` 0 (never), `idle_timeout` 10s, no
 //! `timeout`, no `max_lifetime`, `max_packet_size` 64M, `ready_timeout` 30s,
 //! no limits, `proxy` true (native workers). `command`
-//! has no default, nor has `functions` for exec and stdio workers.
+//! has no default, nor has `functions` for exec and stdio workers. Perl,
+//! Python and PHP workers take no `command` (`interpreter`, default `perl`,
+//! `python3`, `php`, runs slotman's library on their module) and need
+//! `libs`; their `functions` default to what the module announces.
 //!
 //! # Value syntax
 //!
@@ -85,7 +88,7 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
         path: path.to_owned(),
         error,
     })?;
-    validate::validate(&text, path, Some(&probe::Host))
+    validate::validate(&text, path, Some(&probe::Host { deep: false }))
 }
 
 /// Validates config `text` as if read from `path` (used for the service name
@@ -95,12 +98,27 @@ pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
     validate::validate(text, path, None)
 }
 
-/// What `slotman check FILE` does: [`load`], and on success a one-line
-/// summary (`FILE: ok: 2 workers (resize: stdio, 1..4 slots; ...)`) for
-/// stdout. The error's `Display` is the lines for stderr.
-pub fn check(path: &Path) -> Result<String, ConfigError> {
-    let config = load(path)?;
-    Ok(format!("{}: ok: {}", path.display(), config.summary()))
+/// What `slotman check FILE` does: [`load`], plus, for Perl, Python and
+/// PHP workers, their modules compiled and their methods listed by the
+/// interpreter; on success a one-line summary (`FILE: ok: 2 workers
+/// (resize: stdio, 1..4 slots; ...)`) for stdout. The error's `Display` is
+/// the lines for stderr; so are the warnings (`FILE:LINE: KEY: warning:
+/// ...`), returned either way.
+pub fn check(path: &Path) -> (Result<String, ConfigError>, Vec<String>) {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) => {
+            let error = ConfigError::Read {
+                path: path.to_owned(),
+                error,
+            };
+            return (Err(error), Vec::new());
+        }
+    };
+    let (config, warnings) =
+        validate::validate_with_warnings(&text, path, Some(&probe::Host { deep: true }));
+    let summary = config.map(|c| format!("{}: ok: {}", path.display(), c.summary()));
+    (summary, warnings)
 }
 
 /// A validated service configuration.
@@ -127,6 +145,41 @@ pub enum HandlerKind {
     Exec,
     Stdio,
     Native,
+    /// A seed-style worker: slotman's library for the language runs the
+    /// worker's module as a `stdio` handler (DESIGN.md "Seed-style workers").
+    Perl,
+    Python,
+    Php,
+}
+
+impl HandlerKind {
+    /// The word the config uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            HandlerKind::Exec => "exec",
+            HandlerKind::Stdio => "stdio",
+            HandlerKind::Native => "native",
+            HandlerKind::Perl => "perl",
+            HandlerKind::Python => "python",
+            HandlerKind::Php => "php",
+        }
+    }
+
+    /// The language of a seed-style worker.
+    pub fn language(self) -> Option<crate::seed::Language> {
+        match self {
+            HandlerKind::Perl => Some(crate::seed::Language::Perl),
+            HandlerKind::Python => Some(crate::seed::Language::Python),
+            HandlerKind::Php => Some(crate::seed::Language::Php),
+            HandlerKind::Exec | HandlerKind::Stdio | HandlerKind::Native => None,
+        }
+    }
+
+    /// A long-running handler speaking the stdio framing: `stdio` and the
+    /// seed-style kinds.
+    pub fn is_stdio(self) -> bool {
+        self == HandlerKind::Stdio || self.language().is_some()
+    }
 }
 
 /// One `[workers.NAME]` table with `[defaults]` merged under it.
@@ -136,10 +189,16 @@ pub struct WorkerConfig {
     /// "host:port", port filled in (4730) when the file left it out.
     pub job_servers: Vec<String>,
     pub kind: HandlerKind,
-    /// Program and arguments; never empty.
+    /// Program and arguments; never empty. For a seed-style worker, its
+    /// interpreter alone (the runner adds the library's arguments).
     pub command: Vec<String>,
-    /// Function names without prefix.
+    /// Function names without prefix. Empty for a seed-style worker that
+    /// registers whatever its module announces.
     pub functions: Vec<String>,
+    /// Where a seed-style worker's module is looked for, in order (the
+    /// seed's `libs`); empty for the other kinds.
+    #[serde(default)]
+    pub libs: Vec<PathBuf>,
     /// Registered name = prefix + function. Default `NAME::`.
     pub prefix: String,
     pub min: u32,
@@ -208,11 +267,7 @@ impl Config {
         };
         for (i, w) in self.workers.iter().enumerate() {
             let sep = if i == 0 { "" } else { "; " };
-            let kind = match w.kind {
-                HandlerKind::Exec => "exec",
-                HandlerKind::Stdio => "stdio",
-                HandlerKind::Native => "native",
-            };
+            let kind = w.kind.name();
             // Writing to a String cannot fail.
             let _ = write!(out, "{sep}{}: {kind}, {}..{} slots", w.name, w.min, w.max);
         }
@@ -258,7 +313,7 @@ impl WorkerConfig {
     /// `pin_cpu`, `ready_timeout`), which the
     /// manager applies to the slots it has, or the resource limits, which it
     /// sets on their running scopes (systemd's SetUnitProperties). Anything
-    /// else a slot was started with (command, kind, env, functions, prefix,
+    /// else a slot was started with (command, kind, env, functions, libs, prefix,
     /// job servers, user, group, directory, `workleft`, `timeout`,
     /// `recycle_rss`, packet size, `prefetch`, `proxy`) means replacing the slots.
     pub fn same_processes(&self, other: &WorkerConfig) -> bool {
@@ -270,6 +325,7 @@ impl WorkerConfig {
             kind,
             command,
             functions,
+            libs,
             prefix,
             min: _,
             max: _,
@@ -300,6 +356,7 @@ impl WorkerConfig {
             && *kind == other.kind
             && *command == other.command
             && *functions == other.functions
+            && *libs == other.libs
             && *prefix == other.prefix
             && *workleft == other.workleft
             && *timeout == other.timeout

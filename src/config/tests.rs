@@ -18,9 +18,14 @@ struct FakeHost;
 impl Probe for FakeHost {
     fn executable(&self, program: &Path) -> Result<(), String> {
         match program.to_str().unwrap_or("") {
-            "/usr/bin/python3" | "/usr/bin/true" | "/bin/sh" | "/opt/w/run" | "/opt/bin/tool" => {
-                Ok(())
-            }
+            "/usr/bin/python3"
+            | "/usr/bin/true"
+            | "/bin/sh"
+            | "/opt/w/run"
+            | "/opt/bin/tool"
+            | "/usr/bin/perl"
+            | "/usr/bin/php"
+            | "/opt/py/bin/python3" => Ok(()),
             "/opt/w/data.txt" => Err("is not executable".into()),
             "/opt/w" | "/srv" => Err("is not a file".into()),
             _ => Err("does not exist".into()),
@@ -47,6 +52,32 @@ impl Probe for FakeHost {
                 "no {} {name:?} on this host",
                 if group { "group" } else { "user" }
             )),
+        }
+    }
+
+    fn is_file(&self, path: &Path) -> bool {
+        matches!(
+            path.to_str().unwrap_or(""),
+            "/opt/w/TestWorker.pm" | "/opt/w/TestWorker.py" | "/srv/Broken.pm"
+        )
+    }
+
+    /// A module that compiles and has `reverse` and `wait`, but `Broken`.
+    fn seed_module(
+        &self,
+        _language: crate::seed::Language,
+        _interpreter: &Path,
+        _libs: &[std::path::PathBuf],
+        name: &str,
+        file: &Path,
+    ) -> Result<Option<Vec<String>>, String> {
+        match name {
+            "Broken" => Err(format!(
+                "{} does not compile: syntax error at {} line 3",
+                file.display(),
+                file.display()
+            )),
+            _ => Ok(Some(vec!["reverse".into(), "wait".into()])),
         }
     }
 }
@@ -125,6 +156,7 @@ fn builtin_defaults_fill_every_key() {
         kind: HandlerKind::Stdio,
         command: vec!["/usr/bin/true".into()],
         functions: vec!["f".into()],
+        libs: vec![],
         prefix: "w::".into(),
         min: 1,
         max: 4,
@@ -247,6 +279,8 @@ fn every_worker_key_is_accepted_in_defaults() {
         ("proxy", "false"),
         ("pin_cpu", "true"),
         ("ready_timeout", "\"5s\""),
+        ("libs", "[\"/opt/w\"]"),
+        ("interpreter", "\"/usr/bin/perl\""),
     ]
     .into_iter()
     .collect();
@@ -395,7 +429,7 @@ t.toml:3: metrics_listen: `localhost:9477` is not an IP address and port; write 
 t.toml:4: control_group: must not be empty
 t.toml:6: workers.w.command: expected a list of strings, found a string; put it in brackets: ["..."]
 t.toml:7: workers.w.functions[1]: expected a string, found an integer
-t.toml:8: workers.w.kind: expected "exec", "stdio" or "native", not "cgi"
+t.toml:8: workers.w.kind: expected "exec", "stdio", "native", "perl", "python" or "php", not "cgi"
 t.toml:9: workers.w.min: expected a number; write it without quotes: 2
 t.toml:10: workers.w.max: must be from 1 to 4294967295, not 0
 t.toml:11: workers.w.workleft: must be at least 0, not -1
@@ -967,5 +1001,119 @@ fn unknown_users_and_groups_are_refused_at_their_line() {
     check(
         "control_group = \"adm\"\n[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\nuser = \"nobody\"\ngroup = \"nogroup\"\n",
         "ok: 1 worker (w: stdio, 1..4 slots)",
+    );
+}
+
+// ---- seed-style workers -----------------------------------------------------
+
+/// What `slotman check` prints for `text` with a deep fake host: the error
+/// lines or `ok`, then the warnings.
+fn check_deep(text: &str) -> String {
+    let (result, warnings) =
+        super::validate::validate_with_warnings(text, Path::new("t.toml"), Some(&FakeHost));
+    let mut out = match result {
+        Ok(config) => format!("ok: {}", config.summary()),
+        Err(e) => e.to_string(),
+    };
+    for w in warnings {
+        out.push('\n');
+        out.push_str(&w);
+    }
+    out
+}
+
+#[test]
+fn seed_workers_need_libs_not_a_command() {
+    let config = parse_ok("[workers.TestWorker]\nkind = \"perl\"\nlibs = [\"/opt/w\"]\n");
+    let w = worker(&config, "TestWorker");
+    assert_eq!(w.kind, HandlerKind::Perl);
+    assert_eq!(w.command, vec!["perl".to_string()]);
+    assert!(w.functions.is_empty(), "every announced method by default");
+    assert_eq!(w.libs, vec![std::path::PathBuf::from("/opt/w")]);
+    let config = parse_ok(
+        "[workers.TestWorker]\nkind = \"python\"\nlibs = [\"/opt/w\"]\ninterpreter = \"/opt/py/bin/python3\"\nfunctions = [\"reverse\"]\n",
+    );
+    let w = worker(&config, "TestWorker");
+    assert_eq!(w.command, vec!["/opt/py/bin/python3".to_string()]);
+    assert_eq!(w.functions, vec!["reverse".to_string()]);
+    check(
+        "[defaults]\ncommand = [\"/usr/bin/true\"]\nlibs = [\"/opt/w\"]\n\
+         [workers.TestWorker]\nkind = \"perl\"\n\
+         [workers.plain]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\n",
+        "ok: 2 workers (TestWorker: perl, 1..4 slots; plain: stdio, 1..4 slots)",
+    );
+}
+
+#[test]
+fn seed_worker_mistakes_name_their_line() {
+    check(
+        "[workers.TestWorker]\nkind = \"php\"\n",
+        "t.toml:1: workers.TestWorker.libs: missing; a php worker needs libs = [\"/opt/workers\"], the directories where its module TestWorker.php is looked for",
+    );
+    check(
+        "[workers.TestWorker]\nkind = \"perl\"\nlibs = [\"/opt/w\"]\ncommand = [\"/usr/bin/perl\"]\n",
+        "t.toml:4: workers.TestWorker.command: a perl worker has no command: slotman runs its library on the module TestWorker.pm; `interpreter` chooses the program",
+    );
+    check(
+        "[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\nlibs = [\"/opt/w\"]\ninterpreter = \"perl\"\n",
+        "t.toml:4: workers.w.libs: only perl, python and php workers have libs, not a stdio worker\n\
+         t.toml:5: workers.w.interpreter: only perl, python and php workers have interpreter, not a stdio worker",
+    );
+    check(
+        "[workers.a-b]\nkind = \"python\"\nlibs = [\"opt\", \"/a:b\"]\ninterpreter = \"bin/python\"\n",
+        "t.toml:1: workers.a-b.kind: `a-b` cannot name a package or class: the worker's name is its module's name, so use letters, digits and `_` only, not starting with a digit\n\
+         t.toml:3: workers.a-b.libs[0]: `opt` must be an absolute path\n\
+         t.toml:3: workers.a-b.libs[1]: `/a:b` must not contain `:`\n\
+         t.toml:4: workers.a-b.interpreter: `bin/python` is a relative path; give an absolute path, or a bare name to look up on PATH",
+    );
+    check(
+        "[workers.TestWorker]\nkind = \"perl\"\nlibs = []\nfunctions = []\n",
+        "t.toml:3: workers.TestWorker.libs: must name at least one directory\n\
+         t.toml:4: workers.TestWorker.functions: must not be empty for a perl worker",
+    );
+}
+
+#[test]
+fn seed_modules_are_looked_for_on_the_host() {
+    // The module is found in the second directory.
+    check(
+        "[workers.TestWorker]\nkind = \"perl\"\nlibs = [\"/srv\", \"/opt/w\"]\n",
+        "ok: 1 worker (TestWorker: perl, 1..4 slots)",
+    );
+    check(
+        "[workers.TestWorker]\nkind = \"php\"\nlibs = [\"/srv\",\n  \"/nowhere\"]\n",
+        "t.toml:3: workers.TestWorker.libs: `/nowhere` does not exist",
+    );
+    check(
+        "[workers.TestWorker]\nkind = \"php\"\nlibs = [\"/srv\", \"/opt/w\"]\n",
+        "t.toml:3: workers.TestWorker.libs: no TestWorker.php in /srv, /opt/w: workers.TestWorker runs the class TestWorker from it",
+    );
+    check(
+        "[workers.TestWorker]\nkind = \"perl\"\nlibs = [\"/opt/w\"]\ninterpreter = \"/opt/perl\"\n",
+        "t.toml:4: workers.TestWorker.interpreter: `/opt/perl` does not exist",
+    );
+    check(
+        "[workers.TestWorker]\nkind = \"python\"\nlibs = [\"/opt/w\"]\ninterpreter = \"python9\"\n",
+        "t.toml:4: workers.TestWorker.interpreter: `python9` is not an executable on PATH (/usr/bin:/bin); give its absolute path",
+    );
+    // The default interpreter is looked up too, and blamed on `kind`.
+    check(
+        "[workers.TestWorker]\nkind = \"perl\"\nlibs = [\"/opt/w\"]\nenv = { PATH = \"/opt/bin\" }\n",
+        "t.toml:2: workers.TestWorker.kind: `perl` is not an executable on PATH (/opt/bin); give its absolute path",
+    );
+}
+
+#[test]
+fn check_compiles_and_compares_functions() {
+    assert_eq!(
+        check_deep("[workers.Broken]\nkind = \"perl\"\nlibs = [\"/srv\"]\n"),
+        "t.toml:3: workers.Broken.libs: /srv/Broken.pm does not compile: syntax error at /srv/Broken.pm line 3"
+    );
+    assert_eq!(
+        check_deep(
+            "[workers.TestWorker]\nkind = \"perl\"\nlibs = [\"/opt/w\"]\nfunctions = [\"reverse\",\n  \"rverse\"]\n"
+        ),
+        "ok: 1 worker (TestWorker: perl, 1..4 slots)\n\
+         t.toml:5: workers.TestWorker.functions[1]: warning: TestWorker has no public method `rverse` (it has reverse, wait): not registered"
     );
 }

@@ -58,6 +58,8 @@ pub(crate) const WORKER_KEYS: &[&str] = &[
     "proxy",
     "pin_cpu",
     "ready_timeout",
+    "libs",
+    "interpreter",
 ];
 
 /// Where handlers are looked up when neither the worker's `env` nor the
@@ -71,9 +73,20 @@ pub(crate) fn validate(
     path: &Path,
     probe: Option<&dyn Probe>,
 ) -> Result<Config, ConfigError> {
+    validate_with_warnings(text, path, probe).0
+}
+
+/// [`validate`], and what is not wrong but likely a mistake (a listed
+/// function the module lacks), as `FILE:LINE: KEY: warning: ...` lines.
+pub(crate) fn validate_with_warnings(
+    text: &str,
+    path: &Path,
+    probe: Option<&dyn Probe>,
+) -> (Result<Config, ConfigError>, Vec<String>) {
     let mut ctx = Ctx {
         newlines: text.match_indices('\n').map(|(i, _)| i).collect(),
         issues: Vec::new(),
+        warnings: Vec::new(),
     };
     let config = match raw::parse(text) {
         Ok(root) => build(&mut ctx, &root, path, probe),
@@ -88,7 +101,13 @@ pub(crate) fn validate(
             None
         }
     };
-    match config {
+    let mut warnings = std::mem::take(&mut ctx.warnings);
+    warnings.sort_by_key(|w| w.line);
+    let warnings = warnings
+        .iter()
+        .map(|w| format!("{}:{w}", path.display()))
+        .collect();
+    let result = match config {
         Some(config) if ctx.issues.is_empty() => Ok(config),
         _ => {
             let mut issues = ctx.issues;
@@ -103,13 +122,16 @@ pub(crate) fn validate(
                 issues,
             })
         }
-    }
+    };
+    (result, warnings)
 }
 
 struct Ctx {
     /// Byte offsets of every '\n', to turn spans into line numbers.
     newlines: Vec<usize>,
     issues: Vec<ConfigIssue>,
+    /// Said by `slotman check`, but no reason to refuse the file.
+    warnings: Vec<ConfigIssue>,
 }
 
 impl Ctx {
@@ -131,6 +153,14 @@ impl Ctx {
 
     fn err_at(&mut self, at: &At, message: impl Into<String>) {
         self.err(at.line, &at.key, message);
+    }
+
+    fn warn_at(&mut self, at: &At, message: impl Into<String>) {
+        self.warnings.push(ConfigIssue {
+            line: at.line,
+            key: Some(at.key.clone()),
+            message: format!("warning: {}", message.into()),
+        });
     }
 }
 
@@ -223,6 +253,8 @@ struct Keys {
     proxy: Field<bool>,
     pin_cpu: Field<bool>,
     ready_timeout: Field<Duration>,
+    libs: Field<Vec<PathBuf>>,
+    interpreter: Field<String>,
 }
 
 fn build(ctx: &mut Ctx, root: &Loc, path: &Path, probe: Option<&dyn Probe>) -> Option<Config> {
@@ -485,6 +517,11 @@ fn read_keys(ctx: &mut Ctx, base: &str, entries: &[(Key, Loc)], table_line: usiz
                 });
                 k.ready_timeout = Field::new(v, at);
             }
+            "libs" => k.libs = Field::new(libs(ctx, &a, value), at),
+            "interpreter" => {
+                let v = string(ctx, &a, value).and_then(|s| report(ctx, &a, interpreter(s)));
+                k.interpreter = Field::new(v, at);
+            }
             "max_packet_size" => {
                 let v =
                     size(ctx, &a, value, false).flatten().and_then(|bytes| {
@@ -530,21 +567,86 @@ fn finish(
         .or_builtin(vec![format!("127.0.0.1:{}", super::DEFAULT_PORT)]);
     let kind = w.kind.over(&d.kind).or_builtin(HandlerKind::Stdio);
 
-    let command = match w.command.over(&d.command) {
-        Field::Set(command, _) => Some(command),
-        Field::Invalid => None,
-        Field::Unset => {
+    let language = kind.as_ref().and_then(|(k, _)| k.language());
+    // Keys of one family of kinds set in the worker's own table for the
+    // other (a `[defaults]` value may serve other workers: no complaint).
+    let kind_word = kind.as_ref().map_or("", |(k, _)| k.name());
+    for (key, own, seed_only) in [
+        ("command", field_at(&w.command), false),
+        ("libs", field_at(&w.libs), true),
+        ("interpreter", field_at(&w.interpreter), true),
+    ] {
+        match (own, language.is_some(), seed_only) {
+            (Some(at), true, false) => ctx.err_at(
+                at,
+                format!(
+                    "a {kind_word} worker has no {key}: slotman runs its library on the module \
+                     {}; `interpreter` chooses the program",
+                    language.map_or(String::new(), |l| l.module_file(name))
+                ),
+            ),
+            (Some(at), false, true) if kind.is_some() => ctx.err_at(
+                at,
+                format!("only perl, python and php workers have {key}, not a {kind_word} worker"),
+            ),
+            _ => {}
+        }
+    }
+    if let (Some(_), Err(message)) = (language, crate::seed::check_worker_name(name)) {
+        ctx.err_at(&header("kind"), message);
+    }
+
+    let command = match language {
+        // The interpreter alone; the runner adds the library's arguments.
+        Some(language) => match w.interpreter.clone().over(&d.interpreter) {
+            Field::Set(program, at) => Some(Command {
+                argv: vec![program],
+                program: at,
+            }),
+            Field::Invalid => None,
+            Field::Unset => Some(Command {
+                argv: vec![language.default_interpreter().to_owned()],
+                program: kind
+                    .as_ref()
+                    .and_then(|(_, at)| at.clone())
+                    .unwrap_or_else(|| header("kind")),
+            }),
+        },
+        None => match w.command.clone().over(&d.command) {
+            Field::Set(command, _) => Some(command),
+            Field::Invalid => None,
+            Field::Unset => {
+                ctx.err_at(
+                    &header("command"),
+                    "missing; every worker needs command = [\"/path/to/program\", \"arg\", ...]",
+                );
+                None
+            }
+        },
+    };
+
+    let libs = match (language, w.libs.clone().over(&d.libs)) {
+        (Some(language), Field::Unset) => {
             ctx.err_at(
-                &header("command"),
-                "missing; every worker needs command = [\"/path/to/program\", \"arg\", ...]",
+                &header("libs"),
+                format!(
+                    "missing; a {kind_word} worker needs libs = [\"/opt/workers\"], the directories \
+                     where its module {} is looked for",
+                    language.module_file(name)
+                ),
             );
             None
         }
+        (Some(_), Field::Invalid) => None,
+        (Some(_), Field::Set(list, at)) => Some((list, Some(at))),
+        (None, _) => Some((Vec::new(), None)),
     };
 
     let functions = match (w.functions.over(&d.functions), &kind) {
         (Field::Invalid, _) => None,
         (Field::Unset, Some((HandlerKind::Native, _))) => Some(Vec::new()),
+        // Whatever the module announces.
+        (Field::Unset, Some((k, _))) if k.language().is_some() => Some(Vec::new()),
         (Field::Unset, Some((k, _))) => {
             ctx.err_at(
                 &header("functions"),
@@ -584,15 +686,32 @@ fn finish(
     let mut env = d.env.clone();
     env.extend(w.env);
 
+    // The program as found on the host (for a bare name, on the worker's PATH).
+    let mut program = None;
     if let (Some(probe), Some(command)) = (probe, &command) {
         let search_path = env
             .get("PATH")
             .cloned()
             .or_else(|| probe.search_path())
             .unwrap_or_else(|| FALLBACK_PATH.to_owned());
-        if let Err(message) = program_exists(probe, &command.argv[0], &search_path) {
-            ctx.err_at(&command.program, message);
+        match program_exists(probe, &command.argv[0], &search_path) {
+            Ok(path) => program = Some(path),
+            Err(message) => ctx.err_at(&command.program, message),
         }
+    }
+    if let (Some(probe), Some(language), Some((libs, Some(libs_at))), Some(program)) =
+        (probe, language, &libs, &program)
+    {
+        let functions = functions.as_deref().unwrap_or_default();
+        seed_module(
+            ctx,
+            probe,
+            language,
+            name,
+            (libs, libs_at),
+            program,
+            functions,
+        );
     }
     if let Some(probe) = probe {
         for (field, group) in [
@@ -620,6 +739,7 @@ fn finish(
         kind: kind?.0,
         command: command?.argv,
         functions,
+        libs: libs?.0,
         prefix: prefix?.0,
         min: min?.0,
         max: max?.0,
@@ -718,10 +838,12 @@ fn min_exceeds_max(
 
 /// A command's program: an absolute path that is executable, or a bare name
 /// found on `search_path`.
-fn program_exists(probe: &dyn Probe, program: &str, search_path: &str) -> Result<(), String> {
+/// Returns its path (the one found on `search_path` for a bare name).
+fn program_exists(probe: &dyn Probe, program: &str, search_path: &str) -> Result<PathBuf, String> {
     if program.starts_with('/') {
         return probe
             .executable(Path::new(program))
+            .map(|()| PathBuf::from(program))
             .map_err(|why| format!("`{program}` {why}"));
     }
     // Relative PATH entries are skipped: they depend on the directory the
@@ -729,9 +851,10 @@ fn program_exists(probe: &dyn Probe, program: &str, search_path: &str) -> Result
     let found = search_path
         .split(':')
         .filter(|dir| dir.starts_with('/'))
-        .any(|dir| probe.executable(&Path::new(dir).join(program)).is_ok());
-    if found {
-        Ok(())
+        .map(|dir| Path::new(dir).join(program))
+        .find(|path| probe.executable(path).is_ok());
+    if let Some(path) = found {
+        Ok(path)
     } else {
         Err(format!(
             "`{program}` is not an executable on PATH ({search_path}); give its absolute path"
@@ -740,10 +863,129 @@ fn program_exists(probe: &dyn Probe, program: &str, search_path: &str) -> Result
 }
 
 fn kind_name(kind: HandlerKind) -> &'static str {
-    match kind {
-        HandlerKind::Exec => "exec",
-        HandlerKind::Stdio => "stdio",
-        HandlerKind::Native => "native",
+    kind.name()
+}
+
+/// Where a worker's own table sets a key.
+fn field_at<T>(field: &Field<T>) -> Option<&At> {
+    match field {
+        Field::Set(_, at) => Some(at),
+        Field::Unset | Field::Invalid => None,
+    }
+}
+
+/// A seed-style worker's module, on the host: each of `libs` is a
+/// directory and one holds the module file; with a deep probe (`slotman
+/// check`), the module compiles, and each listed function is one of the
+/// methods it announces (a warning otherwise).
+fn seed_module(
+    ctx: &mut Ctx,
+    probe: &dyn Probe,
+    language: crate::seed::Language,
+    name: &str,
+    (libs, libs_at): (&[PathBuf], &At),
+    interpreter: &Path,
+    functions: &[(String, At)],
+) {
+    let mut ok = true;
+    for dir in libs {
+        if let Err(why) = probe.directory(dir) {
+            ctx.err_at(libs_at, format!("`{}` {why}", dir.display()));
+            ok = false;
+        }
+    }
+    if !ok {
+        return;
+    }
+    let file = language.module_file(name);
+    let Some(module) = libs
+        .iter()
+        .map(|dir| dir.join(&file))
+        .find(|p| probe.is_file(p))
+    else {
+        let dirs: Vec<String> = libs.iter().map(|d| d.display().to_string()).collect();
+        ctx.err_at(
+            libs_at,
+            format!(
+                "no {file} in {}: workers.{} runs the {} {name} from it",
+                dirs.join(", "),
+                quote_key(name),
+                match language {
+                    crate::seed::Language::Perl => "package",
+                    _ => "class",
+                }
+            ),
+        );
+        return;
+    };
+    match probe.seed_module(language, interpreter, libs, name, &module) {
+        Ok(None) => {}
+        Ok(Some(announced)) if announced.is_empty() => ctx.err_at(
+            libs_at,
+            format!(
+                "{name} in {} has no public method to register (methods starting with `_` \
+                 and names in capitals only are not registered)",
+                module.display()
+            ),
+        ),
+        Ok(Some(announced)) => {
+            for (function, at) in functions {
+                if !announced.contains(function) {
+                    ctx.warn_at(
+                        at,
+                        format!(
+                            "{name} has no public method `{function}` (it has {}): not registered",
+                            announced.join(", ")
+                        ),
+                    );
+                }
+            }
+        }
+        Err(why) => ctx.err_at(libs_at, why),
+    }
+}
+
+/// A `libs` list: absolute directories, at least one.
+fn libs(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Vec<PathBuf>> {
+    let list = strings(ctx, at, value)?;
+    if list.is_empty() {
+        ctx.err_at(at, "must name at least one directory");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (dir, item_at) in list {
+        let problem = if !dir.starts_with('/') {
+            Some(format!("`{dir}` must be an absolute path"))
+        } else if dir.contains('\0') {
+            Some("must not contain a NUL character".to_owned())
+        } else if dir.contains(':') {
+            // PHP's include_path is a `:` list; one rule for every language.
+            Some(format!("`{dir}` must not contain `:`"))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => {
+                ctx.err_at(&item_at, message);
+                ok = false;
+            }
+            None => out.push(PathBuf::from(dir)),
+        }
+    }
+    ok.then_some(out)
+}
+
+/// An `interpreter`: an absolute path, or a bare name looked up on PATH.
+fn interpreter(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains('\0') {
+        Err("must be a program: an absolute path or a name on PATH".into())
+    } else if !s.starts_with('/') && s.contains('/') {
+        Err(format!(
+            "`{s}` is a relative path; give an absolute path, or a bare name to look up on PATH"
+        ))
+    } else {
+        Ok(s.to_owned())
     }
 }
 
@@ -903,10 +1145,13 @@ fn kind(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<HandlerKind> {
         "exec" => Some(HandlerKind::Exec),
         "stdio" => Some(HandlerKind::Stdio),
         "native" => Some(HandlerKind::Native),
+        "perl" => Some(HandlerKind::Perl),
+        "python" => Some(HandlerKind::Python),
+        "php" => Some(HandlerKind::Php),
         other => {
             ctx.err_at(
                 at,
-                format!("expected \"exec\", \"stdio\" or \"native\", not \"{other}\""),
+                format!("expected \"exec\", \"stdio\", \"native\", \"perl\", \"python\" or \"php\", not \"{other}\""),
             );
             None
         }

@@ -291,8 +291,7 @@ impl Manager {
             })
             .map(|(n, p)| {
                 let functions = p
-                    .worker
-                    .functions
+                    .functions()
                     .iter()
                     .map(|f| p.worker.registered_name(f))
                     .collect();
@@ -439,10 +438,8 @@ impl Manager {
         for pool in self.pools.values_mut() {
             for slot in pool.slots.values_mut() {
                 slot.exit_expected = true;
-                if !matches!(slot.state, SlotState::Draining { .. }) {
-                    slot.state = SlotState::Draining {
-                        reason: "stopping".into(),
-                    };
+                if !matches!(slot.state, SlotState::Draining) {
+                    slot.state = SlotState::Draining;
                 }
                 let _ = slot.cmd.send(SlotCmd::Drain);
             }
@@ -672,7 +669,7 @@ impl Manager {
                     handle: handle.clone(),
                     since: now,
                 });
-                if !matches!(slot.state, SlotState::Draining { .. }) {
+                if !matches!(slot.state, SlotState::Draining) {
                     slot.state = SlotState::Busy {
                         function,
                         handle,
@@ -706,7 +703,7 @@ impl Manager {
                 }
                 if workleft > 0
                     && slot.jobs_done >= workleft
-                    && !matches!(slot.state, SlotState::Draining { .. })
+                    && !matches!(slot.state, SlotState::Draining)
                 {
                     tracing::info!(
                         worker,
@@ -718,15 +715,14 @@ impl Manager {
                     slot.exit_expected = true;
                     pool.counters.recycles += 1;
                     slot.job = None;
-                    slot.state = SlotState::Draining {
-                        reason: "workleft reached".into(),
-                    };
-                } else if idle && !matches!(slot.state, SlotState::Draining { .. }) {
+                    slot.state = SlotState::Draining;
+                } else if idle && !matches!(slot.state, SlotState::Draining) {
                     slot.state = SlotState::Idle { since: now };
                 }
             }
             // Kept by the slot task (slot_task.rs).
             Report::Handler { .. } => {}
+            Report::Registered { functions } => pool.announced = functions,
             Report::Link { server, error } => {
                 let since = match slot.links.get(&server) {
                     Some(l) if l.error.is_some() == error.is_some() => l.since,
@@ -763,12 +759,9 @@ impl Manager {
                 // A failed start keeps counting as a (starting) slot until its
                 // exit is seen: only then is the back-off in place, so the
                 // policy cannot replace it in between without waiting.
-                if reason != ExitReason::HandlerFailed
-                    && !matches!(slot.state, SlotState::Draining { .. })
+                if reason != ExitReason::HandlerFailed && !matches!(slot.state, SlotState::Draining)
                 {
-                    slot.state = SlotState::Draining {
-                        reason: format!("{reason:?}").to_lowercase(),
-                    };
+                    slot.state = SlotState::Draining;
                 }
             }
         }
@@ -863,7 +856,7 @@ impl Manager {
                         }
                         for _ in 0..count {
                             let cpu = match pool.worker.kind {
-                                crate::config::HandlerKind::Stdio => self.cpus.take(),
+                                k if k.is_stdio() => self.cpus.take(),
                                 _ => None,
                             };
                             let pin = self.pinning && pool.worker.pin_cpu;
@@ -890,9 +883,7 @@ impl Manager {
                                 }
                             }
                             s.exit_expected = true;
-                            s.state = SlotState::Draining {
-                                reason: reason.to_string(),
-                            };
+                            s.state = SlotState::Draining;
                             let _ = s.cmd.send(SlotCmd::Drain);
                         }
                     }

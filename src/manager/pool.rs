@@ -35,9 +35,8 @@ pub enum SlotState {
         handle: String,
         since: Instant,
     },
-    Draining {
-        reason: String,
-    },
+    /// Sent `drain` (the log line at that moment says why).
+    Draining,
 }
 
 impl SlotState {
@@ -46,7 +45,7 @@ impl SlotState {
             SlotState::Starting => "starting",
             SlotState::Idle { .. } => "idle",
             SlotState::Busy { .. } => "busy",
-            SlotState::Draining { .. } => "draining",
+            SlotState::Draining => "draining",
         }
     }
 }
@@ -326,6 +325,9 @@ pub struct Pool {
     pub failing: Option<Failing>,
     /// `slotman pause`: its slots take no new job; the policy leaves it be.
     pub paused: bool,
+    /// What its slots registered when the config lists no functions (a
+    /// seed-style worker's methods), as the last slot reported them.
+    pub announced: Vec<String>,
 }
 
 /// Slots of a worker failing in a row (see [`Pool::failing`]).
@@ -370,6 +372,17 @@ impl Pool {
             spawn,
             failing: None,
             paused: false,
+            announced: Vec::new(),
+        }
+    }
+
+    /// The functions its slots register (without prefix): the config's,
+    /// else what they reported.
+    pub fn functions(&self) -> &[String] {
+        if self.worker.functions.is_empty() {
+            &self.announced
+        } else {
+            &self.worker.functions
         }
     }
 
@@ -387,7 +400,7 @@ impl Pool {
                         SlotState::Starting => SlotPhase::Starting,
                         SlotState::Idle { since } => SlotPhase::Idle { since: *since },
                         SlotState::Busy { .. } => SlotPhase::Busy,
-                        SlotState::Draining { .. } => SlotPhase::Draining,
+                        SlotState::Draining => SlotPhase::Draining,
                     },
                     outdated: s.generation != self.generation || s.retire,
                     recycle_at: s.recycle_at,
@@ -449,7 +462,7 @@ impl Pool {
 
     /// Slots that count as capacity (not draining).
     pub fn active(&self) -> usize {
-        self.count(|s| !matches!(s, SlotState::Draining { .. }))
+        self.count(|s| !matches!(s, SlotState::Draining))
     }
 
     pub fn busy(&self) -> usize {

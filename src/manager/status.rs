@@ -159,7 +159,7 @@ impl Manager {
                     busy: p.busy() as u32,
                     idle: count(|s| matches!(s, SlotState::Idle { .. })),
                     starting: count(|s| matches!(s, SlotState::Starting)),
-                    draining: count(|s| matches!(s, SlotState::Draining { .. })),
+                    draining: count(|s| matches!(s, SlotState::Draining)),
                     failed: p.faults.failed,
                     jobs_complete: p.counters.jobs_complete,
                     jobs_failed: p.counters.jobs_failed,
@@ -170,8 +170,7 @@ impl Manager {
                     queued: None,
                     job_servers: p.worker.job_servers.clone(),
                     registered: p
-                        .worker
-                        .functions
+                        .functions()
                         .iter()
                         .map(|f| p.worker.registered_name(f))
                         .collect(),

@@ -103,6 +103,10 @@ pub enum ExitReason {
 pub enum Report {
     /// Handler ready and functions registered; `pid` is the runner's.
     Ready { pid: u32 },
+    /// Sent before `ready` when the slot registers functions its config
+    /// does not list (a seed-style worker's, as its handler announced
+    /// them): names without prefix.
+    Registered { functions: Vec<String> },
     /// A job started. Sent when the slot leaves idle, when the job before
     /// it ran for at least [`SHORT_JOB`], or when the last report is older
     /// than [`REPORT_EVERY`]: a stream of short jobs costs the manager

@@ -19,6 +19,7 @@ use super::handler::{FailReason, Handler, HandlerError, Job, JobEvent, Outcome, 
 use super::memory::RssCheck;
 use super::report::{ExitReason, JobResult, Links, Report, Reports, SlotSpec, Told, SHORT_JOB};
 use crate::config::HandlerKind;
+use crate::systemd::journal::JobTag;
 
 /// The job side of the slot: the handler plus workleft accounting.
 struct Jobs {
@@ -69,7 +70,7 @@ impl Jobs {
         )
     }
     /// Switches the handler's log lines to `job`.
-    fn mark_job(&self, job: crate::systemd::journal::JobTag) {
+    fn mark_job(&self, job: Option<JobTag>) {
         if let Some(tags) = &self.log_tags {
             tags.switch(job);
         }
@@ -129,7 +130,10 @@ impl JobRunner for Jobs {
     async fn run(&self, job: Job, events: mpsc::Sender<JobEvent>) -> Outcome {
         let started = Instant::now();
         let reported = self.report_busy(&job, started, false);
-        self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())));
+        self.mark_job(Some(JobTag {
+            function: job.gearman_function.clone(),
+            handle: job.handle.clone(),
+        }));
         let (outcome, handler_pid) = {
             let mut handler = self.handler.lock().await;
             let run = handler.run(&job, &events, self.spec.worker.timeout);
@@ -186,9 +190,7 @@ impl JobRunner for Jobs {
                         self.spec.worker.memory_max.map_or("-".into(), |m| m.to_string())
                     );
                     self.leave(ExitReason::OomKilled);
-                } else if matches!(why, FailReason::Spawn(_))
-                    && self.spec.worker.kind == HandlerKind::Stdio
-                {
+                } else if matches!(why, FailReason::Spawn(_)) && self.spec.worker.kind.is_stdio() {
                     // A replacement handler that cannot start (or never says
                     // READY) would cost every later job its ready_timeout:
                     // the slot leaves as a failed start, which the manager
@@ -292,6 +294,23 @@ pub async fn run(
             return ExitReason::HandlerFailed;
         }
     };
+    let functions = match register(&spec, handler.announced()) {
+        Ok(functions) => functions,
+        Err(why) => {
+            tracing::error!(worker = %id.worker, slot = id.slot, "{why}");
+            handler.shutdown().await;
+            let _ = reports.send(Report::StartFailed { why });
+            let _ = reports.send(Report::Exiting {
+                reason: ExitReason::HandlerFailed,
+            });
+            return ExitReason::HandlerFailed;
+        }
+    };
+    if spec.worker.functions.is_empty() {
+        let _ = reports.send(Report::Registered {
+            functions: functions.clone(),
+        });
+    }
     // Every handler process is reported as it starts, before it gets a
     // job: the manager's cleanup after a killed runner needs its group.
     let told = reports.clone();
@@ -341,7 +360,7 @@ pub async fn run(
             server: server.clone(),
             client_id: client_id.clone(),
             prefix: spec.worker.prefix.clone(),
-            functions: spec.worker.functions.clone(),
+            functions: functions.clone(),
             max_packet: spec.worker.max_packet_size,
             // With two servers, the next job could come from either: the
             // prefetching grab would hold the permit across both.
@@ -387,6 +406,28 @@ pub async fn run(
         jobs.handler.into_inner().shutdown().await;
     }
     reason
+}
+
+/// The functions this slot registers (see
+/// [`super::handler::registration`]); the difference between the config's
+/// list and the handler's `READY` is logged once, here.
+fn register(spec: &SlotSpec, announced: &[String]) -> Result<Vec<String>, String> {
+    let reg = super::handler::registration(&spec.worker.functions, announced)?;
+    if !reg.not_announced.is_empty() {
+        tracing::warn!(
+            worker = %spec.worker.name,
+            "not registered: {} (listed in `functions`, but the handler does not announce them)",
+            reg.not_announced.join(", ")
+        );
+    }
+    if !reg.not_listed.is_empty() {
+        tracing::info!(
+            worker = %spec.worker.name,
+            "not registered: {} (announced by the handler, not listed in `functions`)",
+            reg.not_listed.join(", ")
+        );
+    }
+    Ok(reg.functions)
 }
 
 /// While the manager says paused, holds the slot's one job permit: the

@@ -230,6 +230,19 @@ pub(crate) struct Launcher {
     working_directory: Option<PathBuf>,
     /// The ids to switch to, or why they could not be resolved.
     credentials: Result<Credentials, String>,
+    /// A seed-style worker: the library's arguments go after the
+    /// interpreter (`command`), naming the library directory as it is when
+    /// each process starts.
+    seed: Option<Seed>,
+}
+
+/// What a seed-style worker's interpreter is run on.
+#[derive(Debug, Clone)]
+struct Seed {
+    language: crate::seed::Language,
+    libs: Vec<PathBuf>,
+    /// The module's name: the worker's.
+    name: String,
 }
 
 /// Ids to switch to; `None` where ours will do.
@@ -254,6 +267,11 @@ impl Launcher {
             env,
             working_directory: worker.working_directory.clone(),
             credentials: resolve_credentials(worker.user.as_deref(), worker.group.as_deref()),
+            seed: worker.kind.language().map(|language| Seed {
+                language,
+                libs: worker.libs.clone(),
+                name: worker.name.clone(),
+            }),
         }
     }
 
@@ -274,6 +292,19 @@ impl Launcher {
         };
         let mut cmd = Command::new(program);
         cmd.args(args);
+        if let Some(seed) = &self.seed {
+            // Written (or checked) per process: a library directory removed
+            // under a running slot is written again.
+            let lib = crate::seed::library_dir()
+                .map_err(|e| format!("cannot write slotman's worker library: {e}"))?;
+            cmd.args(crate::seed::worker_args(
+                seed.language,
+                &lib,
+                &seed.libs,
+                &seed.name,
+                false,
+            ));
+        }
         for name in scrubbed_env() {
             cmd.env_remove(name);
         }

@@ -6,7 +6,7 @@
 //! header has a `SIZE`:
 //!
 //! ```text
-//! handler → slotman   READY
+//! handler → slotman   READY [FUNCTION...]
 //!                     STATUS NUMERATOR DENOMINATOR
 //!                     DATA SIZE       + SIZE bytes
 //!                     WARNING SIZE    + SIZE bytes
@@ -56,8 +56,10 @@ pub const MAX_HEADER: usize = 1024;
 /// A frame a handler writes to slotman.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FromHandler {
-    /// Ready for jobs; sent once, before the first job.
-    Ready,
+    /// Ready for jobs; sent once, before the first job. The functions it
+    /// names (none for a plain `READY`) are what it serves, registered when
+    /// the config lists none (the seed-style libraries send them).
+    Ready(Vec<String>),
     /// Progress: WORK_STATUS.
     Status { numerator: u64, denominator: u64 },
     /// Partial result: WORK_DATA.
@@ -80,7 +82,7 @@ impl FromHandler {
             | FromHandler::Warning(b)
             | FromHandler::Complete(b)
             | FromHandler::Exception(b) => Some(b),
-            FromHandler::Ready | FromHandler::Status { .. } | FromHandler::Fail => None,
+            FromHandler::Ready(_) | FromHandler::Status { .. } | FromHandler::Fail => None,
         }
     }
 }
@@ -89,7 +91,13 @@ impl FromHandler {
 impl fmt::Display for FromHandler {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            FromHandler::Ready => f.write_str("READY"),
+            FromHandler::Ready(functions) => {
+                f.write_str("READY")?;
+                for function in functions {
+                    write!(f, " {function}")?;
+                }
+                Ok(())
+            }
             FromHandler::Status {
                 numerator,
                 denominator,
@@ -229,7 +237,7 @@ impl Decoder for SlotmanCodec {
             return Ok(None);
         };
         Ok(Some(match head {
-            FromHandlerHead::Ready => FromHandler::Ready,
+            FromHandlerHead::Ready(functions) => FromHandler::Ready(functions),
             FromHandlerHead::Status(numerator, denominator) => FromHandler::Status {
                 numerator,
                 denominator,
@@ -343,7 +351,7 @@ enum HeadError {
 /// Header of a handler → slotman frame.
 #[derive(Debug)]
 enum FromHandlerHead {
-    Ready,
+    Ready(Vec<String>),
     Status(u64, u64),
     Data,
     Warning,
@@ -363,7 +371,18 @@ impl Head for FromHandlerHead {
             _ => Err(HeadError::Bad("expected no fields")),
         };
         match word {
-            b"READY" => bare(FromHandlerHead::Ready),
+            b"READY" => {
+                // Fields are printable ASCII words already (`parse_line`).
+                let mut functions: Vec<String> = Vec::with_capacity(fields.len());
+                for field in fields {
+                    let name = String::from_utf8_lossy(field).into_owned();
+                    if functions.contains(&name) {
+                        return Err(HeadError::Bad("a function is announced twice"));
+                    }
+                    functions.push(name);
+                }
+                Ok((FromHandlerHead::Ready(functions), 0))
+            }
             b"FAIL" => bare(FromHandlerHead::Fail),
             b"DATA" => sized(FromHandlerHead::Data),
             b"WARNING" => sized(FromHandlerHead::Warning),
@@ -624,7 +643,7 @@ mod tests {
         assert_eq!(
             frames,
             vec![
-                FromHandler::Ready,
+                FromHandler::Ready(vec![]),
                 FromHandler::Status {
                     numerator: 1,
                     denominator: 10
@@ -635,6 +654,21 @@ mod tests {
                 FromHandler::Fail,
                 FromHandler::Exception(Bytes::from_static(b"\0\xff\r\n")),
             ]
+        );
+    }
+
+    #[test]
+    fn ready_may_name_functions() {
+        assert_eq!(
+            one(b"READY reverse wait\nREADY\n").expect("valid"),
+            vec![
+                FromHandler::Ready(vec!["reverse".into(), "wait".into()]),
+                FromHandler::Ready(vec![]),
+            ]
+        );
+        assert_eq!(
+            FromHandler::Ready(vec!["a".into(), "b".into()]).to_string(),
+            "READY a b"
         );
     }
 
@@ -662,7 +696,8 @@ mod tests {
             b"\n",
             b" READY\n",
             b"READY \n",
-            b"READY now\n",
+            b"READY now now\n",
+            b"READY  now\n",
             b"FAIL 0\n",
             b"STATUS 1\n",
             b"STATUS 1 2 3\n",
@@ -862,7 +897,12 @@ mod tests {
 
     fn reply() -> impl Strategy<Value = FromHandler> {
         prop_oneof![
-            Just(FromHandler::Ready),
+            proptest::collection::vec(word(), 0..4).prop_map(|mut names| {
+                names.dedup();
+                names.sort();
+                names.dedup();
+                FromHandler::Ready(names)
+            }),
             Just(FromHandler::Fail),
             (any::<u64>(), any::<u64>()).prop_map(|(numerator, denominator)| FromHandler::Status {
                 numerator,

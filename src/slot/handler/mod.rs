@@ -1,5 +1,8 @@
-//! The user's handler program, in the three kinds of DESIGN.md. A handler runs
-//! one job at a time; the slot runner owns it and never shares it.
+//! The user's handler program, in the kinds of DESIGN.md. A handler runs
+//! one job at a time; the slot runner owns it and never shares it. The
+//! seed-style kinds (`perl`, `python`, `php`) are `stdio` handlers whose
+//! program is the language's interpreter running slotman's library
+//! ([`crate::seed`]) on the worker's module.
 //!
 //! This module knows nothing of Gearman connections: it takes a [`Job`], sends
 //! progress as [`JobEvent`]s and returns an [`Outcome`].
@@ -138,9 +141,9 @@ impl Handler {
     ) -> Result<Handler, HandlerError> {
         match worker.kind {
             HandlerKind::Exec => Ok(Handler::Exec(exec::ExecHandler::new(worker, id))),
-            HandlerKind::Stdio => Ok(Handler::Stdio(
-                stdio::StdioHandler::start(worker, id, cancel).await?,
-            )),
+            HandlerKind::Stdio | HandlerKind::Perl | HandlerKind::Python | HandlerKind::Php => Ok(
+                Handler::Stdio(stdio::StdioHandler::start(worker, id, cancel).await?),
+            ),
             HandlerKind::Native => Err(HandlerError::Native),
         }
     }
@@ -169,6 +172,15 @@ impl Handler {
         }
     }
 
+    /// The functions a stdio handler named in its `READY` (none for a plain
+    /// `READY`, and for exec handlers).
+    pub fn announced(&self) -> &[String] {
+        match self {
+            Handler::Exec(_) => &[],
+            Handler::Stdio(h) => h.announced(),
+        }
+    }
+
     /// PID of the long-running handler process, if there is one.
     pub fn pid(&self) -> Option<u32> {
         match self {
@@ -184,6 +196,65 @@ impl Handler {
             Handler::Stdio(h) => h.shutdown().await,
         }
     }
+}
+
+/// What a slot registers, given the functions its config lists and those
+/// its handler announced in `READY`, and what to say about the difference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// In the config's order, else the handler's.
+    pub functions: Vec<String>,
+    /// Listed in the config but not announced: not registered.
+    pub not_announced: Vec<String>,
+    /// Announced but left out by the config's list.
+    pub not_listed: Vec<String>,
+}
+
+/// The functions a slot registers: the config's list when the handler
+/// announced none (a plain `READY`: every hand-written stdio handler, and
+/// exec handlers); what it announced when the config lists none; else the
+/// functions in both. `Err` (why) when that leaves nothing to register.
+pub fn registration(configured: &[String], announced: &[String]) -> Result<Registration, String> {
+    let reg = match (configured.is_empty(), announced.is_empty()) {
+        (_, true) => Registration {
+            functions: configured.to_vec(),
+            not_announced: Vec::new(),
+            not_listed: Vec::new(),
+        },
+        (true, false) => Registration {
+            functions: announced.to_vec(),
+            not_announced: Vec::new(),
+            not_listed: Vec::new(),
+        },
+        (false, false) => {
+            let (functions, not_announced) = configured
+                .iter()
+                .cloned()
+                .partition(|f| announced.contains(f));
+            Registration {
+                functions,
+                not_announced,
+                not_listed: announced
+                    .iter()
+                    .filter(|f| !configured.contains(f))
+                    .cloned()
+                    .collect(),
+            }
+        }
+    };
+    if !reg.functions.is_empty() {
+        return Ok(reg);
+    }
+    Err(match (configured.is_empty(), announced.is_empty()) {
+        (true, true) => {
+            "the handler announced no functions in READY and the config lists none".to_owned()
+        }
+        _ => format!(
+            "none of the functions listed in the config ({}) is one the handler announced ({})",
+            configured.join(", "),
+            announced.join(", ")
+        ),
+    })
 }
 
 /// Where handlers' stderr goes, when the runner set it (a pipe it forwards
@@ -208,4 +279,35 @@ pub fn scrubbed_env() -> impl Iterator<Item = &'static str> {
         .iter()
         .copied()
         .chain([crate::slot::report::CONTROL_FD_ENV])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> Vec<String> {
+        list.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn registers_the_config_the_announcement_or_both() {
+        // A plain READY: the config's list, as always.
+        let r = registration(&names(&["a", "b"]), &[]).unwrap();
+        assert_eq!(r.functions, names(&["a", "b"]));
+        // Nothing listed: what the handler announced.
+        let r = registration(&[], &names(&["x", "y"])).unwrap();
+        assert_eq!(r.functions, names(&["x", "y"]));
+        // Both: the config restricts, in its order; the rest is reported.
+        let r = registration(&names(&["y", "gone"]), &names(&["x", "y"])).unwrap();
+        assert_eq!(r.functions, names(&["y"]));
+        assert_eq!(r.not_announced, names(&["gone"]));
+        assert_eq!(r.not_listed, names(&["x"]));
+    }
+
+    #[test]
+    fn nothing_to_register_is_an_error() {
+        assert!(registration(&[], &[]).unwrap_err().contains("no functions"));
+        let why = registration(&names(&["a"]), &names(&["b"])).unwrap_err();
+        assert!(why.contains("(a)") && why.contains("(b)"), "{why}");
+    }
 }

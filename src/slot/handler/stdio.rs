@@ -47,6 +47,9 @@ pub struct StdioHandler {
     process: Option<Box<Process>>,
     /// Told the pid of every process started after it was set.
     on_start: Option<super::OnStart>,
+    /// The functions the first process named in its `READY` (none for a
+    /// plain `READY`): what the slot registers when the config lists none.
+    announced: Vec<String>,
 }
 
 impl StdioHandler {
@@ -60,14 +63,21 @@ impl StdioHandler {
         let launcher = Launcher::new(worker, id);
         let max_size = usize::try_from(worker.max_packet_size).unwrap_or(usize::MAX);
         let ready_timeout = worker.ready_timeout;
-        let process = Process::start(&launcher, max_size, ready_timeout, Some(cancel)).await?;
+        let (process, announced) =
+            Process::start(&launcher, max_size, ready_timeout, Some(cancel)).await?;
         Ok(StdioHandler {
             launcher,
             max_size,
             ready_timeout,
             process: Some(process),
             on_start: None,
+            announced,
         })
+    }
+
+    /// The functions the handler named in its `READY`.
+    pub fn announced(&self) -> &[String] {
+        &self.announced
     }
 
     /// Calls `f` with the pid of the current process, then of every one
@@ -83,8 +93,19 @@ impl StdioHandler {
     /// finishes even through a drain: no cancelling this wait, which
     /// `ready_timeout` bounds.
     async fn start_process(&self) -> Result<Box<Process>, HandlerError> {
-        let process =
+        let (process, announced) =
             Process::start(&self.launcher, self.max_size, self.ready_timeout, None).await?;
+        if announced != self.announced {
+            // The slot registered the first set; new code takes a restart.
+            tracing::warn!(
+                pid = process.child.child.id(),
+                "replacement handler {:?} announced {} instead of {}: the slot keeps \
+                 serving what it registered (`slotman restart` deploys new code)",
+                self.launcher.program(),
+                words(&announced),
+                words(&self.announced)
+            );
+        }
         if let (Some(f), Some(pid)) = (&self.on_start, process.child.child.id()) {
             f(pid);
         }
@@ -236,14 +257,14 @@ fn child_exits() -> Option<u64> {
 
 impl Process {
     /// Spawns the command and waits up to `ready_timeout` for `READY`, or
-    /// until `cancel`; on any failure the process is killed and reaped
-    /// before returning.
+    /// until `cancel`; the process and the functions its `READY` named. On
+    /// any failure the process is killed and reaped before returning.
     async fn start(
         launcher: &Launcher,
         max_size: usize,
         ready_timeout: Duration,
         cancel: Option<&CancellationToken>,
-    ) -> Result<Box<Process>, HandlerError> {
+    ) -> Result<(Box<Process>, Vec<String>), HandlerError> {
         count_child_exits();
         let program = launcher.program().to_owned();
         let spawn_error = |error| HandlerError::Spawn {
@@ -309,12 +330,12 @@ impl Process {
             return Err(HandlerError::Cancelled { program });
         };
         let error = match first {
-            Ok(Some(Ok(FromHandler::Ready))) => {
+            Ok(Some(Ok(FromHandler::Ready(announced)))) => {
                 tracing::debug!(
                     pid = process.child.child.id(),
                     "stdio handler {program:?} is ready"
                 );
-                return Ok(process);
+                return Ok((process, announced));
             }
             Ok(None | Some(Err(FramingError::Truncated))) => HandlerError::ExitedBeforeReady {
                 program: program.clone(),
@@ -544,7 +565,7 @@ async fn read_answer(
                 let why = "handler sent FAIL".to_owned();
                 return Ok(Outcome::Fail(FailReason::Declined(why)));
             }
-            Some(Ok(FromHandler::Ready)) => {
+            Some(Ok(FromHandler::Ready(_))) => {
                 return Err(Ended::Broken("READY in the middle of a job".into()))
             }
             None | Some(Err(FramingError::Truncated)) => return Err(Ended::Eof),
@@ -554,5 +575,14 @@ async fn read_answer(
         if events.send(event).await.is_err() {
             tracing::debug!("job event dropped: nobody is listening");
         }
+    }
+}
+
+/// `a, b` or `nothing`, for logs.
+fn words(functions: &[String]) -> String {
+    if functions.is_empty() {
+        "no functions".into()
+    } else {
+        functions.join(", ")
     }
 }
