@@ -322,6 +322,9 @@ fn the_package_holds_what_the_contract_names() {
         "/usr/share/doc/slotman/copyright",
         "/usr/share/doc/slotman/changelog.Debian.gz",
         "/usr/share/doc/slotman/configuration.md",
+        "/usr/share/perl5/Slotman/Worker.pm",
+        "/usr/lib/python3/dist-packages/slotman/__init__.py",
+        "/usr/share/php/Slotman/Worker.php",
     ] {
         assert!(files.contains(&want), "the package has no {want}:\n{list}");
     }
