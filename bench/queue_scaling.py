@@ -3,7 +3,7 @@
 16 slots are registered, with queue-depth scaling and with busyness alone,
 printed side by side from one run.
 
-    cargo build --release && bench/queue_scaling.py [--slotman target/release/slotman]
+    cargo build --profile dist && bench/queue_scaling.py [--slotman target/dist/slotman]
 
 Needs gearmand (Debian gearman-job-server) and python3. Registration is read
 from gearmand's admin `workers` (connections whose client id is
@@ -96,7 +96,8 @@ def one(slotman, gearmand, scale_on_queue):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--slotman", default=os.path.join(HERE, "..", "target", "release", "slotman"))
+    ap.add_argument("--slotman", default=os.path.join(
+        os.environ.get("CARGO_TARGET_DIR") or os.path.join(HERE, "..", "target"), "dist", "slotman"))
     ap.add_argument("--reps", type=int, default=3)
     a = ap.parse_args()
     gearmand = shutil.which("gearmand") or "/usr/sbin/gearmand"

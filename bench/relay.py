@@ -15,7 +15,7 @@ the ratio relay / direct, and CPU per job of the workers, the slot runners
 the same alternation: an A/B of two builds of the relay in one run.
 
 Needs gearmand, php-cli with php-gearman, cargo (builds bench/loadgen) and
-a release build of slotman (`cargo build --release`). Prints a JSON
+a packaged-profile build of slotman (`cargo build --profile dist`). Prints a JSON
 object and a markdown table; writes both to bench/out/relay-<timestamp>/.
 """
 import argparse
@@ -133,7 +133,8 @@ def main():
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--ns", default="1,4,16")
     ap.add_argument("--reps", type=int, default=None)
-    ap.add_argument("--slotman", default=os.path.join(ROOT, "target", "release", "slotman"))
+    ap.add_argument("--slotman", default=os.path.join(
+        os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "dist", "slotman"))
     ap.add_argument("--php", default="/usr/bin/php")
     ap.add_argument("--compare", default=None, metavar="PATH",
                     help="a second slotman binary, measured alternately with the first (A/B)")
@@ -150,7 +151,7 @@ def main():
     ctx.duration = 2.0 if a.quick else 3.0
     ctx.quiet = B.Quiet(30 if a.quick else 150)
     if not os.path.exists(a.slotman):
-        sys.exit("no slotman binary at %s: run `cargo build --release` first" % a.slotman)
+        sys.exit("no slotman binary at %s: run `cargo build --profile dist` first" % a.slotman)
     ctx.slotman_source = os.path.abspath(a.slotman)
     ctx.slotman, ctx.runner = B.copy_slotman(ctx.slotman_source, ctx.out)
     ctx.b = None

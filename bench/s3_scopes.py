@@ -125,7 +125,7 @@ def main():
     ctx.out = os.path.join(BENCH, "out", "s3-scopes-" + time.strftime("%Y%m%d-%H%M%S"))
     os.makedirs(ctx.out, exist_ok=True)
     ctx.quiet = B.Quiet(60)
-    src = os.path.abspath(a.slotman or os.path.join(ROOT, "target", "release", "slotman"))
+    src = os.path.abspath(a.slotman or os.path.join(os.environ.get("CARGO_TARGET_DIR") or os.path.join(ROOT, "target"), "dist", "slotman"))
     ctx.slotman, _ = B.copy_slotman(src, ctx.out)
     print(json.dumps(measure(B, ctx, [int(x) for x in a.sizes.split(",")]), indent=1))
 

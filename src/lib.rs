@@ -16,11 +16,14 @@
 //! - [`seed`]: the Perl, Python and PHP worker libraries, built in, and how
 //!   an interpreter runs or checks a worker's module with them.
 //! - [`demo`]: `slotman demo`.
+//! - [`generate`]: man pages (from the CLI and docs/configuration.md) and
+//!   shell completions, for packages.
 
 pub mod config;
 pub mod control;
 pub mod demo;
 pub mod gearman;
+pub mod generate;
 pub mod manager;
 pub mod placement;
 pub mod procfs;

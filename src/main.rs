@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use slotman::control::client;
 use slotman::control::server::RequestKind;
 
@@ -12,7 +12,14 @@ use slotman::control::server::RequestKind;
 #[command(
     name = "slotman",
     version,
-    about = "Keeps pools of Gearman workers alive, sized to the load, on systemd"
+    about = "Keeps pools of Gearman workers alive, sized to the load, on systemd",
+    long_about = "Keeps pools of Gearman worker processes (slots) alive, sized to the load, \
+natively on systemd. Each service is one manager, slotman@SERVICE.service, reading \
+/etc/slotman/SERVICE.toml (see slotman.toml(5)); it keeps each worker's pool between \
+min and max slots, grows it when every slot is busy, retires idle slots, recycles \
+slots after workleft jobs, and applies an edited config on reload without losing a \
+job. Under systemd every slot is a transient scope unit with its own limits and \
+journal; without systemd the same pools run as plain child processes."
 )]
 struct Cli {
     /// More log output (debug level).
@@ -128,6 +135,24 @@ enum Command {
     /// Internal: the demo's stdio handler.
     #[command(hide = true)]
     DemoHandler,
+    /// Internal, for packages: writes the man pages (slotman.1, a page per
+    /// command, slotman.toml.5) or the bash, zsh and fish completions into DIR.
+    #[command(hide = true)]
+    Generate {
+        /// What to write.
+        what: Generated,
+        /// Where (created if missing).
+        dir: PathBuf,
+        /// The date in the man pages' title lines (YYYY-MM-DD).
+        #[arg(long, default_value = "")]
+        date: String,
+    },
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum Generated {
+    Man,
+    Completions,
 }
 
 fn main() -> ExitCode {
@@ -146,6 +171,23 @@ fn main() -> ExitCode {
                 Err(e) => {
                     eprintln!("{e}");
                     ExitCode::from(1)
+                }
+            }
+        }
+        Command::Generate { what, dir, date } => {
+            let written = match what {
+                Generated::Man => slotman::generate::man_pages(Cli::command(), &dir, &date),
+                Generated::Completions => slotman::generate::completions(Cli::command(), &dir),
+            };
+            match written {
+                Ok(paths) => {
+                    for p in paths {
+                        println!("{}", p.display());
+                    }
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    fail(anyhow::Error::new(e).context(format!("writing into {}", dir.display())))
                 }
             }
         }

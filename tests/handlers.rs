@@ -592,7 +592,7 @@ async fn stdio_handler_that_exits_between_jobs_is_replaced_before_the_next() {
         // fail it (stdio.rs `unusable`). One park after the exit lets the
         // signal driver run.
         let pid = before.expect("a stdio handler has a pid");
-        let exited = || !slotman::procfs::stat(pid).is_some_and(|s| !s.is_zombie());
+        let exited = || slotman::procfs::stat(pid).is_none_or(|s| s.is_zombie());
         let deadline = std::time::Instant::now() + Duration::from_secs(5);
         while !exited() {
             assert!(

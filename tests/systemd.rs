@@ -49,7 +49,7 @@ fn sdbox() -> Option<&'static SdBox> {
     static BOX: OnceLock<Result<&'static SdBox, String>> = OnceLock::new();
     let setup = BOX.get_or_init(|| {
         SdBox::probe()?;
-        if !tool_on_path("gearman") {
+        if !common::tool_on_path("gearman") {
             return Err("the gearman client is not installed (apt install gearman-tools)".into());
         }
         let started = Instant::now();
@@ -108,16 +108,6 @@ fn binds() -> Vec<std::path::PathBuf> {
     let all = dirs.clone();
     dirs.retain(|d| !all.iter().any(|o| o != d && d.starts_with(o)));
     dirs
-}
-
-fn tool_on_path(tool: &str) -> bool {
-    std::process::Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .stdout(std::process::Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
 }
 
 /// One instance `slotman@NAME` with its own gearmand; stopped (and, if the

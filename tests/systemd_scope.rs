@@ -19,7 +19,9 @@ use slotman::placement::scope::{
     escape_unit_component, scope_name, scope_pattern, slice_name, ActiveState, Limits,
     PlacementError, Systemd, UnitResult,
 };
-use slotman::systemd::journal::{forward_handler_output, journal_stream, JournalSender, Priority};
+use slotman::systemd::journal::{
+    forward_handler_output, journal_stream, JobTag, JournalSender, Priority,
+};
 use slotman::systemd::notify::Notifier;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -841,7 +843,10 @@ fn box_journal_child() {
         let tags = tags.expect("job tags when logging to the journal");
         let mut pipe = std::fs::File::from(pipe);
         writeln!(pipe, "before {token}").unwrap();
-        tags.switch(Some(("reverse".into(), "H:fwd:1".into())));
+        tags.switch(Some(JobTag {
+            function: "reverse".into(),
+            handle: "H:fwd:1".into(),
+        }));
         writeln!(pipe, "forwarded {token}").unwrap();
         // An unterminated line ends with its job.
         write!(pipe, "partial {token}").unwrap();

@@ -128,7 +128,8 @@ def main():
     ap.add_argument("--modes", default="block,poll,epoll,spin")
     ap.add_argument("--spin-us", type=int, default=30)
     ap.add_argument("--no-slotman", action="store_true")
-    ap.add_argument("--slotman", default=os.environ.get("SLOTMAN", os.path.join(B.ROOT, "target", "release", "slotman")))
+    ap.add_argument("--slotman", default=os.environ.get("SLOTMAN", os.path.join(
+        os.environ.get("CARGO_TARGET_DIR") or os.path.join(B.ROOT, "target"), "dist", "slotman")))
     ap.add_argument("--slotman-b", default=None,
                     help="a second slotman build, measured in the same run as case slotman_b (A/B)")
     ap.add_argument("--config-a", default="",

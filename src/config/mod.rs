@@ -60,6 +60,12 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, ConfigIssue};
 
+/// Every key a config file may use: the top-level ones, and those of
+/// `[defaults]` and `[workers.NAME]` (so a test can hold the docs to them).
+pub fn known_keys() -> (&'static [&'static str], &'static [&'static str]) {
+    (validate::TOP_KEYS, validate::WORKER_KEYS)
+}
+
 /// Port of a job server given as plain "host".
 pub const DEFAULT_PORT: u16 = 4730;
 

@@ -20,7 +20,7 @@ use super::raw::{self, Key, Loc, Node};
 use super::values;
 use super::{Config, HandlerKind, WorkerConfig, DEFAULT_MAX_PACKET_SIZE};
 
-const TOP_KEYS: &[&str] = &[
+pub(crate) const TOP_KEYS: &[&str] = &[
     "stop_timeout",
     "metrics_listen",
     "control_group",

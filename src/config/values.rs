@@ -135,7 +135,7 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 pub fn format_size(bytes: u64) -> String {
     SIZE_UNITS
         .iter()
-        .find(|(_, m)| bytes != 0 && bytes % m == 0)
+        .find(|(_, m)| bytes != 0 && bytes.is_multiple_of(*m))
         .map(|(l, m)| format!("{}{l}", bytes / m))
         .unwrap_or_else(|| bytes.to_string())
 }

@@ -100,7 +100,7 @@ impl Manager {
             .partition(|r| {
                 stopping
                     || r.workers.iter().all(|w| {
-                        pools.get(w).map_or(true, |p| {
+                        pools.get(w).is_none_or(|p| {
                             p.faults.failed
                                 || p.slots.values().all(|s| s.generation == p.generation)
                         })

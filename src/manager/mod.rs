@@ -299,7 +299,7 @@ impl Manager {
                 let stale = p
                     .peers
                     .as_ref()
-                    .map_or(true, |f| now >= f.at + fleet::workers_interval(f));
+                    .is_none_or(|f| now >= f.at + fleet::workers_interval(f));
                 let service = &self.config.service;
                 QueueQuery {
                     worker: n.clone(),

@@ -54,8 +54,14 @@ pub struct SystemdPlacement {
     pub next_ids: std::collections::HashMap<String, u32>,
 }
 
-/// The runner's file name, installed next to `slotman`.
+/// The runner's file name: next to `slotman` (a build tree, `install.sh`
+/// before 0.2), or in [`RUNNER_LIBEXEC`] below the prefix.
 pub const RUNNER_BIN: &str = "slotman-slot";
+
+/// Where a package puts the runner, relative to the prefix of `slotman`'s
+/// `bin/` (`/usr/bin/slotman` → `/usr/libexec/slotman/slotman-slot`): a
+/// helper binary nobody runs by hand stays off `PATH` (FHS 3.0, `libexec`).
+pub const RUNNER_LIBEXEC: &str = "libexec/slotman";
 
 /// How to start a slot runner: a program and its arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,18 +73,26 @@ pub struct RunnerCommand {
 }
 
 /// The runner for a manager whose executable is `exe`: [`RUNNER_BIN`] in the
-/// same directory (small, so each slot maps less), else `exe slot` (a
-/// `cargo run` that built one binary, an install that copied only
-/// `slotman`).
+/// same directory, else in `../`[`RUNNER_LIBEXEC`] (small, so each slot maps
+/// less), else `exe slot` (a `cargo run` that built one binary, an install
+/// that copied only `slotman`).
 pub fn runner_for(exe: &Path) -> RunnerCommand {
-    let small = exe.with_file_name(RUNNER_BIN);
-    match small.is_file() {
-        true => RunnerCommand {
+    let beside = exe.with_file_name(RUNNER_BIN);
+    let libexec = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(|prefix| prefix.join(RUNNER_LIBEXEC).join(RUNNER_BIN));
+    match [Some(beside), libexec]
+        .into_iter()
+        .flatten()
+        .find(|p| p.is_file())
+    {
+        Some(small) => RunnerCommand {
             program: small,
             args: &[],
             arg0: None,
         },
-        false => RunnerCommand {
+        None => RunnerCommand {
             program: exe.to_path_buf(),
             args: &["slot"],
             arg0: None,
@@ -173,7 +187,7 @@ impl Placement {
                 // Checked: a stop_timeout the clock cannot hold waits forever.
                 let deadline =
                     crate::config::values::after(std::time::Instant::now(), stop_timeout);
-                while deadline.map_or(true, |d| std::time::Instant::now() < d) {
+                while deadline.is_none_or(|d| std::time::Instant::now() < d) {
                     match bus.active_state(&unit.name).await {
                         Ok(Some(
                             scope::ActiveState::Active
@@ -389,6 +403,25 @@ mod tests {
                 arg0: None,
             }
         );
+    }
+
+    #[test]
+    fn a_packaged_runner_is_found_in_libexec_below_the_prefix() {
+        let prefix = tempfile::tempdir().expect("tempdir");
+        let bin = prefix.path().join("bin");
+        let libexec = prefix.path().join(RUNNER_LIBEXEC);
+        std::fs::create_dir_all(&bin).expect("mkdir bin");
+        std::fs::create_dir_all(&libexec).expect("mkdir libexec");
+        let exe = bin.join("slotman");
+        std::fs::write(&exe, "").expect("write");
+        assert_eq!(runner_for(&exe).args, &["slot"], "no runner anywhere yet");
+        std::fs::write(libexec.join(RUNNER_BIN), "").expect("write");
+        assert_eq!(runner_for(&exe).program, libexec.join(RUNNER_BIN));
+        // One next to slotman wins: a build tree, or an older install.sh.
+        std::fs::write(bin.join(RUNNER_BIN), "").expect("write");
+        assert_eq!(runner_for(&exe).program, bin.join(RUNNER_BIN));
+        // A slotman at the root of the file system has no prefix above it.
+        assert_eq!(runner_for(Path::new("/slotman")).args, &["slot"]);
     }
 
     #[test]

@@ -19,6 +19,7 @@ use super::handler::{FailReason, Handler, HandlerError, Job, JobEvent, Outcome, 
 use super::memory::RssCheck;
 use super::report::{ExitReason, JobResult, Links, Report, Reports, SlotSpec, Told, SHORT_JOB};
 use crate::config::HandlerKind;
+use crate::systemd::journal::JobTag;
 
 /// The job side of the slot: the handler plus workleft accounting.
 struct Jobs {
@@ -69,7 +70,7 @@ impl Jobs {
         )
     }
     /// Switches the handler's log lines to `job`.
-    fn mark_job(&self, job: crate::systemd::journal::JobTag) {
+    fn mark_job(&self, job: Option<JobTag>) {
         if let Some(tags) = &self.log_tags {
             tags.switch(job);
         }
@@ -129,7 +130,10 @@ impl JobRunner for Jobs {
     async fn run(&self, job: Job, events: mpsc::Sender<JobEvent>) -> Outcome {
         let started = Instant::now();
         let reported = self.report_busy(&job, started, false);
-        self.mark_job(Some((job.gearman_function.clone(), job.handle.clone())));
+        self.mark_job(Some(JobTag {
+            function: job.gearman_function.clone(),
+            handle: job.handle.clone(),
+        }));
         let (outcome, handler_pid) = {
             let mut handler = self.handler.lock().await;
             let run = handler.run(&job, &events, self.spec.worker.timeout);

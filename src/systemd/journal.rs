@@ -122,7 +122,7 @@ fn init_with<F: Layer<Registry> + Send + Sync + 'static>(filter: F) {
 /// Colour codes only for a terminal: in a file or a pipe they are noise.
 /// A non-empty `NO_COLOR` turns them off there too (no-color.org).
 fn colour(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
-    terminal && no_color.map_or(true, |v| v.is_empty())
+    terminal && no_color.is_none_or(|v| v.is_empty())
 }
 
 /// True when fd 2 is the stream systemd set up for this service: its device
@@ -176,8 +176,14 @@ fn stream_header(identifier: &str) -> Vec<u8> {
     format!("{identifier}\n\n6\n1\n0\n0\n0\n").into_bytes()
 }
 
-/// The job a handler line belongs to: (`GEARMAN_FUNCTION`, `GEARMAN_HANDLE`).
-pub type JobTag = Option<(String, String)>;
+/// The job a handler line belongs to, as its journal fields name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobTag {
+    /// `GEARMAN_FUNCTION`: the full name on the job server.
+    pub function: String,
+    /// `GEARMAN_HANDLE`.
+    pub handle: String,
+}
 
 /// Tags the handlers' stderr lines with the job in hand, and tells the
 /// forwarder where one job ends and the next begins (each job has its own
@@ -216,7 +222,7 @@ struct Shared {
 }
 
 struct Tags {
-    current: JobTag,
+    current: Option<JobTag>,
     /// What the runner read at switches: each is the end of a job.
     handed: Vec<Handed>,
     /// The forwarder holds an unterminated line, read under `current`.
@@ -226,7 +232,7 @@ struct Tags {
 /// The last bytes of a job, read by the runner at its switch.
 struct Handed {
     bytes: Vec<u8>,
-    tag: JobTag,
+    tag: Option<JobTag>,
 }
 
 impl Shared {
@@ -237,7 +243,7 @@ impl Shared {
 
 impl JobTags {
     /// The handler's next lines belong to `job` (`None`: to no job).
-    pub fn switch(&self, job: JobTag) {
+    pub fn switch(&self, job: Option<JobTag>) {
         let shared = &self.shared;
         if shared.closed.load(Ordering::Relaxed) {
             return;
@@ -401,9 +407,9 @@ const LAST_WORDS_MAX: usize = 300;
 /// has read what the handler wrote (waits at most 200 ms for that).
 pub async fn handler_last_words() -> Option<String> {
     for _ in 0..20 {
-        if !HANDLER_STDERR
+        if HANDLER_STDERR
             .get()
-            .is_some_and(|fd| pipe_pending(fd.as_raw_fd()) > 0)
+            .is_none_or(|fd| pipe_pending(fd.as_raw_fd()) <= 0)
         {
             break;
         }
@@ -478,7 +484,7 @@ impl<W: Write> LineSink<W> {
     }
 
     /// [`Self::push`] and [`Self::flush`].
-    fn feed(&mut self, bytes: &[u8], job: &JobTag, all: bool) {
+    fn feed(&mut self, bytes: &[u8], job: &Option<JobTag>, all: bool) {
         self.push(bytes);
         self.flush(job, all);
     }
@@ -487,7 +493,7 @@ impl<W: Write> LineSink<W> {
     /// that the job's budget allows. A lost line must not stop the handler,
     /// and there is nowhere better to report a failed send: errors are
     /// ignored.
-    fn flush(&mut self, job: &JobTag, all: bool) {
+    fn flush(&mut self, job: &Option<JobTag>, all: bool) {
         let LineSink {
             out,
             lines,
@@ -522,7 +528,7 @@ impl<W: Write> LineSink<W> {
 
     /// The job `job` has ended: says what was dropped of it, if anything,
     /// and gives the next job a fresh budget.
-    fn end_job(&mut self, job: &JobTag) {
+    fn end_job(&mut self, job: &Option<JobTag>) {
         let Some(dropped) = self.lines.end_job() else {
             return;
         };
@@ -561,13 +567,13 @@ impl<W: Write> LineSink<W> {
 /// The fields of a forwarded entry besides its message.
 fn entry_fields<'a>(
     slot_fields: &'a [(&'static str, String); 3],
-    job: &'a JobTag,
+    job: &'a Option<JobTag>,
 ) -> Vec<(&'static str, &'a [u8])> {
     let mut fields: Vec<(&str, &[u8])> = slot_fields
         .iter()
         .map(|(k, v)| (*k, v.as_bytes()))
         .collect();
-    if let Some((function, handle)) = job {
+    if let Some(JobTag { function, handle }) = job {
         fields.push(("GEARMAN_FUNCTION", function.as_bytes()));
         fields.push(("GEARMAN_HANDLE", handle.as_bytes()));
     }
@@ -910,8 +916,11 @@ mod tests {
             .map(|(_, v)| v.as_str())
     }
 
-    fn job(handle: &str) -> JobTag {
-        Some(("f".into(), handle.into()))
+    fn job(handle: &str) -> Option<JobTag> {
+        Some(JobTag {
+            function: "f".into(),
+            handle: handle.into(),
+        })
     }
 
     #[test]

@@ -67,7 +67,7 @@ impl Notifier {
         let socket = socket.filter(|s| !s.is_empty());
         // sd_watchdog_enabled(3): the watchdog is ours if WATCHDOG_PID is
         // unset or names us. Pinging at half the timeout is its advice.
-        let for_us = pid.map_or(true, |p| p.trim().parse::<u32>() == Ok(own_pid));
+        let for_us = pid.is_none_or(|p| p.trim().parse::<u32>() == Ok(own_pid));
         let watchdog = usec
             .and_then(|u| u.trim().parse::<u64>().ok())
             .filter(|&u| u > 0 && for_us)

@@ -51,6 +51,17 @@ pub fn skip(tier: &str, why: &str) {
     let _ = writeln!(std::io::stderr(), "SKIPPED [{tier} tier] {test}: {why}");
 }
 
+/// Whether `tool` is a command on PATH.
+pub fn tool_on_path(tool: &str) -> bool {
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!("command -v {tool}"))
+        .stdout(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
 /// The slotman binary built for this test run.
 pub fn slotman_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_slotman"))

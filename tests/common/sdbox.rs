@@ -53,6 +53,19 @@ pub struct Bind {
     pub dst: PathBuf,
 }
 
+impl Bind {
+    /// Each of `paths` at the same path inside.
+    pub fn same_paths(paths: &[&Path]) -> Vec<Bind> {
+        paths
+            .iter()
+            .map(|p| Bind {
+                src: p.to_path_buf(),
+                dst: p.to_path_buf(),
+            })
+            .collect()
+    }
+}
+
 impl SdBox {
     /// Whether this host can run a box; `Err` says what is missing.
     pub fn probe() -> Result<(), String> {
@@ -117,18 +130,19 @@ impl SdBox {
     /// inside. `None` (after [`super::skip`]) if the host cannot run one;
     /// panics with the box's logs if it can but the box does not come up.
     pub fn start(binds: &[&Path]) -> Option<SdBox> {
-        let binds: Vec<Bind> = binds
-            .iter()
-            .map(|p| Bind {
-                src: p.to_path_buf(),
-                dst: p.to_path_buf(),
-            })
-            .collect();
-        SdBox::start_with(&binds)
+        SdBox::start_with(&Bind::same_paths(binds))
     }
 
     /// [`SdBox::start`] with mounts at other places inside than outside.
     pub fn start_with(binds: &[Bind]) -> Option<SdBox> {
+        SdBox::start_full(binds, false)
+    }
+
+    /// [`SdBox::start_with`], and with `private_net` a network namespace
+    /// of the box's own (only a loopback): for services on fixed ports,
+    /// such as Debian's gearmand on 4730. Commands run by [`SdBox::exec`]
+    /// are in it too; the host's loopback is out of reach.
+    pub fn start_full(binds: &[Bind], private_net: bool) -> Option<SdBox> {
         if let Err(why) = SdBox::probe() {
             super::skip("systemd", &why);
             return None;
@@ -147,6 +161,9 @@ impl SdBox {
                 "bind paths must be absolute: {b:?}"
             );
             cmd.arg(format!("{}:{}", b.src.display(), b.dst.display()));
+        }
+        if private_net {
+            cmd.env("SDBOX_NET", "private");
         }
         cmd.stdin(Stdio::null()).stdout(log).stderr(log2);
         let started = Instant::now();

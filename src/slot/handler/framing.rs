@@ -191,7 +191,7 @@ pub fn job_header(
 ) -> Result<Vec<u8>, FramingError> {
     let unique = unique.filter(|u| !u.is_empty());
     let plain =
-        is_token(function) && is_token(handle) && unique.map_or(true, |u| is_token(u) && u != b"-");
+        is_token(function) && is_token(handle) && unique.is_none_or(|u| is_token(u) && u != b"-");
     if plain {
         let unique = unique.unwrap_or(b"-");
         let mut line = Vec::with_capacity(function.len() + handle.len() + unique.len() + 28);

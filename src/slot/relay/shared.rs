@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::slot::report::{ExitReason, JobResult, Links, Reports, Told};
-use crate::systemd::journal::JobTags;
+use crate::systemd::journal::{JobTag, JobTags};
 
 /// Identifies one relayed connection within its slot.
 pub type ConnId = u64;
@@ -153,7 +153,7 @@ impl Shared {
     /// through.
     pub fn open(&self, conn: ConnId) -> bool {
         let s = self.state();
-        !s.stopping && !s.paused && s.gate.map_or(true, |g| g == conn)
+        !s.stopping && !s.paused && s.gate.is_none_or(|g| g == conn)
     }
 
     /// `conn`'s grab found no job (or the connection closed): the slot's job
@@ -175,7 +175,10 @@ impl Shared {
     /// it turns out long.
     pub fn started(&self, conn: ConnId, function: &str, handle: &str, now: Instant) -> bool {
         if let Some(tags) = &self.log_tags {
-            tags.switch(Some((function.to_owned(), handle.to_owned())));
+            tags.switch(Some(JobTag {
+                function: function.to_owned(),
+                handle: handle.to_owned(),
+            }));
         }
         let mut s = self.state();
         s.gate = Some(conn);
