@@ -178,7 +178,9 @@ impl Side {
     /// The side sent what does not frame.
     fn malformed(self, e: ProtocolError) -> Ended {
         match self {
-            Side::Worker => Ended::worker(format!("malformed packet from the worker: {e}")),
+            Side::Worker => {
+                Ended::worker_malformed(format!("malformed packet from the worker: {e}"))
+            }
             Side::Server => Ended::server(format!("malformed packet from the job server: {e}")),
         }
     }

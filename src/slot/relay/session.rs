@@ -45,7 +45,7 @@ pub struct Ended {
     pub why: String,
     /// The job server still listens: the worker's job in hand is failed
     /// there (WORK_FAIL). Otherwise the job server re-queues it when the
-    /// connection closes.
+    /// connection closes, as it would for the worker's own connection.
     pub fail_job: bool,
     /// The worker must be killed and replaced (a job past `timeout`).
     pub kill: bool,
@@ -54,12 +54,24 @@ pub struct Ended {
 }
 
 impl Ended {
+    /// The worker went away (closed, died, unreadable): its job in hand goes
+    /// back to the job server's queue, as it would without the relay, so a
+    /// background job is not lost with a killed worker.
     pub fn worker(why: impl Into<String>) -> Ended {
         Ended {
             why: why.into(),
-            fail_job: true,
+            fail_job: false,
             kill: false,
             by_server: false,
+        }
+    }
+
+    /// The worker spoke what is not Gearman: its job in hand is failed, not
+    /// handed to the next worker of the same code.
+    pub fn worker_malformed(why: impl Into<String>) -> Ended {
+        Ended {
+            fail_job: true,
+            ..Ended::worker(why)
         }
     }
 
@@ -132,7 +144,7 @@ impl Session {
         now: Instant,
     ) -> Result<Verdict, Ended> {
         let args = parse(header, body, Magic::Req, |why| {
-            Ended::worker(format!("malformed packet from the worker: {why}"))
+            Ended::worker_malformed(format!("malformed packet from the worker: {why}"))
         })?;
         Ok(match header.kind {
             PacketType::GrabJob | PacketType::GrabJobUniq | PacketType::GrabJobAll => {
