@@ -161,16 +161,12 @@ impl Session {
             }
             PacketType::WorkComplete | PacketType::WorkFail | PacketType::WorkException => {
                 if self.job.active && self.job.handle == args.get(0) {
-                    self.job.active = false;
                     let result = match header.kind {
                         PacketType::WorkComplete => JobResult::Complete,
                         PacketType::WorkFail => JobResult::Fail,
                         _ => JobResult::Exception,
                     };
-                    let took = self.job.started.map_or(std::time::Duration::ZERO, |t| {
-                        now.saturating_duration_since(t)
-                    });
-                    shared.ended(self.id, &self.job.function, result, took);
+                    self.end_job(shared, result, now);
                 }
                 Verdict::Pass
             }
@@ -315,16 +311,21 @@ impl Session {
         None
     }
 
+    /// The job in hand ended with `result`: the slot hears of it.
+    fn end_job(&mut self, shared: &Shared, result: JobResult, now: Instant) {
+        self.job.active = false;
+        let took = self.job.started.map_or(std::time::Duration::ZERO, |t| {
+            now.saturating_duration_since(t)
+        });
+        shared.ended(self.id, &self.job.function, result, took);
+    }
+
     /// The connection ends: the job in hand, if any, is counted as failed
     /// (and failed at the job server when `fail_job`), and the slot's job
     /// is free again.
     pub fn close(&mut self, shared: &Shared, fail_job: bool, now: Instant) -> Option<LostJob> {
         let lost = self.job.active.then(|| {
-            self.job.active = false;
-            let took = self.job.started.map_or(std::time::Duration::ZERO, |t| {
-                now.saturating_duration_since(t)
-            });
-            shared.ended(self.id, &self.job.function, JobResult::Fail, took);
+            self.end_job(shared, JobResult::Fail, now);
             LostJob {
                 function: self.job.function.clone(),
                 handle: String::from_utf8_lossy(&self.job.handle).into_owned(),
