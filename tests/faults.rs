@@ -3,7 +3,7 @@
 //! closing, a server that assigns a job the slot never asked for; and how
 //! late a drain or a job's `timeout` acts while jobs stream through a slot
 //! with one job server (the slot whose waits may block its thread,
-//! `slot::wire::Pace`).
+//! `slot::wire::BlockingWaits`).
 
 mod common;
 
@@ -338,7 +338,7 @@ const STREAM: u64 = 4000;
 const MARGIN: Duration = Duration::from_secs(1);
 
 /// A stdio worker `w` (functions `echo`, `sleep`) of `slots` slots on the one
-/// job server `addr` (so its waits may block: `slot::wire::Pace`), with
+/// job server `addr` (so its waits may block: `slot::wire::BlockingWaits`), with
 /// `extra` worker keys.
 fn one_server_config(addr: &str, slots: u32, extra: &str) -> String {
     format!(
