@@ -5,15 +5,16 @@
 //! While a stream of jobs flows, every job needs two waits: for the
 //! handler's answer and for gearmand's next assignment. Through the runtime
 //! each wait is a failed read, a park in epoll_wait and a wake-up of the task.
-//! Here a wait that is due ([`Expect::Due`]: the request went out a moment ago) goes
-//! straight to the kernel, without the read that would fail first: on the
-//! socket one recv(2) that waits (the socket is left blocking, with a
+//! Here a wait that is due ([`Expect::Due`]: the request went out a moment
+//! ago) goes straight to the kernel, without the read that would fail first:
+//! on the socket one recv(2) that waits (the socket is left blocking, with a
 //! receive timeout; the runtime's own reads pass `MSG_DONTWAIT`), on the
-//! pipe poll(2) and one read. That is ~5 system calls per job where the
-//! runtime's way took ~8 (`bench/profile` counts them). The [`BlockingWaits`] keeps
-//! that from starving the runtime's other tasks (reports, signals, the
-//! manager's messages): the thread blocks at most [`MAX_BLOCK`] at a time and
-//! yields to the runtime at least every [`SLICE`].
+//! pipe poll(2) and one read. Fewer system calls and no wake-up of the
+//! runtime per job (BENCHMARKS.md, "A due answer is waited for in the
+//! kernel"). [`BlockingWaits`] keeps that from starving the runtime's other
+//! tasks (reports, signals, the manager's messages): the thread blocks at
+//! most [`MAX_BLOCK`] at a time and yields to the runtime at least every
+//! [`SLICE`].
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd};
