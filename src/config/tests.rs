@@ -9,7 +9,7 @@ use std::time::Duration;
 use proptest::strategy::Strategy as _;
 
 use super::probe::Probe;
-use super::validate::{validate, WORKER_KEYS};
+use super::validate::validate;
 use super::{parse, Config, HandlerKind, WorkerConfig};
 
 /// A machine with a few executables and directories.
@@ -285,8 +285,11 @@ fn every_worker_key_is_accepted_in_defaults() {
     .into_iter()
     .collect();
     let mut text = String::from("[defaults]\n");
-    for key in WORKER_KEYS {
-        text.push_str(&format!("{key} = {}\n", values[key]));
+    for key in super::known_keys().1 {
+        let value = values
+            .get(key)
+            .unwrap_or_else(|| panic!("add a value for `{key}` to this test"));
+        text.push_str(&format!("{key} = {value}\n"));
     }
     text.push_str("[workers.w]\n");
     check(&text, "ok: 1 worker (w: stdio, 1..2 slots)");
