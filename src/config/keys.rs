@@ -23,10 +23,10 @@ pub(super) enum Place {
     /// `defaults` and `workers`: the tables that hold worker keys.
     Tables,
     /// A top-level key.
-    Top(Reader<Config>),
+    Top(&'static dyn Read<Config>),
     /// A key of `[defaults]` and `[workers.NAME]`.
     Worker {
-        read: Reader<WorkerConfig>,
+        read: &'static dyn Read<WorkerConfig>,
         kinds: Kinds,
         inherit: Inherit,
     },
@@ -34,7 +34,19 @@ pub(super) enum Place {
 
 /// The first pass over one value: what it sets, or `None` when it is bad
 /// (and already reported).
-pub(super) type Reader<C> = fn(&mut Ctx, &At, &Loc) -> Option<Value<C>>;
+pub(super) trait Read<C> {
+    fn read(&self, ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Value<C>>;
+}
+
+/// A reader of one value's type, as those of [`read`] are.
+type Reader<T> = fn(&mut Ctx, &At, &Loc) -> Option<T>;
+
+/// A key whose value `.0` reads and `.1` puts into its field.
+pub(super) struct Put<T, C>(Reader<T>, fn(&mut C, T));
+
+/// [`Put`] for a list whose elements' places are kept: `.0` reads the
+/// value and where each element is written.
+pub(super) struct PutPlaced<T, C>(Reader<(T, Vec<At>)>, fn(&mut C, T));
 
 /// The kinds of worker a key is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,24 +87,29 @@ pub(super) struct Value<C> {
     pub places: Vec<At>,
 }
 
-/// A value that `put`s `value` into its field.
-fn set<C: 'static, T: Clone + 'static>(value: T, put: fn(&mut C, T)) -> Option<Value<C>> {
-    Some(Value {
-        apply: Box::new(move |config| put(config, value.clone())),
-        places: Vec::new(),
-    })
+impl<C: 'static> Value<C> {
+    fn new<T: Clone + 'static>(value: T, places: Vec<At>, put: fn(&mut C, T)) -> Value<C> {
+        Value {
+            apply: Box::new(move |config| put(config, value.clone())),
+            places,
+        }
+    }
 }
 
-/// [`set`], remembering where each element of `value` is written.
-fn set_at<C: 'static, T: Clone + 'static>(
-    value: T,
-    places: Vec<At>,
-    put: fn(&mut C, T),
-) -> Option<Value<C>> {
-    set(value, put).map(|v| Value { places, ..v })
+impl<T: Clone + 'static, C: 'static> Read<C> for Put<T, C> {
+    fn read(&self, ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Value<C>> {
+        Some(Value::new((self.0)(ctx, at, value)?, Vec::new(), self.1))
+    }
 }
 
-const fn top(name: &'static str, read: Reader<Config>) -> Spec {
+impl<T: Clone + 'static, C: 'static> Read<C> for PutPlaced<T, C> {
+    fn read(&self, ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Value<C>> {
+        let (value, places) = (self.0)(ctx, at, value)?;
+        Some(Value::new(value, places, self.1))
+    }
+}
+
+const fn top(name: &'static str, read: &'static dyn Read<Config>) -> Spec {
     Spec {
         name,
         doc: name,
@@ -100,15 +117,41 @@ const fn top(name: &'static str, read: Reader<Config>) -> Spec {
     }
 }
 
-const fn worker(name: &'static str, doc: &'static str, read: Reader<WorkerConfig>) -> Spec {
-    for_kinds(name, doc, Kinds::All, read)
+const fn tables(name: &'static str, doc: &'static str) -> Spec {
+    Spec {
+        name,
+        doc,
+        place: Place::Tables,
+    }
 }
 
-const fn for_kinds(
+/// A worker key for every kind, that a worker's own value replaces.
+const fn worker(
     name: &'static str,
     doc: &'static str,
+    read: &'static dyn Read<WorkerConfig>,
+) -> Spec {
+    worker_key(name, doc, read, Kinds::All, Inherit::Replace)
+}
+
+const fn command_only(name: &'static str, read: &'static dyn Read<WorkerConfig>) -> Spec {
+    worker_key(name, name, read, Kinds::Command, Inherit::Replace)
+}
+
+const fn seed_only(name: &'static str, read: &'static dyn Read<WorkerConfig>) -> Spec {
+    worker_key(name, name, read, Kinds::Seed, Inherit::Replace)
+}
+
+const fn merged(name: &'static str, read: &'static dyn Read<WorkerConfig>) -> Spec {
+    worker_key(name, name, read, Kinds::All, Inherit::Merge)
+}
+
+const fn worker_key(
+    name: &'static str,
+    doc: &'static str,
+    read: &'static dyn Read<WorkerConfig>,
     kinds: Kinds,
-    read: Reader<WorkerConfig>,
+    inherit: Inherit,
 ) -> Spec {
     Spec {
         name,
@@ -116,149 +159,68 @@ const fn for_kinds(
         place: Place::Worker {
             read,
             kinds,
-            inherit: Inherit::Replace,
+            inherit,
         },
     }
 }
 
+/// A worker key read by `read` into its field by `put`.
+const fn to<T>(read: Reader<T>, put: fn(&mut WorkerConfig, T)) -> Put<T, WorkerConfig> {
+    Put(read, put)
+}
+
+/// [`to`] for a list whose elements' places are kept.
+const fn placed<T>(
+    read: Reader<(T, Vec<At>)>,
+    put: fn(&mut WorkerConfig, T),
+) -> PutPlaced<T, WorkerConfig> {
+    PutPlaced(read, put)
+}
+
 /// Every key, the top-level ones first. Within each group, the first of
 /// two equally close keys is the one "did you mean" names.
+#[rustfmt::skip]
 pub(super) const KEYS: &[Spec] = &[
-    top("stop_timeout", |c, at, v| {
-        set(read::duration(c, at, v)?, |cfg, d| cfg.stop_timeout = d)
-    }),
-    top("metrics_listen", |c, at, v| {
-        set(Some(read::listen(c, at, v)?), |cfg, a| {
-            cfg.metrics_listen = a
-        })
-    }),
-    top("control_group", |c, at, v| {
-        set(Some(read::account(c, at, v)?), |cfg, g| {
-            cfg.control_group = g
-        })
-    }),
-    Spec {
-        name: "defaults",
-        doc: "how-defaults-merges",
-        place: Place::Tables,
-    },
-    Spec {
-        name: "workers",
-        doc: "layout-of-the-file",
-        place: Place::Tables,
-    },
-    worker("job_servers", "job_servers", |c, at, v| {
-        set(read::job_servers(c, at, v)?, |w, s| w.job_servers = s)
-    }),
-    worker("kind", "kind", |c, at, v| {
-        set(read::kind(c, at, v)?, |w, k| w.kind = k)
-    }),
-    for_kinds("command", "command", Kinds::Command, |c, at, v| {
-        let (argv, program) = read::command(c, at, v)?;
-        set_at(argv, vec![program], |w, argv| w.command = argv)
-    }),
-    worker("functions", "functions", |c, at, v| {
-        let (names, places) = read::functions(c, at, v)?.into_iter().unzip();
-        set_at(names, places, |w: &mut WorkerConfig, names| {
-            w.functions = names
-        })
-    }),
-    worker("prefix", "prefix", |c, at, v| {
-        set(read::prefix(c, at, v)?, |w, p| w.prefix = p)
-    }),
-    worker("min", "min-and-max", |c, at, v| {
-        set(read::uint32(c, at, v, 0)?, |w, n| w.min = n)
-    }),
-    worker("max", "min-and-max", |c, at, v| {
-        set(read::uint32(c, at, v, 1)?, |w, n| w.max = n)
-    }),
-    worker("workleft", "workleft", |c, at, v| {
-        set(read::uint(c, at, v, 0..=u64::MAX)?, |w, n| w.workleft = n)
-    }),
-    worker("idle_timeout", "idle_timeout", |c, at, v| {
-        set(read::duration(c, at, v)?, |w, d| w.idle_timeout = d)
-    }),
-    worker("timeout", "timeout", |c, at, v| {
-        set(read::limit(c, at, v)?, |w, d| w.timeout = d)
-    }),
-    worker("max_lifetime", "max_lifetime", |c, at, v| {
-        set(read::limit(c, at, v)?, |w, d| w.max_lifetime = d)
-    }),
-    worker("recycle_rss", "recycle_rss", |c, at, v| {
-        set(read::memory(c, at, v)?, |w, b| w.recycle_rss = b)
-    }),
-    Spec {
-        name: "env",
-        doc: "env",
-        place: Place::Worker {
-            read: |c, at, v| set(read::env(c, at, v), |w, vars| w.env.extend(vars)),
-            kinds: Kinds::All,
-            inherit: Inherit::Merge,
-        },
-    },
-    worker("working_directory", "working_directory", |c, at, v| {
-        let dir = read::working_directory(c, at, v)?;
-        set(Some(dir), |w, d| w.working_directory = d)
-    }),
-    worker("user", "user-and-group", |c, at, v| {
-        set(Some(read::account(c, at, v)?), |w, u| w.user = u)
-    }),
-    worker("group", "user-and-group", |c, at, v| {
-        set(Some(read::account(c, at, v)?), |w, g| w.group = g)
-    }),
-    worker("memory_max", "resource-limits", |c, at, v| {
-        set(read::memory(c, at, v)?, |w, b| w.memory_max = b)
-    }),
-    worker("memory_high", "resource-limits", |c, at, v| {
-        set(read::memory(c, at, v)?, |w, b| w.memory_high = b)
-    }),
-    worker("cpu_quota", "resource-limits", |c, at, v| {
-        set(Some(read::cpu_quota(c, at, v)?), |w, p| w.cpu_quota = p)
-    }),
-    worker("cpu_weight", "resource-limits", |c, at, v| {
-        set(Some(read::uint(c, at, v, 1..=10_000)?), |w, n| {
-            w.cpu_weight = n
-        })
-    }),
-    worker("tasks_max", "resource-limits", |c, at, v| {
-        set(read::tasks_max(c, at, v)?, |w, n| w.tasks_max = n)
-    }),
-    worker("max_packet_size", "max_packet_size", |c, at, v| {
-        set(read::packet_size(c, at, v)?, |w, b| w.max_packet_size = b)
-    }),
-    worker(
-        "max_spawn_rate",
-        "max_spawn_rate-and-scale_on_queue",
-        |c, at, v| set(read::uint32(c, at, v, 1)?, |w, n| w.max_spawn_rate = n),
-    ),
-    worker(
-        "scale_on_queue",
-        "max_spawn_rate-and-scale_on_queue",
-        |c, at, v| set(read::boolean(c, at, v)?, |w, b| w.scale_on_queue = b),
-    ),
-    worker("prefetch", "prefetch", |c, at, v| {
-        set(read::boolean(c, at, v)?, |w, b| w.prefetch = b)
-    }),
-    worker("proxy", "proxy", |c, at, v| {
-        set(read::boolean(c, at, v)?, |w, b| w.proxy = b)
-    }),
-    worker("pin_cpu", "pin_cpu", |c, at, v| {
-        set(read::boolean(c, at, v)?, |w, b| w.pin_cpu = b)
-    }),
-    worker("ready_timeout", "ready_timeout", |c, at, v| {
-        set(read::deadline(c, at, v)?, |w, d| w.ready_timeout = d)
-    }),
-    for_kinds("libs", "libs", Kinds::Seed, |c, at, v| {
-        set(read::libs(c, at, v)?, |w, dirs| w.libs = dirs)
-    }),
-    // The interpreter alone is the command; the runner adds the library's
-    // arguments.
-    for_kinds("interpreter", "interpreter", Kinds::Seed, |c, at, v| {
-        set(vec![read::interpreter(c, at, v)?], |w, argv| {
-            w.command = argv
-        })
-    }),
+    top("stop_timeout", &Put(read::duration, |c: &mut Config, d| c.stop_timeout = d)),
+    top("metrics_listen", &Put(read::listen, |c: &mut Config, a| c.metrics_listen = Some(a))),
+    top("control_group", &Put(read::account, |c: &mut Config, g| c.control_group = Some(g))),
+    tables("defaults", "how-defaults-merges"),
+    tables("workers", "layout-of-the-file"),
+    worker("job_servers", "job_servers", &to(read::job_servers, |w, s| w.job_servers = s)),
+    worker("kind", "kind", &to(read::kind, |w, k| w.kind = k)),
+    command_only("command", &placed(read::command, |w, argv| w.command = argv)),
+    worker("functions", "functions", &placed(read::functions, |w, names| w.functions = names)),
+    worker("prefix", "prefix", &to(read::prefix, |w, p| w.prefix = p)),
+    worker("min", "min-and-max", &to(read::count, |w, n| w.min = n)),
+    worker("max", "min-and-max", &to(read::positive, |w, n| w.max = n)),
+    worker("workleft", "workleft", &to(read::jobs, |w, n| w.workleft = n)),
+    worker("idle_timeout", "idle_timeout", &to(read::duration, |w, d| w.idle_timeout = d)),
+    worker("timeout", "timeout", &to(read::limit, |w, d| w.timeout = d)),
+    worker("max_lifetime", "max_lifetime", &to(read::limit, |w, d| w.max_lifetime = d)),
+    worker("recycle_rss", "recycle_rss", &to(read::memory, |w, b| w.recycle_rss = b)),
+    merged("env", &to(read::env, |w, vars| w.env.extend(vars))),
+    worker("working_directory", "working_directory", &to(read::directory, |w, d| w.working_directory = Some(d))),
+    worker("user", "user-and-group", &to(read::account, |w, u| w.user = Some(u))),
+    worker("group", "user-and-group", &to(read::account, |w, g| w.group = Some(g))),
+    worker("memory_max", "resource-limits", &to(read::memory, |w, b| w.memory_max = b)),
+    worker("memory_high", "resource-limits", &to(read::memory, |w, b| w.memory_high = b)),
+    worker("cpu_quota", "resource-limits", &to(read::cpu_quota, |w, p| w.cpu_quota = Some(p))),
+    worker("cpu_weight", "resource-limits", &to(read::cpu_weight, |w, n| w.cpu_weight = Some(n))),
+    worker("tasks_max", "resource-limits", &to(read::tasks_max, |w, n| w.tasks_max = n)),
+    worker("max_packet_size", "max_packet_size", &to(read::packet_size, |w, b| w.max_packet_size = b)),
+    worker("max_spawn_rate", SPAWN, &to(read::positive, |w, n| w.max_spawn_rate = n)),
+    worker("scale_on_queue", SPAWN, &to(read::boolean, |w, b| w.scale_on_queue = b)),
+    worker("prefetch", "prefetch", &to(read::boolean, |w, b| w.prefetch = b)),
+    worker("proxy", "proxy", &to(read::boolean, |w, b| w.proxy = b)),
+    worker("pin_cpu", "pin_cpu", &to(read::boolean, |w, b| w.pin_cpu = b)),
+    worker("ready_timeout", "ready_timeout", &to(read::deadline, |w, d| w.ready_timeout = d)),
+    seed_only("libs", &to(read::libs, |w, dirs| w.libs = dirs)),
+    // The interpreter alone is the command; the runner adds the library's arguments.
+    seed_only("interpreter", &to(read::interpreter, |w, program| w.command = vec![program])),
 ];
+
+/// The docs section of `max_spawn_rate` and `scale_on_queue`.
+const SPAWN: &str = "max_spawn_rate-and-scale_on_queue";
 
 /// The entry for `name`, in whichever table it belongs.
 pub(super) fn find(name: &str) -> Option<&'static Spec> {

@@ -299,7 +299,8 @@ pub(super) fn deadline(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Duration> 
     Some(d)
 }
 
-pub(super) fn working_directory(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<PathBuf> {
+/// `working_directory`: an absolute path.
+pub(super) fn directory(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<PathBuf> {
     let s = string(ctx, at, value)?;
     if s.starts_with('/') && !s.contains('\0') {
         Some(PathBuf::from(s))
@@ -349,8 +350,28 @@ pub(super) fn packet_size(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
     }
 }
 
+/// `min`: a number of slots from 0.
+pub(super) fn count(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
+    uint32(ctx, at, value, 0)
+}
+
+/// `max`, `max_spawn_rate`: a number from 1.
+pub(super) fn positive(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
+    uint32(ctx, at, value, 1)
+}
+
+/// `workleft`: a number of jobs from 0.
+pub(super) fn jobs(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u64> {
+    uint(ctx, at, value, 0..=u64::MAX)
+}
+
+/// `cpu_weight`: systemd's range, 1 to 10000.
+pub(super) fn cpu_weight(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u64> {
+    uint(ctx, at, value, 1..=10_000)
+}
+
 /// A whole number that fits a `u32`, from `min`.
-pub(super) fn uint32(ctx: &mut Ctx, at: &At, value: &Loc, min: u32) -> Option<u32> {
+fn uint32(ctx: &mut Ctx, at: &At, value: &Loc, min: u32) -> Option<u32> {
     let n = uint(ctx, at, value, u64::from(min)..=u64::from(u32::MAX))?;
     // In range, so it fits.
     u32::try_from(n).ok()
@@ -416,7 +437,7 @@ pub(super) fn job_servers(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Vec<Str
 
 /// A `command`: its argv, and where its program (the first element) is
 /// written, under the key's own name.
-pub(super) fn command(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<(Vec<String>, At)> {
+pub(super) fn command(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<(Vec<String>, Vec<At>)> {
     let list = strings(ctx, at, value)?;
     let Some((program, program_at)) = list.first() else {
         ctx.err_at(
@@ -451,11 +472,12 @@ pub(super) fn command(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<(Vec<String
     }
     ok.then(|| {
         let argv = list.iter().map(|(s, _)| (*s).to_owned()).collect();
-        (argv, program_at)
+        (argv, vec![program_at])
     })
 }
 
-pub(super) fn functions(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Vec<(String, At)>> {
+/// `functions`: the names, and where each is written.
+pub(super) fn functions(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<(Vec<String>, Vec<At>)> {
     let list = strings(ctx, at, value)?;
     let mut out: Vec<(String, At)> = Vec::new();
     let mut ok = true;
@@ -475,13 +497,13 @@ pub(super) fn functions(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Vec<(Stri
             None => out.push((name.to_owned(), item_at)),
         }
     }
-    ok.then_some(out)
+    ok.then(|| out.into_iter().unzip())
 }
 
 /// An `env` table: its good variables. `[defaults]` and worker tables are
 /// merged per variable, so a bad one drops only itself (and never the
-/// table: this always returns a map).
-pub(super) fn env(ctx: &mut Ctx, at: &At, value: &Loc) -> BTreeMap<String, String> {
+/// table: this never returns `None`).
+pub(super) fn env(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<BTreeMap<String, String>> {
     let mut vars = BTreeMap::new();
     let Node::Table(entries) = &value.node else {
         expected(
@@ -490,7 +512,7 @@ pub(super) fn env(ctx: &mut Ctx, at: &At, value: &Loc) -> BTreeMap<String, Strin
             "a table of strings, such as { LANG = \"C.UTF-8\" }",
             &value.node,
         );
-        return vars;
+        return Some(vars);
     };
     for (key, value) in entries {
         let key_line = ctx.line(&key.span, at.line);
@@ -521,5 +543,5 @@ pub(super) fn env(ctx: &mut Ctx, at: &At, value: &Loc) -> BTreeMap<String, Strin
             }
         }
     }
-    vars
+    Some(vars)
 }

@@ -109,7 +109,7 @@ fn build(ctx: &mut Ctx, root: &Loc, path: &Path, probe: Option<&dyn Probe>) -> O
                     },
                 ),
             ) => {
-                let value = read(ctx, &at, value);
+                let value = read.read(ctx, &at, value);
                 top.insert(spec.name, at, value);
             }
             ("defaults", _) => match &value.node {
@@ -263,7 +263,7 @@ fn read_table(
                     line: ctx.line(&value.span, key_line),
                     key: path,
                 };
-                let value = read(ctx, &at, value);
+                let value = read.read(ctx, &at, value);
                 layer.insert(spec.name, at, value);
             }
             _ => unknown_key(ctx, key_line, &path, &key.name, false),
