@@ -231,6 +231,22 @@ impl Spec {
     pub fn top_level(&self) -> bool {
         !matches!(self.place, Place::Worker { .. })
     }
+
+    /// The reader of a top-level key.
+    pub fn top(&self) -> Option<&'static dyn Read<Config>> {
+        match self.place {
+            Place::Top(read) => Some(read),
+            Place::Tables | Place::Worker { .. } => None,
+        }
+    }
+
+    /// The reader of a worker key.
+    pub fn worker(&self) -> Option<&'static dyn Read<WorkerConfig>> {
+        match self.place {
+            Place::Worker { read, .. } => Some(read),
+            Place::Tables | Place::Top(_) => None,
+        }
+    }
 }
 
 /// One table after the first pass: each key it sets, with where, and its

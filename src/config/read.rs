@@ -72,53 +72,6 @@ impl At {
     }
 }
 
-/// A `libs` list: absolute directories, at least one.
-pub(super) fn libs(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Vec<PathBuf>> {
-    let list = strings(ctx, at, value)?;
-    if list.is_empty() {
-        ctx.err_at(at, "must name at least one directory");
-        return None;
-    }
-    let mut out = Vec::new();
-    let mut ok = true;
-    for (dir, item_at) in list {
-        let problem = if !dir.starts_with('/') {
-            Some(format!("`{dir}` must be an absolute path"))
-        } else if dir.contains('\0') {
-            Some("must not contain a NUL character".to_owned())
-        } else if dir.contains(':') {
-            // PHP's include_path is a `:` list; one rule for every language.
-            Some(format!("`{dir}` must not contain `:`"))
-        } else {
-            None
-        };
-        match problem {
-            Some(message) => {
-                ctx.err_at(&item_at, message);
-                ok = false;
-            }
-            None => out.push(PathBuf::from(dir)),
-        }
-    }
-    ok.then_some(out)
-}
-
-/// An `interpreter`: an absolute path, or a bare name looked up on PATH.
-pub(super) fn interpreter(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<String> {
-    let s = string(ctx, at, value)?;
-    let problem = if s.is_empty() || s.contains('\0') {
-        "must be a program: an absolute path or a name on PATH".to_owned()
-    } else if !s.starts_with('/') && s.contains('/') {
-        format!(
-            "`{s}` is a relative path; give an absolute path, or a bare name to look up on PATH"
-        )
-    } else {
-        return Some(s.to_owned());
-    };
-    ctx.err_at(at, problem);
-    None
-}
-
 /// A key as TOML would write it in a dotted path.
 pub(super) fn quote_key(name: &str) -> String {
     if !name.is_empty()
@@ -133,15 +86,15 @@ pub(super) fn quote_key(name: &str) -> String {
 }
 
 /// Reports `result`'s error at `at`.
-pub(super) fn report<T>(ctx: &mut Ctx, at: &At, result: Result<T, String>) -> Option<T> {
+fn report<T>(ctx: &mut Ctx, at: &At, result: Result<T, String>) -> Option<T> {
     result.map_err(|message| ctx.err_at(at, message)).ok()
 }
 
-pub(super) fn expected(ctx: &mut Ctx, at: &At, what: &str, found: &Node) {
+fn expected(ctx: &mut Ctx, at: &At, what: &str, found: &Node) {
     ctx.err_at(at, format!("expected {what}, found {}", found.type_name()));
 }
 
-pub(super) fn string<'a>(ctx: &mut Ctx, at: &At, value: &'a Loc) -> Option<&'a str> {
+fn string<'a>(ctx: &mut Ctx, at: &At, value: &'a Loc) -> Option<&'a str> {
     match &value.node {
         Node::Str(s) => Some(s),
         other => {
@@ -161,7 +114,7 @@ pub(super) fn boolean(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<bool> {
     }
 }
 
-pub(super) fn uint(ctx: &mut Ctx, at: &At, value: &Loc, range: RangeInclusive<u64>) -> Option<u64> {
+fn uint(ctx: &mut Ctx, at: &At, value: &Loc, range: RangeInclusive<u64>) -> Option<u64> {
     match &value.node {
         Node::Int(n) => match u64::try_from(*n) {
             Ok(n) if range.contains(&n) => Some(n),
@@ -189,6 +142,13 @@ pub(super) fn uint(ctx: &mut Ctx, at: &At, value: &Loc, range: RangeInclusive<u6
     }
 }
 
+/// A whole number that fits a `u32`, from `min`.
+fn uint32(ctx: &mut Ctx, at: &At, value: &Loc, min: u32) -> Option<u32> {
+    let n = uint(ctx, at, value, u64::from(min)..=u64::from(u32::MAX))?;
+    // In range, so it fits.
+    u32::try_from(n).ok()
+}
+
 pub(super) fn duration(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Duration> {
     match &value.node {
         Node::Int(n) => match u64::try_from(*n) {
@@ -212,7 +172,7 @@ pub(super) fn duration(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Duration> 
 }
 
 /// A size in bytes; `Some(None)` for "infinity" where `infinity_ok`.
-pub(super) fn size(ctx: &mut Ctx, at: &At, value: &Loc, infinity_ok: bool) -> Option<Option<u64>> {
+fn size(ctx: &mut Ctx, at: &At, value: &Loc, infinity_ok: bool) -> Option<Option<u64>> {
     match &value.node {
         Node::Int(n) => match u64::try_from(*n) {
             Ok(bytes) => Some(Some(bytes)),
@@ -235,151 +195,9 @@ pub(super) fn size(ctx: &mut Ctx, at: &At, value: &Loc, infinity_ok: bool) -> Op
     }
 }
 
-/// memory_max / memory_high: a size or "infinity"; 0 is refused because it
-/// would starve every process of the slot rather than mean "no limit".
-pub(super) fn memory(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Option<u64>> {
-    match size(ctx, at, value, true)? {
-        Some(0) => {
-            ctx.err_at(at, "must be more than 0; write \"infinity\" for no limit");
-            None
-        }
-        limit => Some(limit),
-    }
-}
-
-pub(super) fn account(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<String> {
-    let s = string(ctx, at, value)?;
-    report(ctx, at, values::check_account_name(s)).map(|()| s.to_owned())
-}
-
-pub(super) fn kind(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<HandlerKind> {
-    match string(ctx, at, value)? {
-        "exec" => Some(HandlerKind::Exec),
-        "stdio" => Some(HandlerKind::Stdio),
-        "native" => Some(HandlerKind::Native),
-        "perl" => Some(HandlerKind::Perl),
-        "python" => Some(HandlerKind::Python),
-        "php" => Some(HandlerKind::Php),
-        other => {
-            ctx.err_at(
-                at,
-                format!("expected \"exec\", \"stdio\", \"native\", \"perl\", \"python\" or \"php\", not \"{other}\""),
-            );
-            None
-        }
-    }
-}
-
-/// `metrics_listen`: an IP address and port.
-pub(super) fn listen(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<SocketAddr> {
-    let s = string(ctx, at, value)?;
-    report(ctx, at, values::parse_listen(s))
-}
-
-/// A `prefix`: any string a function name may hold.
-pub(super) fn prefix(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<String> {
-    let s = string(ctx, at, value)?;
-    report(ctx, at, values::check_function_name("prefix", s)).map(|()| s.to_owned())
-}
-
-/// `timeout` and `max_lifetime`: 0 means none, so that a worker can lift a
-/// limit its `[defaults]` set.
-pub(super) fn limit(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Option<Duration>> {
-    duration(ctx, at, value).map(|d| (!d.is_zero()).then_some(d))
-}
-
-/// `ready_timeout`: no "0 means none", as a handler that never says READY
-/// is the fault this deadline exists for.
-pub(super) fn deadline(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Duration> {
-    let d = duration(ctx, at, value)?;
-    if d.is_zero() {
-        ctx.err_at(at, "must be more than 0");
-        return None;
-    }
-    Some(d)
-}
-
-/// `working_directory`: an absolute path.
-pub(super) fn directory(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<PathBuf> {
-    let s = string(ctx, at, value)?;
-    if s.starts_with('/') && !s.contains('\0') {
-        Some(PathBuf::from(s))
-    } else {
-        ctx.err_at(at, format!("`{s}` must be an absolute path"));
-        None
-    }
-}
-
-/// `cpu_quota`: "50%", as systemd writes it.
-pub(super) fn cpu_quota(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
-    match &value.node {
-        Node::Str(s) => report(ctx, at, values::parse_percent(s)),
-        Node::Int(n) => {
-            ctx.err_at(at, format!("write the quota as a string, \"{n}%\""));
-            None
-        }
-        other => {
-            expected(ctx, at, "a percentage such as \"50%\"", other);
-            None
-        }
-    }
-}
-
-/// `tasks_max`: a number from 1, or "infinity" (`None`).
-pub(super) fn tasks_max(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Option<u64>> {
-    match &value.node {
-        Node::Str(s) if s == "infinity" => Some(None),
-        Node::Str(_) => {
-            ctx.err_at(at, "expected a whole number or \"infinity\"");
-            None
-        }
-        _ => uint(ctx, at, value, 1..=u64::MAX).map(Some),
-    }
-}
-
-/// `max_packet_size`: a size from 1 byte to under 4G (a packet's length
-/// field is 32 bits).
-pub(super) fn packet_size(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
-    let bytes = size(ctx, at, value, false).flatten()?;
-    match u32::try_from(bytes) {
-        Ok(b) if b > 0 => Some(b),
-        _ => {
-            ctx.err_at(at, "must be more than 0 and less than 4G");
-            None
-        }
-    }
-}
-
-/// `min`: a number of slots from 0.
-pub(super) fn count(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
-    uint32(ctx, at, value, 0)
-}
-
-/// `max`, `max_spawn_rate`: a number from 1.
-pub(super) fn positive(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
-    uint32(ctx, at, value, 1)
-}
-
-/// `workleft`: a number of jobs from 0.
-pub(super) fn jobs(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u64> {
-    uint(ctx, at, value, 0..=u64::MAX)
-}
-
-/// `cpu_weight`: systemd's range, 1 to 10000.
-pub(super) fn cpu_weight(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u64> {
-    uint(ctx, at, value, 1..=10_000)
-}
-
-/// A whole number that fits a `u32`, from `min`.
-fn uint32(ctx: &mut Ctx, at: &At, value: &Loc, min: u32) -> Option<u32> {
-    let n = uint(ctx, at, value, u64::from(min)..=u64::from(u32::MAX))?;
-    // In range, so it fits.
-    u32::try_from(n).ok()
-}
-
 /// A list of strings, each with where it is written; element errors name
 /// `key[i]`.
-pub(super) fn strings<'a>(ctx: &mut Ctx, at: &At, value: &'a Loc) -> Option<Vec<(&'a str, At)>> {
+fn strings<'a>(ctx: &mut Ctx, at: &At, value: &'a Loc) -> Option<Vec<(&'a str, At)>> {
     let Node::Array(items) = &value.node else {
         let found = value.node.type_name();
         let hint = if matches!(value.node, Node::Str(_)) {
@@ -409,6 +227,26 @@ pub(super) fn strings<'a>(ctx: &mut Ctx, at: &At, value: &'a Loc) -> Option<Vec<
         }
     }
     ok.then_some(out)
+}
+
+// ---- The readers the key table names, for one key or a few -------------
+
+pub(super) fn kind(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<HandlerKind> {
+    match string(ctx, at, value)? {
+        "exec" => Some(HandlerKind::Exec),
+        "stdio" => Some(HandlerKind::Stdio),
+        "native" => Some(HandlerKind::Native),
+        "perl" => Some(HandlerKind::Perl),
+        "python" => Some(HandlerKind::Python),
+        "php" => Some(HandlerKind::Php),
+        other => {
+            ctx.err_at(
+                at,
+                format!("expected \"exec\", \"stdio\", \"native\", \"perl\", \"python\" or \"php\", not \"{other}\""),
+            );
+            None
+        }
+    }
 }
 
 pub(super) fn job_servers(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Vec<String>> {
@@ -500,6 +338,45 @@ pub(super) fn functions(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<(Vec<Stri
     ok.then(|| out.into_iter().unzip())
 }
 
+/// A `prefix`: any string a function name may hold.
+pub(super) fn prefix(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<String> {
+    let s = string(ctx, at, value)?;
+    report(ctx, at, values::check_function_name("prefix", s)).map(|()| s.to_owned())
+}
+
+/// `min`: a number of slots from 0.
+pub(super) fn count(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
+    uint32(ctx, at, value, 0)
+}
+
+/// `max`, `max_spawn_rate`: a number from 1.
+pub(super) fn positive(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
+    uint32(ctx, at, value, 1)
+}
+
+/// `workleft`: a number of jobs from 0.
+pub(super) fn jobs(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u64> {
+    uint(ctx, at, value, 0..=u64::MAX)
+}
+
+/// `timeout` and `max_lifetime`: 0 means none, so that a worker can lift a
+/// limit its `[defaults]` set.
+pub(super) fn limit(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Option<Duration>> {
+    duration(ctx, at, value).map(|d| (!d.is_zero()).then_some(d))
+}
+
+/// memory_max / memory_high: a size or "infinity"; 0 is refused because it
+/// would starve every process of the slot rather than mean "no limit".
+pub(super) fn memory(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Option<u64>> {
+    match size(ctx, at, value, true)? {
+        Some(0) => {
+            ctx.err_at(at, "must be more than 0; write \"infinity\" for no limit");
+            None
+        }
+        limit => Some(limit),
+    }
+}
+
 /// An `env` table: its good variables. `[defaults]` and worker tables are
 /// merged per variable, so a bad one drops only itself (and never the
 /// table: this never returns `None`).
@@ -544,4 +421,129 @@ pub(super) fn env(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<BTreeMap<String
         }
     }
     Some(vars)
+}
+
+/// `working_directory`: an absolute path.
+pub(super) fn directory(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<PathBuf> {
+    let s = string(ctx, at, value)?;
+    if s.starts_with('/') && !s.contains('\0') {
+        Some(PathBuf::from(s))
+    } else {
+        ctx.err_at(at, format!("`{s}` must be an absolute path"));
+        None
+    }
+}
+
+pub(super) fn account(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<String> {
+    let s = string(ctx, at, value)?;
+    report(ctx, at, values::check_account_name(s)).map(|()| s.to_owned())
+}
+
+/// `cpu_quota`: "50%", as systemd writes it.
+pub(super) fn cpu_quota(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
+    match &value.node {
+        Node::Str(s) => report(ctx, at, values::parse_percent(s)),
+        Node::Int(n) => {
+            ctx.err_at(at, format!("write the quota as a string, \"{n}%\""));
+            None
+        }
+        other => {
+            expected(ctx, at, "a percentage such as \"50%\"", other);
+            None
+        }
+    }
+}
+
+/// `cpu_weight`: systemd's range, 1 to 10000.
+pub(super) fn cpu_weight(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u64> {
+    uint(ctx, at, value, 1..=10_000)
+}
+
+/// `tasks_max`: a number from 1, or "infinity" (`None`).
+pub(super) fn tasks_max(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Option<u64>> {
+    match &value.node {
+        Node::Str(s) if s == "infinity" => Some(None),
+        Node::Str(_) => {
+            ctx.err_at(at, "expected a whole number or \"infinity\"");
+            None
+        }
+        _ => uint(ctx, at, value, 1..=u64::MAX).map(Some),
+    }
+}
+
+/// `max_packet_size`: a size from 1 byte to under 4G (a packet's length
+/// field is 32 bits).
+pub(super) fn packet_size(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<u32> {
+    let bytes = size(ctx, at, value, false).flatten()?;
+    match u32::try_from(bytes) {
+        Ok(b) if b > 0 => Some(b),
+        _ => {
+            ctx.err_at(at, "must be more than 0 and less than 4G");
+            None
+        }
+    }
+}
+
+/// `ready_timeout`: no "0 means none", as a handler that never says READY
+/// is the fault this deadline exists for.
+pub(super) fn deadline(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Duration> {
+    let d = duration(ctx, at, value)?;
+    if d.is_zero() {
+        ctx.err_at(at, "must be more than 0");
+        return None;
+    }
+    Some(d)
+}
+
+/// A `libs` list: absolute directories, at least one.
+pub(super) fn libs(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<Vec<PathBuf>> {
+    let list = strings(ctx, at, value)?;
+    if list.is_empty() {
+        ctx.err_at(at, "must name at least one directory");
+        return None;
+    }
+    let mut out = Vec::new();
+    let mut ok = true;
+    for (dir, item_at) in list {
+        let problem = if !dir.starts_with('/') {
+            Some(format!("`{dir}` must be an absolute path"))
+        } else if dir.contains('\0') {
+            Some("must not contain a NUL character".to_owned())
+        } else if dir.contains(':') {
+            // PHP's include_path is a `:` list; one rule for every language.
+            Some(format!("`{dir}` must not contain `:`"))
+        } else {
+            None
+        };
+        match problem {
+            Some(message) => {
+                ctx.err_at(&item_at, message);
+                ok = false;
+            }
+            None => out.push(PathBuf::from(dir)),
+        }
+    }
+    ok.then_some(out)
+}
+
+/// An `interpreter`: an absolute path, or a bare name looked up on PATH.
+pub(super) fn interpreter(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<String> {
+    let s = string(ctx, at, value)?;
+    let problem = if s.is_empty() || s.contains('\0') {
+        "must be a program: an absolute path or a name on PATH".to_owned()
+    } else if !s.starts_with('/') && s.contains('/') {
+        format!(
+            "`{s}` is a relative path; give an absolute path, or a bare name to look up on PATH"
+        )
+    } else {
+        return Some(s.to_owned());
+    };
+    ctx.err_at(at, problem);
+    None
+}
+
+/// `metrics_listen`: an IP address and port.
+pub(super) fn listen(ctx: &mut Ctx, at: &At, value: &Loc) -> Option<SocketAddr> {
+    let s = string(ctx, at, value)?;
+    report(ctx, at, values::parse_listen(s))
 }

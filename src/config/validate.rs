@@ -15,7 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use super::error::{ConfigError, ConfigIssue};
-use super::keys::{self, Layer, Place, Spec};
+use super::keys::{self, Layer, Place};
 use super::probe::Probe;
 use super::raw::{self, Key, Loc, Node};
 use super::read::{quote_key, At, Ctx};
@@ -99,18 +99,11 @@ fn build(ctx: &mut Ctx, root: &Loc, path: &Path, probe: Option<&dyn Probe>) -> O
             line,
             key: path.clone(),
         };
-        match (key.name.as_str(), keys::find(&key.name)) {
-            (
-                _,
-                Some(
-                    spec @ Spec {
-                        place: Place::Top(read),
-                        ..
-                    },
-                ),
-            ) => {
+        let top_key = keys::find(&key.name).and_then(|spec| Some((spec.name, spec.top()?)));
+        match (key.name.as_str(), top_key) {
+            (_, Some((name, read))) => {
                 let value = read.read(ctx, &at, value);
-                top.insert(spec.name, at, value);
+                top.insert(name, at, value);
             }
             ("defaults", _) => match &value.node {
                 Node::Table(entries) => defaults = read_table(ctx, "defaults", entries, line),
@@ -252,19 +245,14 @@ fn read_table(
     for (key, value) in entries {
         let key_line = ctx.line(&key.span, table_line);
         let path = format!("{base}.{}", quote_key(&key.name));
-        match keys::find(&key.name) {
-            Some(
-                spec @ Spec {
-                    place: Place::Worker { read, .. },
-                    ..
-                },
-            ) => {
+        match keys::find(&key.name).and_then(|spec| Some((spec.name, spec.worker()?))) {
+            Some((name, read)) => {
                 let at = At {
                     line: ctx.line(&value.span, key_line),
                     key: path,
                 };
                 let value = read.read(ctx, &at, value);
-                layer.insert(spec.name, at, value);
+                layer.insert(name, at, value);
             }
             _ => unknown_key(ctx, key_line, &path, &key.name, false),
         }
