@@ -277,6 +277,8 @@ impl<C> Layer<C> {
     }
 
     pub fn get(&self, name: &str) -> Setting<'_, C> {
+        // A misspelt name would read as "unset" and skip its checks.
+        debug_assert!(find(name).is_some(), "`{name}` is not in the key table");
         match self.entries.iter().find(|(n, _, _)| *n == name) {
             None => Setting::Unset,
             Some((_, _, None)) => Setting::Invalid,
