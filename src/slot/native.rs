@@ -357,6 +357,8 @@ async fn serve(
                     if r.is_ok() {
                         let on = *n.pause.borrow_and_update();
                         shared.set_paused(on);
+                        // The relay checks the pause before every grab.
+                        let _ = n.reports.send(Report::Paused { on });
                         tracing::info!("{}", if on { "paused: taking no new job" } else { "resumed" });
                     }
                 }
