@@ -17,7 +17,9 @@ use super::connection::{self, ConnectionSpec, Gate, JobRunner};
 use super::cpu::CpuPair;
 use super::handler::{FailReason, Handler, HandlerError, Job, JobEvent, Outcome, SlotIdentity};
 use super::memory::RssCheck;
-use super::report::{ExitReason, JobResult, Links, Report, Reports, SlotSpec, Told, SHORT_JOB};
+use super::report::{
+    BusyReport, ExitReason, JobResult, Links, ManagerView, Report, Reports, SlotSpec, SHORT_JOB,
+};
 use crate::config::HandlerKind;
 use crate::systemd::journal::JobTag;
 
@@ -39,7 +41,7 @@ struct Jobs {
     /// job whose handler died): read on failure only, never per job.
     ooms_seen: std::sync::Mutex<Option<u64>>,
     /// What the manager has been told, and what it has not yet.
-    told: std::sync::Mutex<Told>,
+    manager_view: std::sync::Mutex<ManagerView>,
     /// `recycle_rss`, when set.
     rss_check: std::sync::Mutex<Option<RssCheck>>,
     /// `pin_cpu`: the runner and the handler on one CPU while jobs are short.
@@ -55,24 +57,19 @@ struct Jobs {
 }
 
 impl Jobs {
-    fn told(&self) -> std::sync::MutexGuard<'_, Told> {
-        self.told.lock().unwrap_or_else(|e| e.into_inner())
+    fn manager_view(&self) -> std::sync::MutexGuard<'_, ManagerView> {
+        self.manager_view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The slot has no job in hand: send what is counted, and say so.
     fn report_idle(&self) {
-        self.told().idle(&self.reports);
+        self.manager_view().idle(&self.reports);
     }
 
-    /// See [`Told::busy`].
-    fn report_busy(&self, job: &Job, now: Instant, force: bool) -> bool {
-        self.told().busy(
-            &self.reports,
-            &job.gearman_function,
-            &job.handle,
-            now,
-            force,
-        )
+    /// See [`ManagerView::busy`].
+    fn report_busy(&self, job: &Job, now: Instant, when: BusyReport) -> bool {
+        self.manager_view()
+            .busy(&self.reports, &job.gearman_function, &job.handle, now, when)
     }
     /// Switches the handler's log lines to `job`.
     fn mark_job(&self, job: Option<JobTag>) {
@@ -139,7 +136,7 @@ impl JobRunner for Jobs {
     async fn run(&self, job: Job, events: mpsc::Sender<JobEvent>) -> Outcome {
         let started = Instant::now();
         self.in_job.send_replace(true);
-        let reported = self.report_busy(&job, started, false);
+        let reported = self.report_busy(&job, started, BusyReport::IfStale);
         self.mark_job(Some(JobTag {
             function: job.gearman_function.clone(),
             handle: job.handle.clone(),
@@ -166,7 +163,7 @@ impl JobRunner for Jobs {
                             outcome = &mut run => outcome,
                             () = tokio::time::sleep(left) => {
                                 if !reported {
-                                    self.report_busy(&job, Instant::now(), true);
+                                    self.report_busy(&job, Instant::now(), BusyReport::Always);
                                 }
                                 self.cpu.long_job();
                                 run.await
@@ -234,7 +231,8 @@ impl JobRunner for Jobs {
         if !self.gate.is_closed() {
             self.check_rss(handler_pid, took >= SHORT_JOB);
         }
-        self.told().finished(&job.gearman_function, result, took);
+        self.manager_view()
+            .finished(&job.gearman_function, result, took);
         if self.gate.is_closed() {
             // Exiting next: the manager hears of this job now.
             self.report_idle();
@@ -324,13 +322,13 @@ pub async fn run(
     }
     // Every handler process is reported as it starts, before it gets a
     // job: the manager's cleanup after a killed runner needs its group.
-    let told = reports.clone();
+    let to_manager = reports.clone();
     let pair = cpu.clone();
     handler.on_process_start(Box::new(move |pid| {
         pair.set_handler(pid);
         // Our unreaped child: its /proc entry is surely it.
         let stat = crate::procfs::stat(pid);
-        let _ = told.send(Report::Handler {
+        let _ = to_manager.send(Report::Handler {
             pid,
             start: stat.map(|s| s.start_time),
             session: stat.map(|s| s.session),
@@ -351,7 +349,7 @@ pub async fn run(
         rss_check: std::sync::Mutex::new(RssCheck::new(spec.worker.recycle_rss)),
         cpu,
         links: Default::default(),
-        told: Default::default(),
+        manager_view: Default::default(),
         pause,
         in_job: tokio::sync::watch::channel(false).0,
     });
@@ -370,7 +368,7 @@ pub async fn run(
     if servers.len() == 1 {
         // The one connection task does all the work: it may block the
         // thread while jobs stream (wire.rs).
-        super::wire::Pace::get().enable();
+        super::wire::BlockingWaits::get().enable();
     }
     let (first_tx, mut first_rx) = mpsc::channel(servers.len().max(1));
     let mut tasks = tokio::task::JoinSet::new();
