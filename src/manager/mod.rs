@@ -24,8 +24,8 @@ use crate::placement::Placement;
 use crate::slot::report::{ExitReason, Report, SlotSpec};
 use crate::systemd::notify::Notifier;
 use crate::view::ServiceStatus;
-use commands::Restart;
 pub use commands::{Command, Reply};
+use commands::{PendingPause, Restart};
 use health::Health;
 use policy::{Action, Reason};
 use pool::{Pool, Slot, SlotCmd, SlotState};
@@ -161,6 +161,7 @@ pub struct Manager {
     status_lead: String,
     /// `slotman restart`s under way.
     restarts: Vec<Restart>,
+    pauses: Vec<PendingPause>,
 }
 
 impl Manager {
@@ -217,6 +218,7 @@ impl Manager {
             health_logged: BTreeMap::new(),
             status_lead: String::new(),
             restarts: Vec::new(),
+            pauses: Vec::new(),
         }
     }
 
@@ -237,7 +239,7 @@ impl Manager {
             let wake = self.apply_policy();
             self.update_pinning();
             self.log_health();
-            self.finish_restarts();
+            self.finish_commands();
             let status_wake = self.report_status();
             if self.stopping.is_some() && self.pools.values().all(|p| p.slots.is_empty()) {
                 break;
@@ -722,6 +724,7 @@ impl Manager {
             }
             // Kept by the slot task (slot_task.rs).
             Report::Handler { .. } => {}
+            Report::Paused { on } => slot.pause_taken = on,
             Report::Registered { functions } => pool.announced = functions,
             Report::Link { server, error } => {
                 let since = match slot.links.get(&server) {
@@ -991,6 +994,7 @@ fn start_slot(
             links: BTreeMap::new(),
             reported_pid: None,
             retire: false,
+            pause_taken: false,
             cmd: tx,
         },
     );
