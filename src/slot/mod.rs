@@ -9,6 +9,7 @@
 pub mod connection;
 pub mod cpu;
 pub mod handler;
+pub mod library;
 pub mod memory;
 pub mod native;
 pub mod relay;

@@ -87,33 +87,49 @@ sub _main {
         if length($ready) + 1 > MAX_HEADER;
     my %known = map { $_ => 1 } @functions;
     my $worker = $package->new;
+    if (($ENV{SLOTMAN_CONNECTION} // '') eq 'library') {
+        # The library holds the job-server connections itself and only
+        # reports to its runner (Slotman::Worker::Direct).
+        return Slotman::Worker::Direct->new($io, $package)->serve($worker, \%known, $ready);
+    }
     $io->send("$ready\n");
     while (my ($function, $payload, $job) = $io->next_job) {
-        my ($result, $error);
-        if (!$known{$function}) {
-            $error = "$package has no function `$function`";
-        } else {
-            # Scalar context, as a function's answer is one string:
-            # `return reverse $payload` reverses the string.
-            my $ok = eval { $result = $worker->$function($payload, $job); 1 };
-            if (!$ok) {
-                $error = defined $@ && "$@" ne '' ? "$@" : 'died';
-                $error =~ s/\n+\z//;
-            } elsif (ref $result) {
-                $error = "${package}::$function returned a " . ref($result)
-                    . " reference; return a string (encode it first, e.g. with JSON::PP)";
-            }
-        }
+        my ($result, $error) = _call($package, $worker, \%known, $function, $payload, $job);
         if (defined $error) {
-            warn "slotman: ${package}::$function: $error\n";
-            $io->send_frame('EXCEPTION', Slotman::Worker::Job::_bytes($error));
+            $io->send_frame('EXCEPTION', $error);
         } else {
-            $result = '' unless defined $result;
-            utf8::encode($result) if utf8::is_utf8($result);
             $io->send('COMPLETE ' . length($result) . "\n" . $result);
         }
     }
     return 0;
+}
+
+# Runs one job's method: (result bytes) or (undef, exception bytes), the
+# exception said on stderr.
+sub _call {
+    my ($package, $worker, $known, $function, $payload, $job) = @_;
+    my ($result, $error);
+    if (!$known->{$function}) {
+        $error = "$package has no function `$function`";
+    } else {
+        # Scalar context, as a function's answer is one string:
+        # `return reverse $payload` reverses the string.
+        my $ok = eval { $result = $worker->$function($payload, $job); 1 };
+        if (!$ok) {
+            $error = defined $@ && "$@" ne '' ? "$@" : 'died';
+            $error =~ s/\n+\z//;
+        } elsif (ref $result) {
+            $error = "${package}::$function returned a " . ref($result)
+                . " reference; return a string (encode it first, e.g. with JSON::PP)";
+        }
+    }
+    if (defined $error) {
+        warn "slotman: ${package}::$function: $error\n";
+        return (undef, Slotman::Worker::Job::_bytes($error));
+    }
+    $result = '' unless defined $result;
+    utf8::encode($result) if utf8::is_utf8($result);
+    return ($result);
 }
 
 # The job object a method gets: progress goes to the client while it runs.
@@ -261,6 +277,377 @@ sub send {
 sub send_frame {
     my ($self, $word, $body) = @_;
     $self->send("$word " . length($body) . "\n" . $body);
+    return;
+}
+
+# The library mode (`connection = "library"`, SLOTMAN_CONNECTION=library):
+# the library holds the job-server connections itself (the Gearman worker
+# protocol over IO::Socket::INET) and tells its runner, on the stdout it
+# took over, what the runner would otherwise have seen itself:
+#   READY f...            registered (the functions, without prefix)
+#   LINK ADDR [why]       a job server reachable, or not and why
+#   BUSY FUNCTION HANDLE  a job started
+#   DONE COMPLETE|EXCEPTION|FAIL   it ended
+#   IDLE                  no job anywhere: asleep until a job server wakes it
+# and reads STOP (or EOF), PAUSE and RESUME from the runner on stdin: it
+# finishes the job in hand first. The runner keeps supervision, limits,
+# `timeout` (it kills the process: the job server re-queues the job) and
+# counts `workleft`, which the library also obeys itself (SLOTMAN_WORKLEFT).
+package Slotman::Worker::Direct;
+
+use Socket qw(IPPROTO_TCP TCP_NODELAY);
+use IO::Socket::INET ();
+use Time::HiRes ();
+
+use constant {
+    CAN_DO => 1, PRE_SLEEP => 4, NOOP => 6, NO_JOB => 10, WORK_STATUS => 12,
+    WORK_COMPLETE => 13, WORK_FAIL => 14, ECHO_REQ => 16, ECHO_RES => 17,
+    ERROR => 19, SET_CLIENT_ID => 22, WORK_EXCEPTION => 25, WORK_DATA => 28,
+    WORK_WARNING => 29, GRAB_JOB_UNIQ => 30, JOB_ASSIGN_UNIQ => 31,
+};
+# The runner's own figures (src/slot/connection.rs): a job server that does
+# not answer within REPLY_TIMEOUT is dropped and reconnected to with
+# back-off; a sleeping connection is checked with ECHO every KEEPALIVE.
+use constant { REPLY_TIMEOUT => 5, KEEPALIVE => 10, BACKOFF_MIN => 0.1, BACKOFF_MAX => 5 };
+
+sub _packet {
+    my $body = join "\0", @_[1 .. $#_];
+    return pack('a4NN', "\0REQ", $_[0], length $body) . $body;
+}
+
+use constant GRAB => _packet(GRAB_JOB_UNIQ);
+
+sub new {
+    my ($class, $io, $package) = @_;
+    my @addrs = grep { length } split /\s*,\s*/, ($ENV{SLOTMAN_JOB_SERVERS} // '');
+    die "slotman: SLOTMAN_JOB_SERVERS names no job server\n" unless @addrs;
+    return bless {
+        io => $io,
+        ctl => fileno($io->{in}),
+        servers => [map { { addr => $_, state => 'down', retry => 0, backoff => BACKOFF_MIN, buf => '' } } @addrs],
+        prefix => $ENV{SLOTMAN_PREFIX} // "${package}::",
+        client_id => $ENV{SLOTMAN_CLIENT_ID} // "slotman:${package}:$$",
+        workleft => $ENV{SLOTMAN_WORKLEFT} || 0,
+        max_packet => $ENV{SLOTMAN_MAX_PACKET} || (64 << 20),
+        package => $package,
+        done => 0, stopping => 0, paused => 0, idle => 1, ctl_buf => '',
+    }, $class;
+}
+
+sub serve {
+    my ($self, $worker, $known, $ready) = @_;
+    my @functions = sort keys %$known;
+    if (length($ENV{SLOTMAN_FUNCTIONS} // '')) {
+        my %want = map { $_ => 1 } split ' ', $ENV{SLOTMAN_FUNCTIONS};
+        @functions = grep { $want{$_} } @functions;
+        die "slotman: none of SLOTMAN_FUNCTIONS is a method of $self->{package}\n" unless @functions;
+    }
+    $self->{register} = join '', _packet(SET_CLIENT_ID, $self->{client_id}),
+        map { _packet(CAN_DO, $self->{prefix} . $_) } @functions;
+    $self->{worker} = $worker;
+    $self->{known} = { map { $_ => 1 } @functions };
+    $self->{io}->send(join(' ', 'READY', @functions) . "\n");
+    $self->_connect($_) for @{ $self->{servers} };
+    while (!$self->{stopping}) {
+        for my $s (@{ $self->{servers} }) {
+            $self->_grab($s) if $s->{state} eq 'awake' && !$self->{paused};
+            last if $self->{stopping};
+        }
+        $self->_sleep unless $self->{stopping};
+    }
+    $self->_report_idle;
+    close $_->{sock} for grep { $_->{sock} } @{ $self->{servers} };
+    return 0;
+}
+
+sub _report_idle {
+    my ($self) = @_;
+    $self->{io}->send("IDLE\n") unless $self->{idle}++;
+}
+
+# Takes jobs from $s until it has none (then it sleeps) or the worker
+# stops taking them; the grab of each next job goes out with the answer.
+sub _grab {
+    my ($self, $s) = @_;
+    return unless $self->_write($s, GRAB);
+    while (1) {
+        my ($type, $body) = $self->_read($s, REPLY_TIMEOUT) or return;
+        if ($type == JOB_ASSIGN_UNIQ) {
+            $s->{backoff} = BACKOFF_MIN;
+            return unless $self->_job($s, $body);
+        } elsif ($type == NO_JOB) {
+            $s->{backoff} = BACKOFF_MIN;
+            $s->{state} = 'asleep';
+            $s->{heard} = Time::HiRes::time();
+            $self->_write($s, _packet(PRE_SLEEP));
+            return;
+        } elsif ($type == ERROR) {
+            return $self->_drop($s, 'job server said: ' . join(' ', split /\0/, $body));
+        } elsif ($type != NOOP && $type != ECHO_RES) {
+            return $self->_drop($s, "unexpected packet type $type");
+        }
+    }
+}
+
+# One job: reported, run, answered; whether the next grab went with it.
+sub _job {
+    my ($self, $s, $body) = @_;
+    my ($handle, $function, $unique, $payload) = split /\0/, $body, 4;
+    return $self->_drop($s, 'malformed JOB_ASSIGN_UNIQ') unless defined $payload;
+    $function = substr($function, length $self->{prefix})
+        if index($function, $self->{prefix}) == 0;
+    $self->{idle} = 0;
+    $self->{io}->send("BUSY $function $handle\n");
+    my $job = bless [$function, $handle, length $unique ? $unique : undef, $self, $s],
+        'Slotman::Worker::DirectJob';
+    my ($result, $error) = Slotman::Worker::_call($self->{package}, $self->{worker}, $self->{known},
+        $function, $payload, $job);
+    my $answer = defined $error ? _packet(WORK_EXCEPTION, $handle, $error)
+        : _packet(WORK_COMPLETE, $handle, $result);
+    $self->{stopping} = 1 if $self->{workleft} && ++$self->{done} >= $self->{workleft};
+    my $more = !$self->{stopping} && !$self->{paused};
+    my $sent = $self->_write($s, $more ? $answer . GRAB : $answer);
+    $self->{io}->send(defined $error ? "DONE EXCEPTION\n" : "DONE COMPLETE\n");
+    return $sent && $more;
+}
+
+# The next packet from $s, waiting at most $timeout (then the connection
+# is dropped and the empty list returned). The runner's commands are read
+# meanwhile.
+sub _read {
+    my ($self, $s, $timeout) = @_;
+    my $deadline;
+    my $buf = \$s->{buf};
+    while (1) {
+        if (length $$buf >= 12) {
+            my @packet = $self->_take($s);
+            return @packet if @packet || !$s->{sock};
+        }
+        my $now = Time::HiRes::time();
+        $deadline //= $now + $timeout;
+        return $self->_drop($s, "no answer within ${timeout}s") if $now >= $deadline;
+        my $fd = fileno $s->{sock};
+        my $rin = '';
+        vec($rin, $fd, 1) = 1;
+        vec($rin, $self->{ctl}, 1) = 1 unless $self->{ctl_eof};
+        my $n = select(my $rout = $rin, undef, undef, $deadline - $now);
+        if ($n < 0) {
+            next if $!{EINTR};
+            die "slotman: select: $!\n";
+        }
+        $self->_control if !$self->{ctl_eof} && vec($rout, $self->{ctl}, 1);
+        next unless vec($rout, $fd, 1);
+        my $got = sysread($s->{sock}, $$buf, 65536, length $$buf);
+        if (!defined $got) {
+            next if $!{EINTR} || $!{EAGAIN};
+            return $self->_drop($s, "$!");
+        }
+        return $self->_drop($s, 'connection closed') unless $got;
+    }
+}
+
+# The packet at the head of $s's buffer, if it is all there; a bad one
+# drops the connection. Either way, the empty list if none.
+sub _take {
+    my ($self, $s) = @_;
+    my ($magic, $type, $size) = unpack 'a4NN', $s->{buf};
+    return $self->_drop($s, 'not a Gearman response') if $magic ne "\0RES";
+    return $self->_drop($s, "packet of $size bytes is over the limit") if $size > $self->{max_packet};
+    return if length $s->{buf} < 12 + $size;
+    my $body = substr($s->{buf}, 12, $size);
+    substr($s->{buf}, 0, 12 + $size, '');
+    return ($type, $body);
+}
+
+# Writes all of $bytes to $s (non-blocking: a job server that stops
+# reading is dropped after REPLY_TIMEOUT); false if $s was dropped.
+sub _write {
+    my ($self, $s, $bytes) = @_;
+    return 0 unless $s->{sock};
+    my ($off, $len, $deadline) = (0, length $bytes);
+    while ($off < $len) {
+        my $n = syswrite($s->{sock}, $bytes, $len - $off, $off);
+        if (defined $n) {
+            $off += $n;
+            next;
+        }
+        return $self->_drop($s, "$!") unless $!{EAGAIN} || $!{EINTR};
+        my $now = Time::HiRes::time();
+        $deadline //= $now + REPLY_TIMEOUT;
+        return $self->_drop($s, 'job server stopped reading') if $now >= $deadline;
+        my $win = '';
+        vec($win, fileno $s->{sock}, 1) = 1;
+        select(undef, $win, undef, $deadline - $now);
+    }
+    return 1;
+}
+
+sub _connect {
+    my ($self, $s) = @_;
+    my ($host, $port) = $s->{addr} =~ /^\[?(.*?)\]?(?::(\d+))?$/;
+    my $sock = IO::Socket::INET->new(PeerHost => $host, PeerPort => $port || 4730,
+        Proto => 'tcp', Timeout => REPLY_TIMEOUT);
+    if (!$sock) {
+        return $self->_drop($s, "$@" || "$!");
+    }
+    setsockopt($sock, IPPROTO_TCP, TCP_NODELAY, 1);
+    $sock->blocking(0);
+    binmode $sock;
+    @$s{qw(sock buf state echo)} = ($sock, '', 'awake', undef);
+    $self->_link($s, undef);
+    return $self->_write($s, $self->{register});
+}
+
+# Drops $s (its job, if any, is re-queued by the job server), to be
+# reconnected to after a growing back-off; returns the empty list.
+sub _drop {
+    my ($self, $s, $why) = @_;
+    close $s->{sock} if $s->{sock};
+    $s->{sock} = undef;
+    $s->{state} = 'down';
+    $s->{retry} = Time::HiRes::time() + $s->{backoff};
+    $s->{backoff} = $s->{backoff} * 2 > BACKOFF_MAX ? BACKOFF_MAX : $s->{backoff} * 2;
+    $why =~ s/\s+/ /g;
+    $self->_link($s, $why);
+    return;
+}
+
+# Tells the runner a link's state when it changes.
+sub _link {
+    my ($self, $s, $why) = @_;
+    my $said = $why // '';
+    return if defined $s->{said} && $s->{said} eq $said;
+    $s->{said} = $said;
+    warn "slotman: job server $s->{addr}: $why\n" if defined $why;
+    $self->{io}->send(defined $why ? "LINK $s->{addr} $why\n" : "LINK $s->{addr}\n");
+}
+
+# No job anywhere: waits until a job server wakes us (NOOP), a link is due
+# for a reconnect or a keepalive, or the runner says something.
+sub _sleep {
+    my ($self) = @_;
+    $self->_report_idle;
+    while (!$self->{stopping}) {
+        my $now = Time::HiRes::time();
+        my $wait = KEEPALIVE;
+        my $rin = '';
+        vec($rin, $self->{ctl}, 1) = 1 unless $self->{ctl_eof};
+        for my $s (@{ $self->{servers} }) {
+            if ($s->{state} eq 'down') {
+                if ($s->{retry} <= $now) {
+                    $self->_connect($s);
+                    next if $s->{state} eq 'down';
+                } else {
+                    $wait = $s->{retry} - $now if $s->{retry} - $now < $wait;
+                    next;
+                }
+            }
+            return if $s->{state} eq 'awake' && !$self->{paused};
+            next unless $s->{state} eq 'asleep' || $s->{state} eq 'awake';
+            if ($s->{state} eq 'asleep') {
+                if (!defined $s->{echo} && $now - $s->{heard} >= KEEPALIVE) {
+                    $s->{echo} = $now + REPLY_TIMEOUT;
+                    next unless $self->_write($s, _packet(ECHO_REQ, 'ping'));
+                }
+                if (defined $s->{echo}) {
+                    if ($s->{echo} <= $now) {
+                        $self->_drop($s, 'no answer to a keepalive within ' . REPLY_TIMEOUT . 's');
+                        next;
+                    }
+                    $wait = $s->{echo} - $now if $s->{echo} - $now < $wait;
+                } else {
+                    my $due = $s->{heard} + KEEPALIVE - $now;
+                    $wait = $due if $due < $wait;
+                }
+            }
+            vec($rin, fileno $s->{sock}, 1) = 1;
+        }
+        $wait = 0 if $wait < 0;
+        my $n = select(my $rout = $rin, undef, undef, $wait);
+        if ($n < 0) {
+            next if $!{EINTR};
+            die "slotman: select: $!\n";
+        }
+        next unless $n;
+        $self->_control if !$self->{ctl_eof} && vec($rout, $self->{ctl}, 1);
+        for my $s (@{ $self->{servers} }) {
+            next unless $s->{sock} && vec($rout, fileno $s->{sock}, 1);
+            my $got = sysread($s->{sock}, $s->{buf}, 65536, length $s->{buf});
+            if (!defined $got) {
+                $self->_drop($s, "$!") unless $!{EINTR} || $!{EAGAIN};
+                next;
+            }
+            if (!$got) {
+                $self->_drop($s, 'connection closed');
+                next;
+            }
+            $s->{heard} = Time::HiRes::time();
+            while ($s->{sock} && length $s->{buf} >= 12) {
+                my ($type, $body) = $self->_take($s) or last;
+                if ($type == NOOP) {
+                    $s->{state} = 'awake';
+                } elsif ($type == ECHO_RES) {
+                    $s->{echo} = undef;
+                } elsif ($type != NO_JOB) {
+                    $self->_drop($s, "unexpected packet type $type");
+                    last;
+                }
+            }
+        }
+    }
+}
+
+# The runner's commands, one a line: STOP (or EOF), PAUSE, RESUME.
+sub _control {
+    my ($self) = @_;
+    my $got = sysread($self->{io}{in}, $self->{ctl_buf}, 4096, length $self->{ctl_buf});
+    return if !defined $got && $!{EINTR};
+    if (!$got) {
+        $self->{ctl_eof} = 1;
+        $self->{stopping} = 1;
+        return;
+    }
+    while ($self->{ctl_buf} =~ s/^([^\n]*)\n//) {
+        my $word = $1;
+        if ($word eq 'STOP') {
+            $self->{stopping} = 1;
+        } elsif ($word eq 'PAUSE') {
+            $self->{paused} = 1;
+        } elsif ($word eq 'RESUME') {
+            $self->{paused} = 0;
+        } else {
+            warn "slotman: unknown command from the runner: $word\n";
+        }
+    }
+}
+
+# The job object in the library mode: progress goes straight to the job
+# server that assigned the job.
+package Slotman::Worker::DirectJob;
+our @ISA = ('Slotman::Worker::Job');
+
+sub status {
+    my ($self, $numerator, $denominator) = @_;
+    for ($numerator, $denominator) {
+        die "status(numerator, denominator) takes whole numbers >= 0\n"
+            unless defined && /^[0-9]+\z/;
+    }
+    $self->[3]->_write($self->[4], Slotman::Worker::Direct::_packet(
+        Slotman::Worker::Direct::WORK_STATUS, $self->[1], $numerator, $denominator));
+    return;
+}
+
+sub data {
+    my ($self, $data) = @_;
+    $self->[3]->_write($self->[4], Slotman::Worker::Direct::_packet(
+        Slotman::Worker::Direct::WORK_DATA, $self->[1], Slotman::Worker::Job::_bytes($data // '')));
+    return;
+}
+
+sub warning {
+    my ($self, $data) = @_;
+    $self->[3]->_write($self->[4], Slotman::Worker::Direct::_packet(
+        Slotman::Worker::Direct::WORK_WARNING, $self->[1], Slotman::Worker::Job::_bytes($data // '')));
     return;
 }
 
