@@ -250,11 +250,25 @@ fn complete(addr: &str, function: &str, payload: impl Into<Bytes>) -> Bytes {
     }
 }
 
+/// The worker `env` that switches on the library mode (prototype): the
+/// library holds the job-server connection itself.
+const LIBRARY_MODE: &str = "env = { SLOTMAN_CONNECTION = \"library\" }\n";
+
 /// Runs the worker in `kind` through everything the module above offers.
 fn serves_the_seed_way(kind: &str) {
+    serves_the_seed_way_with(kind, "")
+}
+
+/// [`serves_the_seed_way`] with more config (`extra`).
+fn serves_the_seed_way_with(kind: &str, extra: &str) {
     let Some((l, g)) = ready(kind) else { return };
     let libs = libs_with(l.file, l.module);
-    let mut svc = Service::new(&config(kind, libs.path(), &g.addr, "workleft = 5\n"));
+    let mut svc = Service::new(&config(
+        kind,
+        libs.path(),
+        &g.addr,
+        &format!("workleft = 5\n{extra}"),
+    ));
     svc.start();
     let want = names("TestWorker::", FUNCTIONS);
     wait_until("the slot registers", PATIENCE, || registered(&g) == want);
@@ -407,6 +421,16 @@ fn php_worker_serves_the_seed_way() {
 
 /// `functions` restricts what is registered; a listed name the module
 /// lacks is not registered, and the log says so once.
+#[test]
+fn perl_library_mode_serves_the_seed_way() {
+    serves_the_seed_way_with("perl", LIBRARY_MODE);
+}
+
+#[test]
+fn php_library_mode_serves_the_seed_way() {
+    serves_the_seed_way_with("php", LIBRARY_MODE);
+}
+
 #[test]
 fn functions_restrict_the_announced_set() {
     let Some((l, g)) = ready("python") else {

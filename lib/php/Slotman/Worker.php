@@ -418,6 +418,10 @@ final class Direct
     private bool $paused = false;
     private bool $idle = true;
     private string $grab;
+    /** A DONE not yet written (see job()). */
+    private string $held = '';
+    /** SLOTMAN_REPORT=each: every DONE at once (measured in bench/seed.py). */
+    private bool $each;
 
     public function __construct(private IO $io, private string $name, private Worker $worker, array $functions)
     {
@@ -443,6 +447,7 @@ final class Direct
         $this->workleft = (int) getenv('SLOTMAN_WORKLEFT');
         $this->maxPacket = (int) getenv('SLOTMAN_MAX_PACKET') ?: 64 << 20;
         $this->grab = self::packet(self::GRAB_JOB_UNIQ);
+        $this->each = getenv('SLOTMAN_REPORT') === 'each';
         $this->ctl = $io->input();
         stream_set_blocking($this->ctl, false);
         $io->send(implode(' ', array_merge(['READY'], $functions)) . "\n");
@@ -481,11 +486,13 @@ final class Direct
         return 0;
     }
 
+    /** IDLE, after the DONE held back (see job()), if the runner has not heard it. */
     private function reportIdle(): void
     {
         if (!$this->idle) {
             $this->idle = true;
-            $this->io->send("IDLE\n");
+            $this->io->send($this->held . "IDLE\n");
+            $this->held = '';
         }
     }
 
@@ -535,7 +542,8 @@ final class Direct
             $function = substr($function, strlen($this->prefix));
         }
         $this->idle = false;
-        $this->io->send("BUSY $function $handle\n");
+        $this->io->send("{$this->held}BUSY $function $handle\n");
+        $this->held = '';
         [$ok, $bytes] = call($this->name, $this->worker, $this->known, $function, $payload,
             new Job($function, $handle, $unique === '' ? null : $unique, $this, $l));
         $answer = self::packet($ok ? self::WORK_COMPLETE : self::WORK_EXCEPTION, $handle, $bytes);
@@ -544,7 +552,13 @@ final class Direct
         }
         $more = !$this->stopping && !$this->paused;
         $sent = $this->write($l, $more ? $answer . $this->grab : $answer);
-        $this->io->send($ok ? "DONE COMPLETE\n" : "DONE EXCEPTION\n");
+        // While jobs stream, a job's DONE goes out with the next BUSY (or
+        // IDLE): one write and one wake-up of the runner per job, not two.
+        $this->held = $ok ? "DONE COMPLETE\n" : "DONE EXCEPTION\n";
+        if ($this->each) {
+            $this->io->send($this->held);
+            $this->held = '';
+        }
         return $sent && $more;
     }
 
