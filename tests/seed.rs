@@ -675,3 +675,225 @@ fn php_without_ffi_keeps_the_framing() {
     assert!(svc.log().contains("noise"));
     assert!(svc.stop());
 }
+
+// ---------------------------------------------------------------------------
+// The library mode (prototype, `env = { SLOTMAN_CONNECTION = "library" }`):
+// the library holds the job-server connections itself. What the slot mode
+// guarantees must still hold: a job past `timeout` fails (not retried) and
+// the process is replaced; a drain lets the job in hand finish; a worker
+// killed mid-job has its job re-queued by gearmand; a job server that hangs
+// or goes away does not hold up the other, and is reconnected to.
+
+/// `echo`, `slow` (sleeps PAYLOAD seconds), `pid`.
+const PERL_SLOW: &str = r#"package TestWorker;
+use parent 'Slotman::Worker';
+use Time::HiRes ();
+sub echo { return $_[1] }
+sub slow { my ($self, $payload) = @_; Time::HiRes::sleep($payload); return "slept $payload" }
+sub pid { return $$ }
+1;
+"#;
+
+const PHP_SLOW: &str = r#"<?php
+class TestWorker extends \Slotman\Worker
+{
+    public function echo(string $payload, $job) { return $payload; }
+    public function slow(string $payload, $job) { usleep((int) ((float) $payload * 1e6)); return "slept $payload"; }
+    public function pid(string $payload, $job) { return (string) getmypid(); }
+}
+"#;
+
+/// A library-mode service of one slot on `servers`, with `extra` config.
+fn library_service(
+    kind: &str,
+    servers: &[&str],
+    extra: &str,
+) -> Option<(Service, tempfile::TempDir)> {
+    let l = lang(kind);
+    if !have(kind, l.interpreter) {
+        return None;
+    }
+    let libs = libs_with(l.file, if kind == "perl" { PERL_SLOW } else { PHP_SLOW });
+    let list = servers
+        .iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let cfg = config(
+        kind,
+        libs.path(),
+        servers[0],
+        &format!("{LIBRARY_MODE}{extra}"),
+    )
+    .replace(
+        &format!("job_servers = [\"{}\"]", servers[0]),
+        &format!("job_servers = [{list}]"),
+    );
+    let mut svc = Service::new(&cfg);
+    svc.start();
+    svc.one_slot_ready("TestWorker");
+    Some((svc, libs))
+}
+
+/// The library process under the slot's runner.
+fn library_pid(svc: &Service) -> u32 {
+    let runner = svc.worker("TestWorker").slots[0].pid.expect("runner pid");
+    let mut pid = 0;
+    wait_until("the library process", PATIENCE, || {
+        pid = common::first_child(runner);
+        pid != 0
+    });
+    pid
+}
+
+fn library_timeout_fails_the_job(kind: &str) {
+    let Some(g) = Gearmand::start() else { return };
+    let Some((svc, _libs)) = library_service(kind, &[&g.addr], "timeout = \"1s\"\n") else {
+        return;
+    };
+    let before = complete(&g.addr, "TestWorker::pid", "");
+    let started = std::time::Instant::now();
+    let reply = submit(&g.addr, "TestWorker::slow", "30");
+    assert_eq!(reply.result, JobResult::Fail, "{:?}", reply.result);
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(10), "failed after {took:?}");
+    // Failed, not re-queued: nothing of it is left at gearmand, once the
+    // replacement has registered.
+    wait_until("the replacement registered", PATIENCE, || {
+        g.function_status("TestWorker::slow").2 == 1
+    });
+    assert_eq!(g.function_status("TestWorker::slow"), (0, 0, 1));
+    // A fresh process serves the next job.
+    let after = complete(&g.addr, "TestWorker::pid", "");
+    assert_ne!(before, after, "the timed-out process was not replaced");
+    wait_until("the failure counted", PATIENCE, || {
+        svc.worker("TestWorker").jobs_failed == 1
+    });
+    assert!(svc.log().contains("timed out"), "{}", svc.log());
+}
+
+#[test]
+fn perl_library_mode_fails_a_job_past_timeout() {
+    library_timeout_fails_the_job("perl");
+}
+
+#[test]
+fn php_library_mode_fails_a_job_past_timeout() {
+    library_timeout_fails_the_job("php");
+}
+
+fn library_drain_finishes_the_job(kind: &str) {
+    let Some(g) = Gearmand::start() else { return };
+    let Some((mut svc, _libs)) = library_service(kind, &[&g.addr], "") else {
+        return;
+    };
+    let addr = g.addr.clone();
+    let client = std::thread::spawn(move || submit(&addr, "TestWorker::slow", "2"));
+    wait_until("the slot busy", PATIENCE, || {
+        svc.worker("TestWorker").busy == 1
+    });
+    assert!(svc.stop(), "the manager exits 0");
+    let reply = client.join().expect("client thread");
+    assert_eq!(
+        reply.result,
+        JobResult::Complete(Bytes::from_static(b"slept 2")),
+        "the drain interrupted the job"
+    );
+}
+
+#[test]
+fn perl_library_mode_drain_finishes_the_job_in_hand() {
+    library_drain_finishes_the_job("perl");
+}
+
+#[test]
+fn php_library_mode_drain_finishes_the_job_in_hand() {
+    library_drain_finishes_the_job("php");
+}
+
+fn library_killed_mid_job_requeues(kind: &str) {
+    let Some(g) = Gearmand::start() else { return };
+    let Some((svc, _libs)) = library_service(kind, &[&g.addr], "") else {
+        return;
+    };
+    let addr = g.addr.clone();
+    let client = std::thread::spawn(move || submit(&addr, "TestWorker::slow", "1"));
+    wait_until("the slot busy", PATIENCE, || {
+        svc.worker("TestWorker").busy == 1
+    });
+    common::service::sigkill(library_pid(&svc));
+    // gearmand hands the job to the replacement; the client still waits.
+    let reply = client.join().expect("client thread");
+    assert_eq!(
+        reply.result,
+        JobResult::Complete(Bytes::from_static(b"slept 1"))
+    );
+    assert_eq!(g.function_status("TestWorker::slow"), (0, 0, 1));
+}
+
+#[test]
+fn perl_library_mode_requeues_the_job_of_a_killed_worker() {
+    library_killed_mid_job_requeues("perl");
+}
+
+#[test]
+fn php_library_mode_requeues_the_job_of_a_killed_worker() {
+    library_killed_mid_job_requeues("php");
+}
+
+fn library_rides_out_a_bad_job_server(kind: &str) {
+    use nix::sys::signal::{kill, Signal};
+    let Some(good) = Gearmand::start() else {
+        return;
+    };
+    let Some(mut bad) = Gearmand::start() else {
+        return;
+    };
+    let bad_pid = nix::unistd::Pid::from_raw(bad.pid().expect("pid") as i32);
+    // Hung from the start: it accepts the connection and never answers.
+    kill(bad_pid, Signal::SIGSTOP).expect("SIGSTOP");
+    let Some((svc, _libs)) = library_service(kind, &[&good.addr, &bad.addr], "") else {
+        let _ = kill(bad_pid, Signal::SIGCONT);
+        return;
+    };
+    let timed = |what: &str| {
+        for i in 0..20 {
+            let started = std::time::Instant::now();
+            let payload = format!("{what} {i}");
+            assert_eq!(
+                complete(&good.addr, "TestWorker::echo", payload.clone()),
+                payload
+            );
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(2),
+                "{what}: job {i} took {took:?}"
+            );
+        }
+    };
+    timed("hung");
+    // Gone: refused, retried with back-off in the background.
+    let _ = kill(bad_pid, Signal::SIGCONT);
+    bad.kill();
+    timed("gone");
+    wait_until("the gone job server in status", PATIENCE, || {
+        svc.worker("TestWorker")
+            .problems
+            .iter()
+            .any(|p| p.contains(&bad.addr))
+    });
+    // Back: reconnected to, and serving.
+    bad.restart();
+    assert_eq!(complete(&bad.addr, "TestWorker::echo", "back"), "back");
+    timed("back");
+}
+
+#[test]
+fn perl_library_mode_rides_out_a_job_server_that_hangs_or_goes_away() {
+    library_rides_out_a_bad_job_server("perl");
+}
+
+#[test]
+fn php_library_mode_rides_out_a_job_server_that_hangs_or_goes_away() {
+    library_rides_out_a_bad_job_server("php");
+}

@@ -17,6 +17,7 @@
 
 use std::ffi::OsStr;
 use std::process::Stdio;
+use std::time::Duration;
 
 use nix::sys::signal::{killpg, Signal};
 use nix::unistd::Pid;
@@ -34,6 +35,11 @@ use crate::systemd::journal::{JobTag, JobTags};
 
 /// The worker `env` entry that switches the mode on (prototype only).
 pub const SWITCH_ENV: &str = "SLOTMAN_CONNECTION";
+
+/// How long past `timeout` (at least a second: PHP's alarm counts whole
+/// seconds) the runner waits for the library to fail the job itself,
+/// before it kills the process.
+const BACKSTOP: Duration = Duration::from_secs(2);
 
 /// Longest report line the runner reads from the library.
 const MAX_LINE: usize = 4096;
@@ -61,6 +67,8 @@ struct State {
     ready: bool,
     /// Why the slot leaves on its own (workleft), if it does.
     leaving: Option<ExitReason>,
+    /// The library failed a job at `timeout` and exits to be replaced.
+    replace: bool,
 }
 
 /// How one library process ended.
@@ -89,6 +97,10 @@ pub async fn run(mut n: Library<'_>) -> ExitReason {
         ("SLOTMAN_FUNCTIONS", w.functions.join(" ")),
         ("SLOTMAN_WORKLEFT", w.workleft.to_string()),
         ("SLOTMAN_MAX_PACKET", w.max_packet_size.to_string()),
+        (
+            "SLOTMAN_TIMEOUT_MS",
+            w.timeout.map_or(0, |t| t.as_millis()).to_string(),
+        ),
     ];
     let env: Vec<(&str, &OsStr)> = env.iter().map(|(k, v)| (*k, OsStr::new(v))).collect();
     let mut st = State {
@@ -97,6 +109,7 @@ pub async fn run(mut n: Library<'_>) -> ExitReason {
         done: 0,
         ready: false,
         leaving: None,
+        replace: false,
     };
     let reason = loop {
         let mut cmd = match launcher.command(&env) {
@@ -120,7 +133,7 @@ pub async fn run(mut n: Library<'_>) -> ExitReason {
             });
         }
         match serve(&mut n, &mut st, &mut child).await {
-            Ended::Killed if !n.drain.is_cancelled() => {
+            Ended::Killed if !n.drain.is_cancelled() && st.leaving.is_none() => {
                 tracing::info!(worker = %n.id.worker, "starting a new library process");
             }
             Ended::Killed => break ExitReason::Drained,
@@ -178,7 +191,12 @@ async fn serve(n: &mut Library<'_>, st: &mut State, child: &mut Child) -> Ended 
             stop_sent = true;
             send(&mut stdin, b"STOP\n").await;
         }
-        let timeout_at = job.as_ref().zip(w.timeout).map(|(j, t)| j.started + t);
+        // The library fails a job at `timeout` itself (it holds the job's
+        // connection); the runner kills it only if it has not by then.
+        let timeout_at = job
+            .as_ref()
+            .zip(w.timeout)
+            .map(|(j, t)| j.started + t.max(Duration::from_secs(1)) + BACKSTOP);
         let long_at = job
             .as_ref()
             .filter(|j| j.unreported)
@@ -305,6 +323,11 @@ fn report(
                 "COMPLETE" => JobResult::Complete,
                 "EXCEPTION" => JobResult::Exception,
                 "FAIL" => JobResult::Fail,
+                "TIMEOUT" => {
+                    // The library failed it and leaves: a fresh one follows.
+                    st.replace = true;
+                    JobResult::Fail
+                }
                 _ => return Err(format!("DONE {rest:?}")),
             };
             let j = job.take().ok_or("DONE without BUSY")?;
@@ -365,6 +388,7 @@ async fn exited(
         Ok(s) if s.success() && (stopped || st.leaving.is_some()) => {
             Ended::Left(ExitReason::Drained)
         }
+        Ok(s) if s.success() && std::mem::take(&mut st.replace) => Ended::Killed,
         Ok(s) => {
             let mut why = format!(
                 "library process exited ({})",

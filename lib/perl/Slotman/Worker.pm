@@ -287,7 +287,8 @@ sub send_frame {
 #   READY f...            registered (the functions, without prefix)
 #   LINK ADDR [why]       a job server reachable, or not and why
 #   BUSY FUNCTION HANDLE  a job started
-#   DONE COMPLETE|EXCEPTION|FAIL   it ended
+#   DONE COMPLETE|EXCEPTION|TIMEOUT   it ended (TIMEOUT: failed at
+#                         `timeout`; the process exits to be replaced)
 #   IDLE                  no job anywhere: asleep until a job server wakes it
 # and reads STOP (or EOF), PAUSE and RESUME from the runner on stdin: it
 # finishes the job in hand first. The runner keeps supervision, limits,
@@ -348,6 +349,11 @@ sub serve {
         map { _packet(CAN_DO, $self->{prefix} . $_) } @functions;
     $self->{worker} = $worker;
     $self->{known} = { map { $_ => 1 } @functions };
+    # `timeout`, enforced here so that the job fails (only this connection
+    # can answer it); the runner kills the process if this does not work
+    # (a method stuck where Perl cannot take the signal).
+    $self->{timeout} = ($ENV{SLOTMAN_TIMEOUT_MS} || 0) / 1000;
+    $SIG{ALRM} = sub { $self->{late} = 1; die "timed out\n" if $self->{calling} } if $self->{timeout};
     $self->{io}->send(join(' ', 'READY', @functions) . "\n");
     $self->_connect($_) for @{ $self->{servers} };
     while (!$self->{stopping}) {
@@ -406,8 +412,21 @@ sub _job {
     $self->{held} = '';
     my $job = bless [$function, $handle, length $unique ? $unique : undef, $self, $s],
         'Slotman::Worker::DirectJob';
+    @$self{qw(late calling)} = (0, 1);
+    Time::HiRes::alarm($self->{timeout}) if $self->{timeout};
     my ($result, $error) = Slotman::Worker::_call($self->{package}, $self->{worker}, $self->{known},
         $function, $payload, $job);
+    $self->{calling} = 0;
+    Time::HiRes::alarm(0) if $self->{timeout};
+    if ($self->{late}) {
+        # Past `timeout`: failed, as the runner would have failed it, and
+        # this process replaced (the method may have left it in any state).
+        warn "slotman: $self->{package}::$function: timed out after $self->{timeout}s: job failed\n";
+        $self->_write($s, _packet(WORK_FAIL, $handle));
+        $self->{held} = "DONE TIMEOUT\n";
+        $self->{stopping} = 1;
+        return 0;
+    }
     my $answer = defined $error ? _packet(WORK_EXCEPTION, $handle, $error)
         : _packet(WORK_COMPLETE, $handle, $result);
     $self->{stopping} = 1 if $self->{workleft} && ++$self->{done} >= $self->{workleft};
@@ -508,9 +527,13 @@ sub _connect {
     setsockopt($sock, IPPROTO_TCP, TCP_NODELAY, 1);
     $sock->blocking(0);
     binmode $sock;
-    @$s{qw(sock buf state echo)} = ($sock, '', 'awake', undef);
+    # Asleep from the start: the job server answers PRE_SLEEP with a NOOP
+    # when it has a job. So the library never waits on a job server that
+    # has not spoken since it connected: one that accepts and then hangs
+    # costs nothing but its keepalive.
+    @$s{qw(sock buf state echo heard)} = ($sock, '', 'asleep', undef, Time::HiRes::time());
     $self->_link($s, undef);
-    return $self->_write($s, $self->{register});
+    return $self->_write($s, $self->{register} . _packet(PRE_SLEEP));
 }
 
 # Drops $s (its job, if any, is re-queued by the job server), to be
@@ -552,6 +575,7 @@ sub _sleep {
                 if ($s->{retry} <= $now) {
                     $self->_connect($s);
                     next if $s->{state} eq 'down';
+                    $now = Time::HiRes::time();
                 } else {
                     $wait = $s->{retry} - $now if $s->{retry} - $now < $wait;
                     next;

@@ -388,7 +388,7 @@ final class Link
  * protocol over stream_socket_client) and tells its runner, on the stdout
  * it took over, what the runner would otherwise have seen itself:
  * `READY f...`, `LINK ADDR [why]`, `BUSY FUNCTION HANDLE`,
- * `DONE COMPLETE|EXCEPTION`, `IDLE`; it reads STOP (or EOF), PAUSE and
+ * `DONE COMPLETE|EXCEPTION|TIMEOUT`, `IDLE`; it reads STOP (or EOF), PAUSE and
  * RESUME from the runner on stdin and finishes the job in hand first. The
  * runner keeps supervision, limits, `timeout` (by killing: the job server
  * re-queues the job) and counts `workleft`, which the library obeys too.
@@ -397,7 +397,7 @@ final class Link
 final class Direct
 {
     public const CAN_DO = 1, PRE_SLEEP = 4, NOOP = 6, NO_JOB = 10, WORK_STATUS = 12,
-        WORK_COMPLETE = 13, ECHO_REQ = 16, ECHO_RES = 17, ERROR = 19, SET_CLIENT_ID = 22,
+        WORK_COMPLETE = 13, WORK_FAIL = 14, ECHO_REQ = 16, ECHO_RES = 17, ERROR = 19, SET_CLIENT_ID = 22,
         WORK_EXCEPTION = 25, WORK_DATA = 28, WORK_WARNING = 29, GRAB_JOB_UNIQ = 30, JOB_ASSIGN_UNIQ = 31;
     /** The runner's own figures (src/slot/connection.rs), in seconds. */
     public const REPLY_TIMEOUT = 5.0, KEEPALIVE = 10.0, BACKOFF_MIN = 0.1, BACKOFF_MAX = 5.0;
@@ -418,6 +418,10 @@ final class Direct
     private bool $paused = false;
     private bool $idle = true;
     private string $grab;
+    /** `timeout` in whole seconds (pcntl_alarm's unit), 0 for none or without pcntl. */
+    private int $timeout = 0;
+    private bool $late = false;
+    private bool $calling = false;
     /** A DONE not yet written (see job()). */
     private string $held = '';
     /** SLOTMAN_REPORT=each: every DONE at once (measured in bench/seed.py). */
@@ -448,6 +452,21 @@ final class Direct
         $this->maxPacket = (int) getenv('SLOTMAN_MAX_PACKET') ?: 64 << 20;
         $this->grab = self::packet(self::GRAB_JOB_UNIQ);
         $this->each = getenv('SLOTMAN_REPORT') === 'each';
+        // `timeout`, enforced here so that the job fails (only this
+        // connection can answer it), rounded up to whole seconds; the runner
+        // kills the process if this does not work (no pcntl, a method stuck
+        // in C code).
+        $ms = (int) getenv('SLOTMAN_TIMEOUT_MS');
+        if ($ms > 0 && function_exists('pcntl_alarm')) {
+            $this->timeout = intdiv($ms + 999, 1000);
+            pcntl_async_signals(true);
+            pcntl_signal(\SIGALRM, function () {
+                $this->late = true;
+                if ($this->calling) {
+                    throw new \RuntimeException('timed out');
+                }
+            });
+        }
         $this->ctl = $io->input();
         stream_set_blocking($this->ctl, false);
         $io->send(implode(' ', array_merge(['READY'], $functions)) . "\n");
@@ -544,8 +563,26 @@ final class Direct
         $this->idle = false;
         $this->io->send("{$this->held}BUSY $function $handle\n");
         $this->held = '';
+        $this->late = false;
+        $this->calling = true;
+        if ($this->timeout > 0) {
+            pcntl_alarm($this->timeout);
+        }
         [$ok, $bytes] = call($this->name, $this->worker, $this->known, $function, $payload,
             new Job($function, $handle, $unique === '' ? null : $unique, $this, $l));
+        $this->calling = false;
+        if ($this->timeout > 0) {
+            pcntl_alarm(0);
+        }
+        if ($this->late) {
+            // Past `timeout`: failed, as the runner would have failed it, and
+            // this process replaced (the method may have left it in any state).
+            fwrite(\STDERR, "slotman: {$this->name}::$function: timed out after {$this->timeout}s: job failed\n");
+            $this->write($l, self::packet(self::WORK_FAIL, $handle));
+            $this->held = "DONE TIMEOUT\n";
+            $this->stopping = true;
+            return false;
+        }
         $answer = self::packet($ok ? self::WORK_COMPLETE : self::WORK_EXCEPTION, $handle, $bytes);
         if ($this->workleft > 0 && ++$this->done >= $this->workleft) {
             $this->stopping = true;
@@ -663,12 +700,17 @@ final class Direct
         stream_set_blocking($sock, false);
         stream_set_read_buffer($sock, 0);
         stream_set_write_buffer($sock, 0);
+        // Asleep from the start: the job server answers PRE_SLEEP with a
+        // NOOP when it has a job. So the library never waits on a job
+        // server that has not spoken since it connected: one that accepts
+        // and then hangs costs nothing but its keepalive.
         $l->sock = $sock;
         $l->buf = '';
-        $l->state = 'awake';
+        $l->state = 'asleep';
         $l->echo = null;
+        $l->heard = microtime(true);
         $this->link($l, null);
-        $this->write($l, $this->register);
+        $this->write($l, $this->register . self::packet(self::PRE_SLEEP));
     }
 
     /** Drops $l (the job server re-queues its job, if any), to be reconnected to after a growing back-off. */
