@@ -9,10 +9,6 @@ interleaved (as bench/run's S1):
   PHP     N x GearmanWorker (php-gearman, C libgearman)   vs  slotman kind = "php"
   Python  N x gearman3 (PyPI, in bench/.venv)             vs  slotman kind = "python"
 
-and, for Perl and PHP, the same library in the library mode (prototype,
-`env = { SLOTMAN_CONNECTION = "library" }`): it holds the job-server
-connection itself and only reports to its runner.
-
 The slotman pools run bench/workers/seed/Bench.{pm,py,php} (one method,
 `echo`); the baselines bench/workers/echo_worker.{pl,php} (the PHP one shared with
 bench/relay.py) and echo_worker_gearman3.py. A baseline whose library is missing is skipped and
@@ -32,10 +28,6 @@ ROOT = os.path.dirname(BENCH)
 WORKERS = os.path.join(BENCH, "workers")
 SEED_LIBS = os.path.join(WORKERS, "seed")
 VENV_PY = os.path.join(BENCH, ".venv", "bin", "python")
-
-# The languages measured in the library mode as well (prototype: the
-# runner's SLOTMAN_CONNECTION = "library", src/slot/library.rs).
-LIBRARY_MODE = ("perl", "php")
 
 # language -> (baseline label, slotman kind, prefix of the slotman pool)
 LANGS = [
@@ -76,41 +68,13 @@ def start_baseline(B, lang, port, n, function):
     return procs
 
 
-def start_alone(B, lang, port, n, prefix):
-    """n library processes in the library mode started by hand, without a
-    runner (their reports go to /dev/null; stdin stays open): what the
-    library costs on its own, so that what its runner adds shows."""
-    lib = os.path.join(ROOT, "lib")
-    if lang == "perl":
-        args = [B.PERL, "-I" + os.path.join(lib, "perl"), "-I" + SEED_LIBS, "-MSlotman::Worker", "-e",
-                "exit Slotman::Worker::_main(@ARGV)", "--", "Bench"]
-    else:
-        args = ["php", "-d", "display_errors=stderr", "-r",
-                "require $argv[1]; exit(\\Slotman\\main(array_slice($argv, 2)));", "--",
-                os.path.join(lib, "php", "Slotman", "Worker.php"), "Bench", SEED_LIBS]
-    env = dict(os.environ, SLOTMAN_CONNECTION="library", SLOTMAN_JOB_SERVERS="127.0.0.1:%d" % port,
-               SLOTMAN_PREFIX=prefix)
-    procs = []
-    for _ in range(n):
-        p = subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, env=env)
-        B.OWNED.append(p)
-        procs.append(p)
-    return procs
-
-
-def seed_pool(B, ctx, port, kind, prefix, n, library=False):
-    """A slotman pool of n `kind` slots serving PREFIXecho from Bench.*;
-    `library`: in the library mode (the library holds the job-server
-    connection, the runner only watches its reports)."""
-    name = "seed%s%s%d" % ({True: "lib", "each": "libeach"}.get(library, ""), kind, n)
-    s = B.Slotman(ctx, name, port, "stdio", ["/bin/true"], ["echo"], n, n, worker="Bench")
+def seed_pool(B, ctx, port, kind, prefix, n):
+    """A slotman pool of n `kind` slots serving PREFIXecho from Bench.*."""
+    s = B.Slotman(ctx, "seed%s%d" % (kind, n), port, "stdio", ["/bin/true"], ["echo"], n, n, worker="Bench")
     with open(s.config, "w") as f:
         f.write('stop_timeout = "5s"\n\n[workers.Bench]\nkind = "%s"\nlibs = ["%s"]\nprefix = "%s"\n'
                 'job_servers = ["127.0.0.1:%d"]\nmin = %d\nmax = %d\nidle_timeout = "60s"\n'
                 % (kind, SEED_LIBS, prefix, port, n, n))
-        if library:
-            f.write('env = { SLOTMAN_CONNECTION = "library"%s }\n'
-                    % (', SLOTMAN_REPORT = "each"' if library == "each" else ""))
     return s
 
 
@@ -135,20 +99,6 @@ def measure(B, ctx):
             s.start()
             pools.append(s)
             cases["slotman_" + lang] = (prefix + "echo", None, s)
-            if lang in LIBRARY_MODE:
-                lprefix = "l" + prefix
-                s = seed_pool(B, ctx, g.port, kind, lprefix, n, library=True)
-                s.start()
-                pools.append(s)
-                cases["library_" + lang] = (lprefix + "echo", None, s)
-                # The same with every DONE reported at once, not with the next BUSY.
-                s = seed_pool(B, ctx, g.port, kind, "e" + prefix, n, library="each")
-                s.start()
-                pools.append(s)
-                cases["libeach_" + lang] = ("e" + prefix + "echo", None, s)
-                procs = start_alone(B, lang, g.port, n, "a" + prefix)
-                plain += procs
-                cases["alone_" + lang] = ("a" + prefix + "echo", {"workers": [p.pid for p in procs]}, None)
             if lang == "perl":
                 # What the library costs: the hand-written Perl stdio handler.
                 h = B.Slotman(ctx, "seedhand%d" % n, g.port, "stdio", [B.PERL, B.H_PL], ["echo"], n, n,
@@ -190,10 +140,6 @@ def measure(B, ctx):
             a, b = summary.get("slotman_" + lang), summary.get("plain_" + lang.split("_")[0])
             if a and b and b["rate"]:
                 summary["ratio_" + lang] = round(a["rate"] / b["rate"], 3)
-            for mode in ("library_", "libeach_", "alone_"):
-                a = summary.get(mode + lang)
-                if a and b and b["rate"]:
-                    summary["ratio_" + mode + lang] = round(a["rate"] / b["rate"], 3)
         res[str(n)] = summary
     return res
 
@@ -215,21 +161,6 @@ def render(res):
             ours_cpu = "%.1f + %.1f" % (q["cpu_us_per_job"].get("runners", 0), q["cpu_us_per_job"].get("handlers", 0))
             L.append("| %s | %s | %s | %s | `kind = \"%s\"` | %.0f | **%s** | %s | %s |"
                      % (n, lang, label, own, lang, q["rate"], s.get("ratio_" + lang, "–"), own_cpu, ours_cpu))
-            q = s.get("library_" + lang)
-            if q:
-                L.append("| %s | %s | (same) | | `kind = \"%s\"`, library mode | %.0f | **%s** | | %.1f + %.1f |"
-                         % (n, lang, lang, q["rate"], s.get("ratio_library_" + lang, "–"),
-                            q["cpu_us_per_job"].get("runners", 0), q["cpu_us_per_job"].get("handlers", 0)))
-            q = s.get("libeach_" + lang)
-            if q:
-                L.append("| %s | %s | (same) | | library mode, each DONE at once | %.0f | %s | | %.1f + %.1f |"
-                         % (n, lang, q["rate"], s.get("ratio_libeach_" + lang, "–"),
-                            q["cpu_us_per_job"].get("runners", 0), q["cpu_us_per_job"].get("handlers", 0)))
-            q = s.get("alone_" + lang)
-            if q:
-                L.append("| %s | %s | (same) | | library mode alone, no runner | %.0f | %s | | 0 + %.1f |"
-                         % (n, lang, q["rate"], s.get("ratio_alone_" + lang, "–"),
-                            q["cpu_us_per_job"].get("workers", 0)))
             h = s.get("slotman_perl_stdio") if lang == "perl" else None
             if h:
                 L.append("| %s | perl | (same) | | hand-written `stdio` handler | %.0f | %s | | %.1f + %.1f |"

@@ -9,7 +9,6 @@
 pub mod connection;
 pub mod cpu;
 pub mod handler;
-pub mod library;
 pub mod memory;
 pub mod native;
 pub mod relay;

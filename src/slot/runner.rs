@@ -272,17 +272,6 @@ pub async fn run(
         })
         .await;
     }
-    if super::library::wanted(&spec.worker) {
-        return super::library::run(super::library::Library {
-            spec: &spec,
-            id: &id,
-            reports: &reports,
-            drain: &drain,
-            pause,
-            log_tags,
-        })
-        .await;
-    }
     let mut handler = match Handler::start(&spec.worker, &id, &drain).await {
         Ok(h) => h,
         Err(e @ HandlerError::Cancelled { .. }) => {
