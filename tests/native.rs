@@ -518,6 +518,50 @@ fn a_big_binary_payload_crosses_the_relay_intact() {
     assert!(svc.stop());
 }
 
+/// `pause` returns once it holds, also through the relay: while jobs
+/// stream, a slot finishes at most the job in hand after it returns.
+#[test]
+fn once_pause_returns_a_native_slot_finishes_at_most_its_job_in_hand() {
+    let Some((g, svc, _)) = example_pool(false, "min = 1\nmax = 1\n") else {
+        return;
+    };
+    submit_bg(
+        &g.addr,
+        "w::reverse",
+        (0..3000).map(|i| (format!("s{i}"), format!("payload {i}"))),
+    );
+    let queued = || g.function_status("w::reverse").0;
+    for round in 0..5 {
+        let before = queued();
+        wait_until("jobs flowing", Duration::from_secs(20), || {
+            queued() + 20 <= before
+        });
+        let out = Command::new(common::slotman_bin())
+            .args(["pause", "svc", "w", "--runtime-dir"])
+            .arg(svc.dir.path())
+            .output()
+            .expect("slotman");
+        assert!(out.status.success(), "pause: {out:?}");
+        // Queued counts the job in hand, if any.
+        let at_pause = queued();
+        wait_until("the slot paused", Duration::from_secs(10), || {
+            svc.worker("w").slots.iter().all(|s| s.state == "paused")
+        });
+        let after = queued();
+        assert!(
+            at_pause - after <= 1,
+            "round {round}: {} jobs done after pause returned",
+            at_pause - after
+        );
+        let out = Command::new(common::slotman_bin())
+            .args(["resume", "svc", "w", "--runtime-dir"])
+            .arg(svc.dir.path())
+            .output()
+            .expect("slotman");
+        assert!(out.status.success(), "resume: {out:?}");
+    }
+}
+
 #[test]
 fn a_paused_native_slot_takes_no_job_until_resumed() {
     let Some((g, mut svc, _)) = example_pool(false, "min = 1\nmax = 1\n") else {
