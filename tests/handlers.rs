@@ -760,18 +760,27 @@ async fn check_wait(h: &mut Handler) {
     assert_eq!(events, expected);
 }
 
-#[tokio::test]
-async fn example_python() {
-    let Some(python) = interpreter("python3", "example_python") else {
-        return;
-    };
+/// Starts the stdio example `file` under `program`, its stderr kept in the
+/// returned log; `None` (the test skips) without the interpreter.
+async fn stdio_example(program: &str, test: &str, file: &str) -> Option<(Handler, ChildLog)> {
+    let interpreter = interpreter(program, test)?;
     let log = ChildLog::new("the example's stderr");
-    let mut h = start(&example(
+    let h = start(&example(
         HandlerKind::Stdio,
-        &[&python, &repo_file("examples/python/worker.py")],
+        &[&interpreter, &repo_file(file)],
         &log,
     ))
     .await;
+    Some((h, log))
+}
+
+#[tokio::test]
+async fn example_python() {
+    let Some((mut h, _log)) =
+        stdio_example("python3", "example_python", "examples/python/worker.py").await
+    else {
+        return;
+    };
     check_reverse(&mut h).await;
     check_wait(&mut h).await;
     let (outcome, _) = run(&mut h, &job("fail", ""), None).await;
@@ -786,16 +795,11 @@ async fn example_python() {
 
 #[tokio::test]
 async fn example_perl() {
-    let Some(perl) = interpreter("perl", "example_perl") else {
+    let Some((mut h, _log)) =
+        stdio_example("perl", "example_perl", "examples/perl/worker.pl").await
+    else {
         return;
     };
-    let log = ChildLog::new("the example's stderr");
-    let mut h = start(&example(
-        HandlerKind::Stdio,
-        &[&perl, &repo_file("examples/perl/worker.pl")],
-        &log,
-    ))
-    .await;
     check_reverse(&mut h).await;
     check_wait(&mut h).await;
     h.shutdown().await;
@@ -803,16 +807,10 @@ async fn example_perl() {
 
 #[tokio::test]
 async fn example_php() {
-    let Some(php) = interpreter("php", "example_php") else {
+    let Some((mut h, _log)) = stdio_example("php", "example_php", "examples/php/worker.php").await
+    else {
         return;
     };
-    let log = ChildLog::new("the example's stderr");
-    let mut h = start(&example(
-        HandlerKind::Stdio,
-        &[&php, &repo_file("examples/php/worker.php")],
-        &log,
-    ))
-    .await;
     check_reverse(&mut h).await;
     h.shutdown().await;
 }
@@ -832,16 +830,15 @@ async fn example_shell_exec() {
 
 #[tokio::test]
 async fn example_shell_stdio() {
-    let Some(bash) = interpreter("bash", "example_shell_stdio") else {
+    let Some((mut h, _log)) = stdio_example(
+        "bash",
+        "example_shell_stdio",
+        "examples/shell/stdio-worker.sh",
+    )
+    .await
+    else {
         return;
     };
-    let log = ChildLog::new("the example's stderr");
-    let mut h = start(&example(
-        HandlerKind::Stdio,
-        &[&bash, &repo_file("examples/shell/stdio-worker.sh")],
-        &log,
-    ))
-    .await;
     assert_eq!(
         complete(&mut h, &job("upper", "Hello, World\n")).await,
         "HELLO, WORLD\n"

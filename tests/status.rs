@@ -7,86 +7,19 @@ mod common;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::quiet::{show, ChildLog};
-use common::{slotman_bin, wait_until, Gearmand};
+use common::quiet::show;
+use common::service::Service;
+use common::{wait_until, Gearmand};
 use slotman::control::proto::{ServiceStatus, SlotStatus};
 use slotman::control::server::{Response, MAX_CONNECTIONS};
 use slotman::control::snapshot::SAMPLE_MAX_AGE;
 use slotman::gearman::client::{Client, JobResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A `slotman run`, stopped on drop; its log is shown if the test fails.
-struct Service {
-    dir: tempfile::TempDir,
-    child: Child,
-    _log: ChildLog,
-}
-
-impl Service {
-    fn start(config: &str) -> Service {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("svc.toml"), config).expect("config");
-        let log = ChildLog::new("the manager's log");
-        let child = Command::new(slotman_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(dir.path().join("svc.toml"))
-            .arg("--runtime-dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            // Its log goes to a file: green tests are quiet.
-            .stderr(log.stdio())
-            .spawn()
-            .expect("slotman run");
-        wait_until("control socket", Duration::from_secs(10), || {
-            dir.path().join("svc.sock").exists()
-        });
-        Service {
-            dir,
-            child,
-            _log: log,
-        }
-    }
-
-    fn status_json(&self) -> ServiceStatus {
-        let out = Command::new(slotman_bin())
-            .args(["status", "svc", "--json", "--runtime-dir"])
-            .arg(self.dir.path())
-            .output()
-            .expect("status");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("json")
-    }
-
-    fn status_table(&self) -> String {
-        let out = Command::new(slotman_bin())
-            .args(["status", "svc", "--runtime-dir"])
-            .arg(self.dir.path())
-            .output()
-            .expect("status");
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
 
 fn config(g: &Gearmand, min: u32, max: u32) -> String {
     format!(
@@ -99,9 +32,9 @@ fn config(g: &Gearmand, min: u32, max: u32) -> String {
 #[test]
 fn status_matches_what_is_running() {
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::start(&config(&g, 3, 3));
+    let svc = Service::running(&config(&g, 3, 3));
     wait_until("3 idle slots", Duration::from_secs(15), || {
-        svc.status_json().workers[0].idle == 3
+        svc.status().workers[0].idle == 3
     });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -126,14 +59,14 @@ fn status_matches_what_is_running() {
             .expect("bg");
     });
     wait_until("two busy slots", Duration::from_secs(10), || {
-        svc.status_json().workers[0].busy == 2
+        svc.status().workers[0].busy == 2
     });
     // The handlers touch their 50 MB after they take the job.
     wait_until(
         "both busy slots show their 50 MB",
         Duration::from_secs(10),
         || {
-            let st = svc.status_json();
+            let st = svc.status();
             let held = |s: &&SlotStatus| s.memory_bytes.is_some_and(|m| m > 50 * 1024 * 1024);
             st.workers[0]
                 .slots
@@ -144,7 +77,7 @@ fn status_matches_what_is_running() {
                 == 2
         },
     );
-    let st = svc.status_json();
+    let st = svc.status();
     let w = &st.workers[0];
     assert_eq!(w.slots.len(), 3);
     assert_eq!(w.jobs_complete, 7, "jobs done match jobs sent");
@@ -176,7 +109,7 @@ fn status_matches_what_is_running() {
 #[test]
 fn garbage_and_stalled_peers_do_not_stop_the_manager() {
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::start(&config(&g, 1, 3));
+    let svc = Service::running(&config(&g, 1, 3));
     let sock = svc.dir.path().join("svc.sock");
     // A peer that connects and never sends anything.
     let _stalled = UnixStream::connect(&sock).expect("connect");
@@ -211,7 +144,7 @@ fn garbage_and_stalled_peers_do_not_stop_the_manager() {
             );
         }
     });
-    let st = svc.status_json();
+    let st = svc.status();
     assert_eq!(st.workers[0].jobs_complete, 3);
     assert!(
         st.workers[0].slots.len() >= 2,
@@ -369,11 +302,11 @@ fn burst(sock: &Path, clients: usize, each: usize) -> (Vec<ServiceStatus>, usize
 #[test]
 fn a_burst_of_status_requests_is_answered_and_leaves_nothing_behind() {
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::start(&config(&g, 2, 2));
-    let pid = svc.child.id();
+    let svc = Service::running(&config(&g, 2, 2));
+    let pid = svc.pid() as u32;
     let sock = svc.dir.path().join("svc.sock");
     wait_until("2 idle slots", Duration::from_secs(15), || {
-        svc.status_json().workers[0].idle == 2
+        svc.status().workers[0].idle == 2
     });
     // The manager runs on one thread; the blocking one of the /proc scan
     // ends 10 s after its last use. The baseline is the quiet manager.
@@ -424,9 +357,9 @@ fn a_burst_of_status_requests_is_answered_and_leaves_nothing_behind() {
 fn status_answers_quickly_while_the_job_server_is_stopped() {
     use nix::sys::signal::{kill, Signal};
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::start(&config(&g, 1, 1));
+    let svc = Service::running(&config(&g, 1, 1));
     wait_until("1 idle slot", Duration::from_secs(15), || {
-        svc.status_json().workers[0].idle == 1
+        svc.status().workers[0].idle == 1
     });
     let gearmand = nix::unistd::Pid::from_raw(g.pid().expect("gearmand runs") as i32);
     kill(gearmand, Signal::SIGSTOP).expect("SIGSTOP gearmand");
@@ -447,7 +380,7 @@ fn status_answers_quickly_while_the_job_server_is_stopped() {
         Duration::from_secs(10),
         || {
             let started = Instant::now();
-            let st = svc.status_json();
+            let st = svc.status();
             slowest = slowest.max(started.elapsed());
             assert!(
                 slowest < Duration::from_secs(4),
@@ -462,7 +395,7 @@ fn status_answers_quickly_while_the_job_server_is_stopped() {
     // reuse of the last sample (a span of time, nothing to poll for), the
     // burst finds none to reuse and shares one under way.
     std::thread::sleep(SAMPLE_MAX_AGE);
-    let pid = svc.child.id();
+    let pid = svc.pid() as u32;
     let base = Footprint::of(pid);
     let watch = Watch::start(pid);
     let started = Instant::now();

@@ -36,18 +36,6 @@ pub struct FunctionStatus {
     pub workers: u64,
 }
 
-/// Jobs waiting (queued, not yet running) per function, added over `rows`
-/// into `into`: what "queue depth" means everywhere in slotman.
-pub fn add_waiting(
-    into: &mut std::collections::HashMap<String, u64>,
-    rows: impl IntoIterator<Item = FunctionStatus>,
-) {
-    for r in rows {
-        let w = into.entry(r.name).or_default();
-        *w = w.saturating_add(r.queued.saturating_sub(r.running));
-    }
-}
-
 /// Jobs of one function, waiting and running, over the job servers read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Load {
@@ -57,7 +45,8 @@ pub struct Load {
     pub running: u64,
 }
 
-/// Adds each function's waiting and running jobs in `rows` into `into`.
+/// Adds each function's waiting and running jobs in `rows` into `into`,
+/// over job servers: what "queue depth" means everywhere in slotman.
 pub fn add_load(
     into: &mut std::collections::HashMap<String, Load>,
     rows: impl IntoIterator<Item = FunctionStatus>,

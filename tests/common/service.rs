@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use slotman::control::proto::{ServiceStatus, WorkerStatus};
 use slotman::gearman::client::Client;
 
-use super::{slotman_bin, wait_until};
+use super::{slotman_bin, spawn_tied_to_process, wait_until};
 
 /// The test handler `tests/fixtures/handler.py` as a `command` value.
 pub fn handler() -> String {
@@ -37,6 +37,13 @@ impl Service {
         }
     }
 
+    /// [`Service::new`] and [`Service::start`].
+    pub fn running(config: &str) -> Service {
+        let mut svc = Service::new(config);
+        svc.start();
+        svc
+    }
+
     pub fn config_path(&self) -> PathBuf {
         self.dir.path().join("svc.toml")
     }
@@ -60,21 +67,55 @@ impl Service {
             }
             None => Command::new(bin),
         };
-        let child = cmd
-            .arg("run")
+        cmd.arg("run")
             .arg("--config")
             .arg(self.config_path())
             .arg("--runtime-dir")
             .arg(self.dir.path())
             .env("RECORD_FILE", self.dir.path().join("record.log"))
             .stdin(Stdio::null())
-            .stderr(std::fs::File::create(self.log_path()).expect("manager log"))
-            .spawn()
-            .expect("start slotman run");
-        self.child = Some(child);
+            .stderr(std::fs::File::create(self.log_path()).expect("manager log"));
+        // Tied to the test process: a test that dies leaves no manager.
+        let mut child = spawn_tied_to_process(cmd).expect("start slotman run");
+        let socket = self.dir.path().join("svc.sock");
         wait_until("control socket", Duration::from_secs(10), || {
-            self.dir.path().join("svc.sock").exists()
+            // A manager that refused to start fails the test at once (its
+            // log is shown on drop).
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("slotman run exited early: {status}");
+            }
+            socket.exists()
         });
+        self.child = Some(child);
+    }
+
+    /// `slotman status` as its table, as an operator sees it.
+    pub fn status_table(&self) -> String {
+        String::from_utf8_lossy(&self.slotman_status(&[])).into_owned()
+    }
+
+    /// What `slotman status svc ARGS` printed; fails the test if it failed.
+    fn slotman_status(&self, args: &[&str]) -> Vec<u8> {
+        let out = Command::new(slotman_bin())
+            .args(["status", "svc"])
+            .args(args)
+            .arg("--runtime-dir")
+            .arg(self.dir.path())
+            .output()
+            .expect("slotman status");
+        assert!(
+            out.status.success(),
+            "slotman status failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Fails the test if the manager has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+            panic!("slotman run exited early: {status}");
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -101,17 +142,7 @@ impl Service {
     }
 
     pub fn status(&self) -> ServiceStatus {
-        let out = Command::new(slotman_bin())
-            .args(["status", "svc", "--json", "--runtime-dir"])
-            .arg(self.dir.path())
-            .output()
-            .expect("slotman status");
-        assert!(
-            out.status.success(),
-            "slotman status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("status JSON")
+        serde_json::from_slice(&self.slotman_status(&["--json"])).expect("status JSON")
     }
 
     pub fn worker(&self, name: &str) -> WorkerStatus {
