@@ -113,7 +113,7 @@ impl JobTags {
         // without pause must not hold up the switch (the rest is the
         // forwarder's, under the new tag).
         while read.len() < SWITCH_READ_MAX {
-            match nix::unistd::read(pipe.as_raw_fd(), &mut chunk) {
+            match nix::unistd::read(pipe, &mut chunk) {
                 Ok(n @ 1..) => read.extend_from_slice(&chunk[..n]),
                 _ => break,
             }
@@ -151,7 +151,7 @@ pub fn forward_handler_output(
     // the read end is non-blocking (handlers write to a blocking pipe).
     let (read, write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
     nix::fcntl::fcntl(
-        read.as_raw_fd(),
+        &read,
         nix::fcntl::FcntlArg::F_SETFL(nix::fcntl::OFlag::O_NONBLOCK),
     )?;
     let own_read = read.try_clone()?;

@@ -2,7 +2,6 @@
 //! `SLOTMAN_*` fields when stderr is the journal, else text on stderr.
 
 use std::io::{self, IsTerminal};
-use std::os::fd::AsRawFd;
 
 use tracing::Level;
 use tracing_subscriber::filter::Targets;
@@ -86,7 +85,7 @@ pub fn stderr_is_journal() -> bool {
     let Some((dev, ino)) = parse_journal_stream(&var.to_string_lossy()) else {
         return false;
     };
-    match nix::sys::stat::fstat(io::stderr().as_raw_fd()) {
+    match nix::sys::stat::fstat(io::stderr()) {
         Ok(st) => st.st_dev == dev && st.st_ino == ino,
         Err(_) => false,
     }
