@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::quiet::show;
-use common::service::Service;
+use common::service::{rt, Service};
 use common::{wait_until, Gearmand};
 use slotman::control::proto::{ServiceStatus, SlotStatus};
 use slotman::control::server::{Response, MAX_CONNECTIONS};
@@ -29,18 +29,20 @@ fn config(g: &Gearmand, min: u32, max: u32) -> String {
     )
 }
 
+/// A service whose worker `w` has `n` slots, once every one is idle.
+fn idle_service(g: &Gearmand, n: u32) -> Service {
+    let svc = Service::running(&config(g, n, n));
+    wait_until(&format!("{n} idle slots"), Duration::from_secs(15), || {
+        svc.status().workers[0].idle == n
+    });
+    svc
+}
+
 #[test]
 fn status_matches_what_is_running() {
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::running(&config(&g, 3, 3));
-    wait_until("3 idle slots", Duration::from_secs(15), || {
-        svc.status().workers[0].idle == 3
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let svc = idle_service(&g, 3);
+    let rt = rt();
     rt.block_on(async {
         let mut c = Client::connect(&g.addr).await.expect("connect");
         for i in 0..7 {
@@ -121,11 +123,7 @@ fn garbage_and_stalled_peers_do_not_stop_the_manager() {
     let mut huge = UnixStream::connect(&sock).expect("connect");
     let _ = huge.write_all(&vec![b'x'; 1 << 20]);
     // Meanwhile the pool still scales and serves: 3 parallel sleeps need 3 slots.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = rt();
     rt.block_on(async {
         let mut tasks = Vec::new();
         for i in 0..3 {
@@ -268,11 +266,7 @@ async fn ask(sock: PathBuf) -> Reply {
 
 /// `clients` tasks, each asking `each` times in a row; (statuses, busy).
 fn burst(sock: &Path, clients: usize, each: usize) -> (Vec<ServiceStatus>, usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = rt();
     rt.block_on(async {
         let tasks: Vec<_> = (0..clients)
             .map(|_| {
@@ -357,10 +351,7 @@ fn a_burst_of_status_requests_is_answered_and_leaves_nothing_behind() {
 fn status_answers_quickly_while_the_job_server_is_stopped() {
     use nix::sys::signal::{kill, Signal};
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::running(&config(&g, 1, 1));
-    wait_until("1 idle slot", Duration::from_secs(15), || {
-        svc.status().workers[0].idle == 1
-    });
+    let svc = idle_service(&g, 1);
     let gearmand = nix::unistd::Pid::from_raw(g.pid().expect("gearmand runs") as i32);
     kill(gearmand, Signal::SIGSTOP).expect("SIGSTOP gearmand");
     // Resumed however the test ends, so that the fixture can stop it.

@@ -224,14 +224,12 @@ impl Gearmand {
 
     /// gearmand's log and console output, for failure messages.
     pub fn logs(&self) -> String {
-        let read = |name: &str| {
-            std::fs::read_to_string(self.dir.path().join(name))
-                .unwrap_or_else(|e| format!("(cannot read {name}: {e})"))
-        };
-        format!(
-            "--- gearmand.log ---\n{}--- gearmand console ---\n{}",
-            read("gearmand.log"),
-            read("console.log")
+        log_files(
+            self.dir.path(),
+            &[
+                ("gearmand.log", "gearmand.log"),
+                ("gearmand console", "console.log"),
+            ],
         )
     }
 
@@ -348,6 +346,19 @@ fn admin_exchange(addr: &str, command: &str) -> std::io::Result<String> {
         }
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The files `(title, name)` of `dir`, each under a `--- title ---` line,
+/// for failure messages; a file that cannot be read says why.
+pub fn log_files(dir: &Path, files: &[(&str, &str)]) -> String {
+    files
+        .iter()
+        .map(|(title, name)| {
+            let text = std::fs::read_to_string(dir.join(name))
+                .unwrap_or_else(|e| format!("(cannot read {name}: {e})"));
+            format!("--- {title} ---\n{text}")
+        })
+        .collect()
 }
 
 /// Spawns `cmd` so that the child is SIGKILLed when this test process dies,
