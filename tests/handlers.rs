@@ -761,27 +761,26 @@ async fn check_wait(h: &mut Handler) {
 }
 
 /// Starts the stdio example `file` under `program`, its stderr kept in the
-/// returned log; `None` (the test skips) without the interpreter.
-async fn stdio_example(program: &str, test: &str, file: &str) -> Option<(Handler, ChildLog)> {
-    let interpreter = interpreter(program, test)?;
+/// returned log, and checks its `reverse` ([`check_reverse`]); `None` (the
+/// test skips) without the interpreter.
+async fn stdio_example(program: &str, file: &str) -> Option<(Handler, ChildLog)> {
+    let interpreter = interpreter(program, &format!("the example {file}"))?;
     let log = ChildLog::new("the example's stderr");
-    let h = start(&example(
+    let mut h = start(&example(
         HandlerKind::Stdio,
         &[&interpreter, &repo_file(file)],
         &log,
     ))
     .await;
+    check_reverse(&mut h).await;
     Some((h, log))
 }
 
 #[tokio::test]
 async fn example_python() {
-    let Some((mut h, _log)) =
-        stdio_example("python3", "example_python", "examples/python/worker.py").await
-    else {
+    let Some((mut h, _log)) = stdio_example("python3", "examples/python/worker.py").await else {
         return;
     };
-    check_reverse(&mut h).await;
     check_wait(&mut h).await;
     let (outcome, _) = run(&mut h, &job("fail", ""), None).await;
     assert_eq!(
@@ -795,23 +794,18 @@ async fn example_python() {
 
 #[tokio::test]
 async fn example_perl() {
-    let Some((mut h, _log)) =
-        stdio_example("perl", "example_perl", "examples/perl/worker.pl").await
-    else {
+    let Some((mut h, _log)) = stdio_example("perl", "examples/perl/worker.pl").await else {
         return;
     };
-    check_reverse(&mut h).await;
     check_wait(&mut h).await;
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn example_php() {
-    let Some((mut h, _log)) = stdio_example("php", "example_php", "examples/php/worker.php").await
-    else {
+    let Some((h, _log)) = stdio_example("php", "examples/php/worker.php").await else {
         return;
     };
-    check_reverse(&mut h).await;
     h.shutdown().await;
 }
 
@@ -830,19 +824,12 @@ async fn example_shell_exec() {
 
 #[tokio::test]
 async fn example_shell_stdio() {
-    let Some((mut h, _log)) = stdio_example(
-        "bash",
-        "example_shell_stdio",
-        "examples/shell/stdio-worker.sh",
-    )
-    .await
-    else {
+    let Some((mut h, _log)) = stdio_example("bash", "examples/shell/stdio-worker.sh").await else {
         return;
     };
     assert_eq!(
         complete(&mut h, &job("upper", "Hello, World\n")).await,
         "HELLO, WORLD\n"
     );
-    check_reverse(&mut h).await;
     h.shutdown().await;
 }

@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::service::{handler, pid_alive, rt, sigkill, submit_bg, total_done, Service};
-use common::{cpus_allowed, first_child, skip, slotman_bin, wait_until, Gearmand};
+use common::{cpus_allowed, first_child, skip, slotman_bin, wait_until, written, Gearmand};
 use slotman::gearman::client::{Client, JobResult};
 
 #[test]
@@ -334,14 +334,10 @@ fn handler_pids(list: &Path) -> Vec<u32> {
 #[test]
 fn an_exec_handler_dies_with_its_sigkilled_runner() {
     let Some(g) = Gearmand::start() else { return };
-    let ExecSleeper {
-        mut svc,
-        runner,
-        handler,
-        handlers,
-    } = exec_sleeper_with_a_job(&g, 300);
+    let mut sleeper = exec_sleeper_with_a_job(&g, 300);
+    let (handler, handlers) = (sleeper.handler, &sleeper.handlers);
     assert!(pid_alive(handler));
-    sigkill(runner);
+    sigkill(sleeper.runner);
     wait_until(
         "handler gone with its runner",
         Duration::from_secs(10),
@@ -352,10 +348,10 @@ fn an_exec_handler_dies_with_its_sigkilled_runner() {
     wait_until(
         "job requeued onto a new handler",
         Duration::from_secs(10),
-        || handler_pids(&handlers).len() >= 2,
+        || handler_pids(handlers).len() >= 2,
     );
-    let second = handler_pids(&handlers)[1];
-    assert!(svc.stop());
+    let second = handler_pids(handlers)[1];
+    assert!(sleeper.svc.stop());
     wait_until("second handler gone", Duration::from_secs(10), || {
         !pid_alive(second)
     });
@@ -496,7 +492,7 @@ fn a_sigkilled_managers_exec_slot_and_handler_are_gone_after_stop_timeout() {
         mut svc,
         runner,
         handler,
-        ..
+        handlers: _,
     } = exec_sleeper_with_a_job(&g, 60);
     let _reap = Reap(handler);
     svc.signal(nix::sys::signal::Signal::SIGKILL);
@@ -709,12 +705,7 @@ fn a_native_worker_runs_as_the_configured_user_with_the_slot_environment() {
         g.addr
     ));
     svc.start();
-    wait_until(
-        "native worker wrote its identity",
-        Duration::from_secs(10),
-        || file.exists(),
-    );
-    let who = std::fs::read_to_string(&file).expect("read");
+    let who = written("native worker wrote its identity", &file);
     let nobody = nix::unistd::User::from_name("nobody")
         .ok()
         .flatten()

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::service::{rt, sigkill, submit_bg, total_done, Service};
-use common::{first_child, skip, wait_until, Gearmand};
+use common::{first_child, skip, wait_until, written, Gearmand};
 use slotman::gearman::client::{Client, JobResult};
 
 fn repo_file(path: &str) -> String {
@@ -398,14 +398,8 @@ fn the_worker_is_told_its_servers_by_environment_and_argument() {
     // the worker wrote.
     let start = |extra: &str| {
         let _ = std::fs::remove_file(&file);
-        let mut svc = Service::new(&config(&g.addr, &command(&file), extra));
-        svc.start();
-        wait_until(
-            "the worker wrote its servers",
-            Duration::from_secs(10),
-            || file.exists(),
-        );
-        let seen = std::fs::read_to_string(&file).expect("read");
+        let svc = Service::running(&config(&g.addr, &command(&file), extra));
+        let seen = written("the worker wrote its servers", &file);
         (svc, seen)
     };
     // Through the relay: the slot's own loopback addresses.

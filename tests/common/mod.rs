@@ -67,6 +67,13 @@ pub fn slotman_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_slotman"))
 }
 
+/// Waits up to 10 s for a process to write `file` (whole: writers rename
+/// it into place), then reads it.
+pub fn written(what: &str, file: &Path) -> String {
+    wait_until(what, Duration::from_secs(10), || file.exists());
+    std::fs::read_to_string(file).expect("read the written file")
+}
+
 /// Polls `f` every 20 ms until it returns true; panics naming `what` if
 /// `timeout` passes first.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {

@@ -91,13 +91,13 @@ impl Service {
 
     /// `slotman status` as its table, as an operator sees it.
     pub fn status_table(&self) -> String {
-        String::from_utf8_lossy(&self.slotman_status(&[])).into_owned()
+        String::from_utf8_lossy(&self.control("status", &[])).into_owned()
     }
 
-    /// What `slotman status svc ARGS` printed; fails the test if it failed.
-    fn slotman_status(&self, args: &[&str]) -> Vec<u8> {
+    /// What `slotman COMMAND svc ARGS` printed; fails the test if it failed.
+    pub fn control(&self, command: &str, args: &[&str]) -> Vec<u8> {
         let out = Command::new(slotman_bin())
-            .args(["status", "svc"])
+            .args([command, "svc"])
             .args(args)
             .arg("--runtime-dir")
             .arg(self.dir.path())
@@ -105,7 +105,7 @@ impl Service {
             .expect("slotman status");
         assert!(
             out.status.success(),
-            "slotman status failed: {}",
+            "slotman {command} failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         out.stdout
@@ -142,7 +142,7 @@ impl Service {
     }
 
     pub fn status(&self) -> ServiceStatus {
-        serde_json::from_slice(&self.slotman_status(&["--json"])).expect("status JSON")
+        serde_json::from_slice(&self.control("status", &["--json"])).expect("status JSON")
     }
 
     pub fn worker(&self, name: &str) -> WorkerStatus {
