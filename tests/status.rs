@@ -142,8 +142,12 @@ fn garbage_and_stalled_peers_do_not_stop_the_manager() {
             );
         }
     });
+    // A slot counts its jobs to the manager when it next turns idle, which
+    // may be after the client has its answer.
+    wait_until("3 jobs counted", Duration::from_secs(10), || {
+        svc.status().workers[0].jobs_complete == 3
+    });
     let st = svc.status();
-    assert_eq!(st.workers[0].jobs_complete, 3);
     assert!(
         st.workers[0].slots.len() >= 2,
         "the pool grew: {:?}",

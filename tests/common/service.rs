@@ -18,12 +18,19 @@ pub fn handler() -> String {
     )
 }
 
+/// How much of the manager's log a failed test shows.
+const LOG_TAIL: usize = 64 * 1024;
+
 /// A `slotman run --config DIR/svc.toml` process with its own runtime dir.
 pub struct Service {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     /// Run the manager on these CPUs only (`taskset -c`).
     pub cpus: Option<Vec<u32>>,
+    /// More arguments of `slotman run` (`--placement child`, say).
+    pub args: Vec<String>,
+    /// Environment of the manager: set (`Some`) or removed (`None`).
+    pub env: Vec<(String, Option<String>)>,
 }
 
 impl Service {
@@ -34,6 +41,8 @@ impl Service {
             dir,
             child: None,
             cpus: None,
+            args: Vec::new(),
+            env: Vec::new(),
         }
     }
 
@@ -67,7 +76,14 @@ impl Service {
             }
             None => Command::new(bin),
         };
+        for (name, value) in &self.env {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
         cmd.arg("run")
+            .args(&self.args)
             .arg("--config")
             .arg(self.config_path())
             .arg("--runtime-dir")
@@ -178,7 +194,16 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- the manager's log ---\n{}", self.log());
+            // Its end: a debug log of a flood runs to megabytes.
+            let log = self.log();
+            let mut from = log.len().saturating_sub(LOG_TAIL);
+            while !log.is_char_boundary(from) {
+                from += 1;
+            }
+            eprintln!(
+                "--- the manager's log (its last {LOG_TAIL} bytes at most) ---\n{}",
+                &log[from..]
+            );
         }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
