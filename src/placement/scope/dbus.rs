@@ -1,16 +1,16 @@
 //! The D-Bus side of systemd (org.freedesktop.systemd1(5)): the proxies of
 //! the members slotman uses, the cgroup properties of a unit read through the
 //! interface of its type, and systemd's error replies mapped to
-//! [`PlacementError`]. Property caching is switched off on every proxy built
-//! here: each read is a fresh `Get`, and no `PropertiesChanged` matches are
-//! installed.
+//! [`PlacementError`]. Property caching is switched off on every proxy of
+//! these (here and in the client): each read is a fresh `Get`, and no
+//! `PropertiesChanged` matches are installed.
 
 use zbus::proxy::CacheProperties;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, Value};
 use zbus::DBusError;
 
-use super::super::unit_name::UnitKind;
 use super::PlacementError;
+use crate::placement::unit_name::UnitKind;
 
 /// systemd's name on the bus.
 const SYSTEMD: &str = "org.freedesktop.systemd1";
