@@ -2,6 +2,11 @@
 //! changes them. Everything else (slot tasks, signals, timers) sends it an
 //! [`Event`]; after each event [`policy::decide`] says what to do and the
 //! manager does it through [`crate::placement`].
+//!
+//! This file is the loop and its events; the work of one event is in an
+//! `impl Manager` block of its own file: `reports` (what slots say),
+//! `scaling` (the policy carried out), `reload`, `queues` (queue reads),
+//! `commands` (operators' commands), `status` (the status view).
 
 mod commands;
 mod cpus;
