@@ -3,7 +3,7 @@
 //! closing, a server that assigns a job the slot never asked for; and how
 //! late a drain or a job's `timeout` acts while jobs stream through a slot
 //! with one job server (the slot whose waits may block its thread,
-//! `slot::wire::Pace`).
+//! `slot::wire::BlockingWaits`).
 
 mod common;
 
@@ -338,7 +338,7 @@ const STREAM: u64 = 4000;
 const MARGIN: Duration = Duration::from_secs(1);
 
 /// A stdio worker `w` (functions `echo`, `sleep`) of `slots` slots on the one
-/// job server `addr` (so its waits may block: `slot::wire::Pace`), with
+/// job server `addr` (so its waits may block: `slot::wire::BlockingWaits`), with
 /// `extra` worker keys.
 fn one_server_config(addr: &str, slots: u32, extra: &str) -> String {
     format!(
@@ -511,5 +511,56 @@ fn a_job_past_its_timeout_is_failed_on_time_while_jobs_stream() {
     streams_on(&g, 100);
     assert!(stream_left(&g) > 0, "the stream ran dry during the test");
     eprintln!("job queued → failed for its timeout of {timeout:?}, 1-ms jobs streaming: {took:?}");
+    assert!(svc.stop(), "manager exit status");
+}
+
+/// Waits until the stream stops moving: no job done in 100 ms.
+fn stream_stalls(g: &Gearmand) {
+    let mut last = stream_left(g);
+    let mut since = Instant::now();
+    wait_until("the stream stalls", Duration::from_secs(20), || {
+        let now = stream_left(g);
+        if now != last {
+            (last, since) = (now, Instant::now());
+        }
+        since.elapsed() >= Duration::from_millis(100)
+    });
+}
+
+/// The one job server of a slot hangs while 1-ms jobs stream: the runner's
+/// blocking wait for the reply to its grab gives up after `REPLY_TIMEOUT`
+/// and reconnects, and a drain meanwhile ends the runner at once rather
+/// than after the reply timeout.
+#[test]
+fn a_job_server_that_hangs_mid_stream_holds_neither_the_stream_nor_a_drain() {
+    let Some(g) = Gearmand::start() else { return };
+    let proxy = Proxy::start(&g.addr);
+    let mut svc = Service::new(&one_server_config(&proxy.addr, 1, ""));
+    svc.start();
+    let first = svc.one_slot_ready("w");
+    queue_stream(&g.addr);
+    streams_on(&g, 100);
+    // The grab in flight when it froze is never answered: the connection is
+    // given up and a new one (not frozen) takes the stream on.
+    proxy.freeze();
+    stream_stalls(&g);
+    streams_on(&g, 100);
+    assert!(
+        svc.log().contains("no reply to GRAB_JOB_UNIQ"),
+        "the runner did not say why it reconnected:\n{}",
+        svc.log()
+    );
+    // Frozen again, and drained while the runner waits for the reply.
+    proxy.freeze();
+    stream_stalls(&g);
+    let latency = drain_latency(first, || signal(first, Signal::SIGTERM));
+    assert!(
+        latency < MARGIN,
+        "the runner exited {latency:?} after a SIGTERM, waiting on a hung job server"
+    );
+    assert!(
+        stream_left(&g) > 0,
+        "the stream ran dry: this test proved nothing"
+    );
     assert!(svc.stop(), "manager exit status");
 }

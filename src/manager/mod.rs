@@ -33,8 +33,8 @@ use crate::placement::Placement;
 use crate::slot::report::{Report, SlotSpec};
 use crate::systemd::notify::Notifier;
 use crate::view::ServiceStatus;
-use commands::Restart;
 pub use commands::{Command, Reply};
+use commands::{PendingPause, Restart};
 use health::Health;
 use pool::{Pool, SlotCmd, SlotState};
 pub use queues::QueueRead;
@@ -139,6 +139,7 @@ pub struct Manager {
     status_lead: String,
     /// `slotman restart`s under way.
     restarts: Vec<Restart>,
+    pauses: Vec<PendingPause>,
 }
 
 impl Manager {
@@ -195,6 +196,7 @@ impl Manager {
             health_logged: BTreeMap::new(),
             status_lead: String::new(),
             restarts: Vec::new(),
+            pauses: Vec::new(),
         }
     }
 
@@ -215,7 +217,7 @@ impl Manager {
             let wake = self.apply_policy();
             self.update_pinning();
             self.log_health();
-            self.finish_restarts();
+            self.finish_commands();
             let status_wake = self.report_status();
             if self.stopping.is_some() && self.pools.values().all(|p| p.slots.is_empty()) {
                 break;

@@ -166,6 +166,7 @@ impl Manager {
             }
             // Kept by the slot task (slot_task.rs).
             Report::Handler { .. } => {}
+            Report::Paused { on } => slot.pause_taken = on,
             Report::Registered { functions } => pool.announced = functions,
             Report::Link { server, error } => {
                 let since = match slot.links.get(&server) {

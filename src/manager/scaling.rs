@@ -212,6 +212,7 @@ fn start_slot(
             links: BTreeMap::new(),
             reported_pid: None,
             retire: false,
+            pause_taken: false,
             cmd: tx,
         },
     );

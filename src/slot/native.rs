@@ -246,7 +246,7 @@ async fn relayed(mut n: Native<'_>) -> ExitReason {
     if w.job_servers.len() == 1 {
         // One relay: while the worker has one connection, that task does
         // all the work and may wait for a due answer in recv(2) (pipe.rs).
-        super::wire::Pace::get().enable();
+        super::wire::BlockingWaits::get().enable();
     }
     // Listening before the worker starts: its first connect finds the relay.
     let relay = match Relay::bind(&w.job_servers, shared).await {
@@ -357,6 +357,8 @@ async fn serve(
                     if r.is_ok() {
                         let on = *n.pause.borrow_and_update();
                         shared.set_paused(on);
+                        // The relay checks the pause before every grab.
+                        let _ = n.reports.send(Report::Paused { on });
                         tracing::info!("{}", if on { "paused: taking no new job" } else { "resumed" });
                     }
                 }

@@ -118,6 +118,9 @@ pub enum Report {
     Done { jobs: JobCounts, idle: bool },
     /// About to exit.
     Exiting { reason: ExitReason },
+    /// A pause took effect (`on`: no new job will start; the one in hand,
+    /// if any, finishes), or a resume did.
+    Paused { on: bool },
     /// A job-server connection came up (`error: None`) or failed, in the
     /// words of what failed. Sent on change only: a server retried with
     /// back-off reports once, not per attempt.
@@ -190,12 +193,23 @@ impl JobCounts {
     }
 }
 
-/// What the manager has been told of a slot's jobs, and what it has not
-/// yet. Reports go out on transitions, not per job (see [`Report::Busy`]):
+/// When [`ManagerView::busy`] reports the start of a job.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BusyReport {
+    /// Only when the manager's view would otherwise be stale: it believes
+    /// the slot idle, the job before was long, or the last `busy` is older
+    /// than [`REPORT_EVERY`].
+    IfStale,
+    /// Now (the job turned out long).
+    Always,
+}
+
+/// The manager's view of a slot's jobs: what it has been told, and the
+/// counts it has not been sent yet. Reports go out on transitions, not per job (see [`Report::Busy`]):
 /// the manager costs nothing per job while a slot stays busy with short
 /// jobs. Shared by the runner's connections and the native relay.
 #[derive(Debug)]
-pub struct Told {
+pub struct ManagerView {
     /// Jobs finished since the last `done`.
     counts: JobCounts,
     /// The manager believes the slot busy (a `busy` and no idle `done` since).
@@ -206,9 +220,9 @@ pub struct Told {
     last_short: bool,
 }
 
-impl Default for Told {
+impl Default for ManagerView {
     fn default() -> Self {
-        Told {
+        ManagerView {
             counts: JobCounts::default(),
             busy: false,
             at: Instant::now(),
@@ -217,7 +231,7 @@ impl Default for Told {
     }
 }
 
-impl Told {
+impl ManagerView {
     /// The slot has no job in hand: send what is counted, and say so.
     pub fn idle(&mut self, reports: &Reports) {
         if self.busy || !self.counts.is_empty() {
@@ -227,18 +241,21 @@ impl Told {
         }
     }
 
-    /// Reports the start of a job when the manager's view would otherwise
-    /// be stale (queued with the counts so far: one write, one wake-up), or
-    /// always with `force`. Returns whether it reported.
+    /// Reports the start of a job as `when` says (queued with the counts so
+    /// far: one write, one wake-up). Returns whether it reported.
     pub fn busy(
         &mut self,
         reports: &Reports,
         function: &str,
         handle: &str,
         now: Instant,
-        force: bool,
+        when: BusyReport,
     ) -> bool {
-        if !force && self.busy && self.last_short && now.duration_since(self.at) < REPORT_EVERY {
+        if when == BusyReport::IfStale
+            && self.busy
+            && self.last_short
+            && now.duration_since(self.at) < REPORT_EVERY
+        {
             return false;
         }
         if !self.counts.is_empty() {

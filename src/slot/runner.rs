@@ -17,7 +17,9 @@ use super::connection::{self, ConnectionSpec, Gate, JobRunner};
 use super::cpu::CpuPair;
 use super::handler::{FailReason, Handler, HandlerError, Job, JobEvent, Outcome, SlotIdentity};
 use super::memory::RssCheck;
-use super::report::{ExitReason, JobResult, Links, Report, Reports, SlotSpec, Told, SHORT_JOB};
+use super::report::{
+    BusyReport, ExitReason, JobResult, Links, ManagerView, Report, Reports, SlotSpec, SHORT_JOB,
+};
 use crate::config::HandlerKind;
 use crate::systemd::journal::JobTag;
 
@@ -39,7 +41,7 @@ struct Jobs {
     /// job whose handler died): read on failure only, never per job.
     ooms_seen: std::sync::Mutex<Option<u64>>,
     /// What the manager has been told, and what it has not yet.
-    told: std::sync::Mutex<Told>,
+    manager_view: std::sync::Mutex<ManagerView>,
     /// `recycle_rss`, when set.
     rss_check: std::sync::Mutex<Option<RssCheck>>,
     /// `pin_cpu`: the runner and the handler on one CPU while jobs are short.
@@ -47,27 +49,27 @@ struct Jobs {
     /// What the manager was last told of each job server connection
     /// (`None`: up; else the error).
     links: std::sync::Mutex<Links>,
+    /// The manager's pause: while on, a connection that gets the permit
+    /// gives it back (the pause holder is queued for it).
+    pause: tokio::sync::watch::Receiver<bool>,
+    /// A job is in hand (between its assignment and its answer).
+    in_job: tokio::sync::watch::Sender<bool>,
 }
 
 impl Jobs {
-    fn told(&self) -> std::sync::MutexGuard<'_, Told> {
-        self.told.lock().unwrap_or_else(|e| e.into_inner())
+    fn manager_view(&self) -> std::sync::MutexGuard<'_, ManagerView> {
+        self.manager_view.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The slot has no job in hand: send what is counted, and say so.
     fn report_idle(&self) {
-        self.told().idle(&self.reports);
+        self.manager_view().idle(&self.reports);
     }
 
-    /// See [`Told::busy`].
-    fn report_busy(&self, job: &Job, now: Instant, force: bool) -> bool {
-        self.told().busy(
-            &self.reports,
-            &job.gearman_function,
-            &job.handle,
-            now,
-            force,
-        )
+    /// See [`ManagerView::busy`].
+    fn report_busy(&self, job: &Job, now: Instant, when: BusyReport) -> bool {
+        self.manager_view()
+            .busy(&self.reports, &job.gearman_function, &job.handle, now, when)
     }
     /// Switches the handler's log lines to `job`.
     fn mark_job(&self, job: Option<JobTag>) {
@@ -118,8 +120,12 @@ impl JobRunner for Jobs {
             .report(&self.reports, server, error);
     }
 
+    fn paused(&self) -> bool {
+        *self.pause.borrow()
+    }
+
     fn may_prefetch(&self) -> bool {
-        if self.gate.is_closed() || self.drain.is_cancelled() {
+        if self.gate.is_closed() || self.drain.is_cancelled() || self.paused() {
             return false;
         }
         // Jobs finished so far, not counting the one about to run.
@@ -129,7 +135,8 @@ impl JobRunner for Jobs {
 
     async fn run(&self, job: Job, events: mpsc::Sender<JobEvent>) -> Outcome {
         let started = Instant::now();
-        let reported = self.report_busy(&job, started, false);
+        self.in_job.send_replace(true);
+        let reported = self.report_busy(&job, started, BusyReport::IfStale);
         self.mark_job(Some(JobTag {
             function: job.gearman_function.clone(),
             handle: job.handle.clone(),
@@ -156,7 +163,7 @@ impl JobRunner for Jobs {
                             outcome = &mut run => outcome,
                             () = tokio::time::sleep(left) => {
                                 if !reported {
-                                    self.report_busy(&job, Instant::now(), true);
+                                    self.report_busy(&job, Instant::now(), BusyReport::Always);
                                 }
                                 self.cpu.long_job();
                                 run.await
@@ -168,6 +175,7 @@ impl JobRunner for Jobs {
             (outcome, handler.pid())
         };
         self.mark_job(None);
+        self.in_job.send_replace(false);
         let result = match &outcome {
             Outcome::Complete(_) => JobResult::Complete,
             Outcome::Exception(_) => JobResult::Exception,
@@ -223,7 +231,8 @@ impl JobRunner for Jobs {
         if !self.gate.is_closed() {
             self.check_rss(handler_pid, took >= SHORT_JOB);
         }
-        self.told().finished(&job.gearman_function, result, took);
+        self.manager_view()
+            .finished(&job.gearman_function, result, took);
         if self.gate.is_closed() {
             // Exiting next: the manager hears of this job now.
             self.report_idle();
@@ -313,20 +322,20 @@ pub async fn run(
     }
     // Every handler process is reported as it starts, before it gets a
     // job: the manager's cleanup after a killed runner needs its group.
-    let told = reports.clone();
+    let to_manager = reports.clone();
     let pair = cpu.clone();
     handler.on_process_start(Box::new(move |pid| {
         pair.set_handler(pid);
         // Our unreaped child: its /proc entry is surely it.
         let stat = crate::procfs::stat(pid);
-        let _ = told.send(Report::Handler {
+        let _ = to_manager.send(Report::Handler {
             pid,
             start: stat.map(|s| s.start_time),
             session: stat.map(|s| s.session),
         });
     }));
     let gate: Gate = Arc::new(Semaphore::new(1));
-    tokio::spawn(hold_while_paused(gate.clone(), pause));
+    let pause_rx = pause.clone();
     let jobs = Arc::new(Jobs {
         handler: Mutex::new(handler),
         spec: spec.clone(),
@@ -340,8 +349,16 @@ pub async fn run(
         rss_check: std::sync::Mutex::new(RssCheck::new(spec.worker.recycle_rss)),
         cpu,
         links: Default::default(),
-        told: Default::default(),
+        manager_view: Default::default(),
+        pause,
+        in_job: tokio::sync::watch::channel(false).0,
     });
+    tokio::spawn(hold_while_paused(
+        Arc::downgrade(&jobs),
+        gate.clone(),
+        pause_rx,
+        jobs.in_job.subscribe(),
+    ));
     let pid = std::process::id();
     let client_id = format!(
         "slotman:{}:{}:{}:{}",
@@ -351,7 +368,7 @@ pub async fn run(
     if servers.len() == 1 {
         // The one connection task does all the work: it may block the
         // thread while jobs stream (wire.rs).
-        super::wire::Pace::get().enable();
+        super::wire::BlockingWaits::get().enable();
     }
     let (first_tx, mut first_rx) = mpsc::channel(servers.len().max(1));
     let mut tasks = tokio::task::JoinSet::new();
@@ -432,29 +449,73 @@ fn register(spec: &SlotSpec, announced: &[String]) -> Result<Vec<String>, String
 
 /// While the manager says paused, holds the slot's one job permit: the
 /// job in hand finishes (the permit is taken once it is answered) and no
-/// connection can grab another; they stay registered meanwhile. Ends when
-/// the gate closes (drain).
-async fn hold_while_paused(gate: Gate, mut pause: tokio::sync::watch::Receiver<bool>) {
+/// connection can grab another; they stay registered meanwhile. The
+/// manager hears `paused` once no new job can start: when the permit is
+/// held, or while a job is in hand (a grab already sent may still bring
+/// one; its reply comes within the grab's deadline). Ends when the gate
+/// closes (drain).
+///
+/// `jobs` is weak: the runner shuts the handler down once it holds the only
+/// reference.
+async fn hold_while_paused(
+    jobs: std::sync::Weak<Jobs>,
+    gate: Gate,
+    mut pause: tokio::sync::watch::Receiver<bool>,
+    mut in_job: tokio::sync::watch::Receiver<bool>,
+) {
+    let tell = |on: bool| {
+        if let Some(jobs) = jobs.upgrade() {
+            let _ = jobs.reports.send(Report::Paused { on });
+        }
+    };
     loop {
         if pause.wait_for(|on| *on).await.is_err() {
             return;
         }
-        let held = tokio::select! {
-            p = gate.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            // Resumed before the job in hand was done.
-            r = pause.wait_for(|on| !*on) => match r {
-                Ok(_) => continue,
-                Err(_) => return,
-            },
+        // Queued for the permit at once: the semaphore is fair, so a
+        // connection asking after this cannot take it first.
+        let acquire = gate.clone().acquire_owned();
+        tokio::pin!(acquire);
+        let mut told = false;
+        let held = loop {
+            tokio::select! {
+                p = &mut acquire => match p {
+                    Ok(p) => break Some(p),
+                    Err(_) => return,
+                },
+                r = in_job.wait_for(|busy| *busy), if !told => match r {
+                    Ok(_) => {
+                        told = true;
+                        tell(true);
+                    }
+                    Err(_) => return,
+                },
+                // Resumed before the job in hand was done.
+                r = pause.wait_for(|on| !*on) => match r {
+                    Ok(_) => break None,
+                    Err(_) => return,
+                },
+            }
         };
+        let Some(held) = held else {
+            if told {
+                tell(false);
+            }
+            continue;
+        };
+        // The job in hand, if any, is answered: the slot is idle now.
+        if let Some(jobs) = jobs.upgrade() {
+            jobs.report_idle();
+        }
+        if !told {
+            tell(true);
+        }
         tracing::info!("paused: taking no new job");
         if pause.wait_for(|on| !*on).await.is_err() {
             return;
         }
         drop(held);
+        tell(false);
         tracing::info!("resumed");
     }
 }

@@ -10,7 +10,7 @@
 //! socket one recv(2) that waits (the socket is left blocking, with a
 //! receive timeout; the runtime's own reads pass `MSG_DONTWAIT`), on the
 //! pipe poll(2) and one read. That is ~5 system calls per job where the
-//! runtime's way took ~8 (`bench/profile` counts them). The [`Pace`] keeps
+//! runtime's way took ~8 (`bench/profile` counts them). The [`BlockingWaits`] keeps
 //! that from starving the runtime's other tasks (reports, signals, the
 //! manager's messages): the thread blocks at most [`MAX_BLOCK`] at a time and
 //! yields to the runtime at least every [`SLICE`].
@@ -32,21 +32,21 @@ pub const SLICE: Duration = Duration::from_millis(2);
 
 /// Whether blocking waits are allowed in this process, and when the runtime
 /// last had a turn.
-pub struct Pace {
+pub struct BlockingWaits {
     enabled: AtomicBool,
     origin: Instant,
     /// Microseconds since `origin` of the last turn.
-    turned: AtomicU64,
+    runtime_ran: AtomicU64,
 }
 
-impl Pace {
-    /// The process's pace; blocking waits start disabled.
-    pub fn get() -> &'static Pace {
-        static PACE: OnceLock<Pace> = OnceLock::new();
-        PACE.get_or_init(|| Pace {
+impl BlockingWaits {
+    /// The process's one instance; blocking waits start disabled.
+    pub fn get() -> &'static BlockingWaits {
+        static WAITS: OnceLock<BlockingWaits> = OnceLock::new();
+        WAITS.get_or_init(|| BlockingWaits {
             enabled: AtomicBool::new(false),
             origin: Instant::now(),
-            turned: AtomicU64::new(0),
+            runtime_ran: AtomicU64::new(0),
         })
     }
 
@@ -60,8 +60,9 @@ impl Pace {
         self.origin.elapsed().as_micros() as u64
     }
 
-    pub(crate) fn turned(&self) {
-        self.turned.store(self.now(), Ordering::Relaxed);
+    /// The runtime just had a turn.
+    pub(crate) fn runtime_ran(&self) {
+        self.runtime_ran.store(self.now(), Ordering::Relaxed);
     }
 
     /// What the next wait may be.
@@ -71,7 +72,7 @@ impl Pace {
         }
         let since = self
             .now()
-            .saturating_sub(self.turned.load(Ordering::Relaxed));
+            .saturating_sub(self.runtime_ran.load(Ordering::Relaxed));
         if since >= SLICE.as_micros() as u64 {
             Wait::Yield
         } else {
@@ -202,14 +203,14 @@ impl<F: AsRawFd + AsFd> Wire<F> {
 
     /// The next item, reading and waiting as needed; `None` at a clean EOF.
     /// When an answer is [`Expect::Due`], waits may block the thread (see
-    /// [`Pace`]). Cancel-safe:
+    /// [`BlockingWaits`]). Cancel-safe:
     /// what was read stays in the buffer.
     pub async fn next<D: Decoder>(
         &mut self,
         codec: &mut D,
         expect: Expect,
     ) -> Option<Result<D::Item, D::Error>> {
-        let pace = Pace::get();
+        let waits = BlockingWaits::get();
         // A due answer was asked for a moment ago, and the other process
         // has yet to run (on this CPU, when pinned): a read now would fail,
         // so a blocking wait comes first. It (poll(2), or recv(2) on a
@@ -223,7 +224,7 @@ impl<F: AsRawFd + AsFd> Wire<F> {
             } else if let Some(item) = codec.decode(&mut self.buf).transpose() {
                 return Some(item);
             }
-            let wait = pace.next_wait(expect);
+            let wait = waits.next_wait(expect);
             if !std::mem::replace(&mut read_first, true) && !matches!(wait, Wait::Block(_)) {
                 // Only poll(2) or recv(2) may go first: the runtime's
                 // readiness is edge-triggered and may not show what is here.
@@ -237,7 +238,7 @@ impl<F: AsRawFd + AsFd> Wire<F> {
                 },
                 Wait::Yield => {
                     tokio::task::yield_now().await;
-                    pace.turned();
+                    waits.runtime_ran();
                 }
                 Wait::Runtime => self.wait_runtime().await,
             }
@@ -252,7 +253,7 @@ impl<F: AsRawFd + AsFd> Wire<F> {
             // Only if the reactor is gone; the read will fail too.
             Err(_) => tokio::task::yield_now().await,
         }
-        Pace::get().turned();
+        BlockingWaits::get().runtime_ran();
     }
 
     /// Reads what arrived if the runtime has seen something arrive since
@@ -392,7 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_blocking_wait_on_a_socket_gets_what_arrives_late_and_then_eof() {
-        Pace::get().enable();
+        BlockingWaits::get().enable();
         let (mut wire, mut peer) = pair();
         let mut codec = LinesCodec::new();
         // Longer than MAX_BLOCK: the wait passes to the runtime and must

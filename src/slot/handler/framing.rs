@@ -1,6 +1,7 @@
 //! The `stdio` handler framing of DESIGN.md as two `tokio_util` codecs; pure,
-//! no I/O. [`SlotmanCodec`] is slotman's end (decodes what a handler writes,
-//! encodes jobs), [`HandlerCodec`] the handler's end (tests, Rust handlers).
+//! no I/O, each named by what it decodes: [`HandlerOutputCodec`] is slotman's
+//! end (decodes what a handler writes, encodes jobs), [`HandlerInputCodec`]
+//! the handler's end (decodes jobs; tests, Rust handlers).
 //!
 //! Every frame is one header line, then exactly `SIZE` raw bytes if the
 //! header has a `SIZE`:
@@ -148,14 +149,14 @@ pub enum FramingError {
 /// slotman's end of a handler's pipes: decodes [`FromHandler`] frames,
 /// encodes [`JobFrame`]s.
 #[derive(Debug)]
-pub struct SlotmanCodec {
+pub struct HandlerOutputCodec {
     reader: Reader<FromHandlerHead>,
 }
 
-impl SlotmanCodec {
+impl HandlerOutputCodec {
     /// A codec accepting bodies of at most `max` bytes (`worker.max_packet_size`).
     pub fn new(max: usize) -> Self {
-        SlotmanCodec {
+        HandlerOutputCodec {
             reader: Reader::new(max),
         }
     }
@@ -164,14 +165,14 @@ impl SlotmanCodec {
 /// A handler's end of its pipes: decodes [`JobFrame`]s, encodes
 /// [`FromHandler`] frames. slotman itself only uses it in tests.
 #[derive(Debug)]
-pub struct HandlerCodec {
+pub struct HandlerInputCodec {
     reader: Reader<JobHead>,
 }
 
-impl HandlerCodec {
+impl HandlerInputCodec {
     /// A codec accepting bodies of at most `max` bytes.
     pub fn new(max: usize) -> Self {
-        HandlerCodec {
+        HandlerInputCodec {
             reader: Reader::new(max),
         }
     }
@@ -228,7 +229,7 @@ fn is_token(field: &[u8]) -> bool {
     !field.is_empty() && field.iter().all(u8::is_ascii_graphic)
 }
 
-impl Decoder for SlotmanCodec {
+impl Decoder for HandlerOutputCodec {
     type Item = FromHandler;
     type Error = FramingError;
 
@@ -258,7 +259,7 @@ impl Decoder for SlotmanCodec {
     }
 }
 
-impl Encoder<JobFrame> for SlotmanCodec {
+impl Encoder<JobFrame> for HandlerOutputCodec {
     type Error = FramingError;
 
     fn encode(&mut self, job: JobFrame, dst: &mut BytesMut) -> Result<(), FramingError> {
@@ -276,7 +277,7 @@ impl Encoder<JobFrame> for SlotmanCodec {
     }
 }
 
-impl Decoder for HandlerCodec {
+impl Decoder for HandlerInputCodec {
     type Item = JobFrame;
     type Error = FramingError;
 
@@ -317,7 +318,7 @@ impl Decoder for HandlerCodec {
     }
 }
 
-impl Encoder<FromHandler> for HandlerCodec {
+impl Encoder<FromHandler> for HandlerInputCodec {
     type Error = FramingError;
 
     fn encode(&mut self, frame: FromHandler, dst: &mut BytesMut) -> Result<(), FramingError> {
@@ -610,7 +611,7 @@ mod tests {
     const MAX: usize = 4096;
 
     fn decode_all(
-        codec: &mut SlotmanCodec,
+        codec: &mut HandlerOutputCodec,
         bytes: &[u8],
     ) -> Result<Vec<FromHandler>, FramingError> {
         let mut buf = BytesMut::from(bytes);
@@ -622,11 +623,11 @@ mod tests {
     }
 
     fn one(bytes: &[u8]) -> Result<Vec<FromHandler>, FramingError> {
-        decode_all(&mut SlotmanCodec::new(MAX), bytes)
+        decode_all(&mut HandlerOutputCodec::new(MAX), bytes)
     }
 
     fn encode_replies(frames: &[FromHandler]) -> BytesMut {
-        let mut codec = HandlerCodec::new(MAX);
+        let mut codec = HandlerInputCodec::new(MAX);
         let mut buf = BytesMut::new();
         for f in frames {
             codec
@@ -674,7 +675,7 @@ mod tests {
 
     #[test]
     fn waits_for_whole_frames() {
-        let mut codec = SlotmanCodec::new(MAX);
+        let mut codec = HandlerOutputCodec::new(MAX);
         let mut buf = BytesMut::from(&b"COMPL"[..]);
         assert!(matches!(codec.decode(&mut buf), Ok(None)));
         buf.extend_from_slice(b"ETE 5\nab");
@@ -745,7 +746,7 @@ mod tests {
 
     #[test]
     fn header_is_bounded() {
-        let mut codec = SlotmanCodec::new(MAX);
+        let mut codec = HandlerOutputCodec::new(MAX);
         let mut buf = BytesMut::from(&[b'A'; MAX_HEADER - 1][..]);
         assert!(matches!(codec.decode(&mut buf), Ok(None)));
         buf.put_u8(b'A');
@@ -757,7 +758,7 @@ mod tests {
 
     #[test]
     fn oversized_body_is_refused_before_buffering() {
-        let mut codec = SlotmanCodec::new(16);
+        let mut codec = HandlerOutputCodec::new(16);
         let mut buf = BytesMut::from(&b"DATA 17\n"[..]);
         assert!(matches!(
             codec.decode(&mut buf),
@@ -837,7 +838,7 @@ mod tests {
     }
 
     fn jobs(bytes: &[u8]) -> Result<Vec<JobFrame>, FramingError> {
-        let mut codec = HandlerCodec::new(MAX);
+        let mut codec = HandlerInputCodec::new(MAX);
         let mut buf = BytesMut::from(bytes);
         let mut out = Vec::new();
         while let Some(frame) = codec.decode_eof(&mut buf)? {
@@ -968,7 +969,7 @@ mod tests {
         fn replies_round_trip_split_anywhere(frames in proptest::collection::vec(reply(), 0..5)) {
             let bytes = encode_replies(&frames);
             for at in 0..=bytes.len() {
-                let got = decode_split(&mut SlotmanCodec::new(MAX), &bytes, at).ok();
+                let got = decode_split(&mut HandlerOutputCodec::new(MAX), &bytes, at).ok();
                 prop_assert_eq!(got.as_ref(), Some(&frames), "split at {}", at);
             }
         }
@@ -976,12 +977,12 @@ mod tests {
         #[test]
         fn jobs_round_trip_split_anywhere(jobs in proptest::collection::vec(job(), 0..4)) {
             let mut bytes = BytesMut::new();
-            let mut enc = SlotmanCodec::new(MAX);
+            let mut enc = HandlerOutputCodec::new(MAX);
             for j in &jobs {
                 prop_assert!(enc.encode(j.clone(), &mut bytes).is_ok());
             }
             for at in 0..=bytes.len() {
-                let got = decode_split(&mut HandlerCodec::new(MAX), &bytes, at).ok();
+                let got = decode_split(&mut HandlerInputCodec::new(MAX), &bytes, at).ok();
                 prop_assert_eq!(got.as_ref(), Some(&jobs), "split at {}", at);
             }
         }
@@ -1007,7 +1008,7 @@ mod tests {
         #[test]
         fn byte_at_a_time(frames in proptest::collection::vec(reply(), 0..5)) {
             let bytes = encode_replies(&frames);
-            let mut codec = SlotmanCodec::new(MAX);
+            let mut codec = HandlerOutputCodec::new(MAX);
             let mut buf = BytesMut::new();
             let mut got = Vec::new();
             for b in bytes.iter() {
@@ -1024,8 +1025,8 @@ mod tests {
             chunks in proptest::collection::vec(proptest::collection::vec(any::<u8>(), 0..64), 0..8),
             max in 0usize..64,
         ) {
-            let mut replies = SlotmanCodec::new(max);
-            let mut jobs = HandlerCodec::new(max);
+            let mut replies = HandlerOutputCodec::new(max);
+            let mut jobs = HandlerInputCodec::new(max);
             let (mut a, mut b) = (BytesMut::new(), BytesMut::new());
             let (mut a_ok, mut b_ok) = (true, true);
             for chunk in &chunks {

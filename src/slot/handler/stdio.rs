@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::slot::wire::{Expect, Wire};
 
 use super::exec::{describe, GroupChild, Launcher};
-use super::framing::{job_header, FramingError, FromHandler, SlotmanCodec};
+use super::framing::{job_header, FramingError, FromHandler, HandlerOutputCodec};
 use super::*;
 
 /// How long a handler gets to exit after its stdin is closed (shutdown) or
@@ -297,7 +297,7 @@ impl Process {
         let frames = match stdout.into_owned_fd().and_then(Wire::new) {
             Ok(wire) => Frames {
                 wire,
-                codec: SlotmanCodec::new(max_size),
+                codec: HandlerOutputCodec::new(max_size),
             },
             Err(e) => {
                 child.kill_and_reap().await;
@@ -521,7 +521,7 @@ impl Process {
 /// A handler's stdout: what it wrote, and how to read it.
 struct Frames {
     wire: Wire<std::os::fd::OwnedFd>,
-    codec: SlotmanCodec,
+    codec: HandlerOutputCodec,
 }
 
 impl Frames {

@@ -30,7 +30,7 @@ use super::shared::{ConnId, Shared};
 use crate::gearman::codec::{reserve_packet, PacketCodec, Peek, ProtocolError, HEADER_LEN};
 use crate::gearman::packet::{Header, Packet, PacketType};
 use crate::slot::connection::{io_words, jitter, BACKOFF_MAX, BACKOFF_MIN, CONNECT_TIMEOUT};
-use crate::slot::wire::{blocking_socket, read_into, write_from, Expect, Pace, Wait};
+use crate::slot::wire::{blocking_socket, read_into, write_from, BlockingWaits, Expect, Wait};
 
 /// Room made for a read when no packet of known size is being assembled.
 const READ_CHUNK: usize = 16 * 1024;
@@ -197,7 +197,7 @@ async fn relay(
     open: &Arc<()>,
 ) -> (Ended, BytesMut) {
     let codec = PacketCodec::new(shared.max_packet);
-    let pace = Pace::get();
+    let waits = BlockingWaits::get();
     let mut from_worker = BytesMut::with_capacity(READ_CHUNK);
     let mut from_server = BytesMut::with_capacity(READ_CHUNK);
     let mut to_server = BytesMut::with_capacity(READ_CHUNK);
@@ -233,10 +233,10 @@ async fn relay(
         // runtime's epoll: one system call and one wake-up less per
         // crossing. Only while this is the worker's one connection (the
         // accept loop holds the other count), so no other connection
-        // waits for the thread; the pace gives the runtime its turns.
+        // waits for the thread; `BlockingWaits` gives the runtime its turns.
         if let Some(side) = due.take() {
             if to_server.is_empty() && to_worker.is_empty() && Arc::strong_count(open) == 2 {
-                match pace.next_wait(Expect::Due) {
+                match waits.next_wait(Expect::Due) {
                     Wait::Block(_) => {
                         let (sock, buf) = match side {
                             Side::Worker => (worker, &mut from_worker),
@@ -249,7 +249,7 @@ async fn relay(
                     }
                     Wait::Yield => {
                         tokio::task::yield_now().await;
-                        pace.turned();
+                        waits.runtime_ran();
                         due = Some(side);
                         continue;
                     }
@@ -293,7 +293,7 @@ async fn relay(
                     }
                 }
             }
-            pace.turned();
+            waits.runtime_ran();
         }
         let Some((side, r)) = read else {
             continue;

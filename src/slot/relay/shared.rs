@@ -11,7 +11,7 @@ use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::slot::report::{ExitReason, JobResult, Links, Reports, Told};
+use crate::slot::report::{BusyReport, ExitReason, JobResult, Links, ManagerView, Reports};
 use crate::systemd::journal::{JobTag, JobTags};
 
 /// Identifies one relayed connection within its slot.
@@ -45,7 +45,7 @@ pub struct Shared {
 
 #[derive(Debug, Default)]
 struct State {
-    told: Told,
+    manager_view: ManagerView,
     links: Links,
     /// Jobs finished, for `workleft`.
     done: u64,
@@ -163,7 +163,7 @@ impl Shared {
         if s.gate == Some(conn) {
             s.gate = None;
             if idle {
-                s.told.idle(&self.reports);
+                s.manager_view.idle(&self.reports);
             }
             drop(s);
             self.bump();
@@ -171,7 +171,7 @@ impl Shared {
     }
 
     /// A job was assigned on `conn`. Returns whether its start was reported
-    /// (see [`Told::busy`]); if not, [`Shared::still_busy`] reports it once
+    /// (see [`ManagerView::busy`]); if not, [`Shared::still_busy`] reports it once
     /// it turns out long.
     pub fn started(&self, conn: ConnId, function: &str, handle: &str, now: Instant) -> bool {
         if let Some(tags) = &self.log_tags {
@@ -182,18 +182,23 @@ impl Shared {
         }
         let mut s = self.state();
         s.gate = Some(conn);
-        s.told
-            .busy(&self.reports, function, handle, now.into_std(), false)
+        s.manager_view.busy(
+            &self.reports,
+            function,
+            handle,
+            now.into_std(),
+            BusyReport::IfStale,
+        )
     }
 
     /// The job in hand, not reported when it started, is still running.
     pub fn still_busy(&self, function: &str, handle: &str) {
-        self.state().told.busy(
+        self.state().manager_view.busy(
             &self.reports,
             function,
             handle,
             std::time::Instant::now(),
-            true,
+            BusyReport::Always,
         );
     }
 
@@ -203,7 +208,7 @@ impl Shared {
             tags.switch(None);
         }
         let mut s = self.state();
-        s.told.finished(function, result, took);
+        s.manager_view.finished(function, result, took);
         s.done += 1;
         if self.workleft > 0 && s.done >= self.workleft && !s.stopping {
             s.stopping = true;
@@ -214,7 +219,7 @@ impl Shared {
         }
         if s.stopping {
             // Leaving next: the manager hears of this job now.
-            s.told.idle(&self.reports);
+            s.manager_view.idle(&self.reports);
         }
         drop(s);
         self.bump();
@@ -254,7 +259,7 @@ impl Shared {
 
     /// Sends the counts not yet reported, saying the slot is idle.
     pub fn report_idle(&self) {
-        self.state().told.idle(&self.reports);
+        self.state().manager_view.idle(&self.reports);
     }
 
     /// The connection to `server` is up (`None`) or failed (why); whether
