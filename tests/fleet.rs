@@ -432,16 +432,7 @@ fn a_host_cut_off_fails_and_its_jobs_go_to_the_other_host() {
     }
     // B takes both jobs: A is paused meanwhile.
     let ctl = |svc: &Service, what: &str| {
-        let out = Command::new(slotman_bin())
-            .args([what, "svc", "w", "--runtime-dir"])
-            .arg(svc.dir.path())
-            .output()
-            .expect("slotman pause/resume");
-        assert!(
-            out.status.success(),
-            "{what}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        svc.control(what, &["w"]);
     };
     ctl(&a, "pause");
     submit(&net, "cut", 2, &[GS1, GS2]);

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::service::{rt, sigkill, submit_bg, total_done, Service};
-use common::{first_child, skip, wait_until, Gearmand};
+use common::{first_child, skip, wait_until, written, Gearmand};
 use slotman::gearman::client::{Client, JobResult};
 
 fn repo_file(path: &str) -> String {
@@ -394,19 +394,16 @@ fn the_worker_is_told_its_servers_by_environment_and_argument() {
             file.display()
         )
     };
+    // A service with one slot of that worker (and `extra` keys), and what
+    // the worker wrote.
+    let start = |extra: &str| {
+        let _ = std::fs::remove_file(&file);
+        let svc = Service::running(&config(&g.addr, &command(&file), extra));
+        let seen = written("the worker wrote its servers", &file);
+        (svc, seen)
+    };
     // Through the relay: the slot's own loopback addresses.
-    let mut svc = Service::new(&config(
-        &g.addr,
-        &command(&file),
-        "min = 1\nmax = 1\nready_timeout = \"1s\"\n",
-    ));
-    svc.start();
-    wait_until(
-        "the worker wrote its servers",
-        Duration::from_secs(10),
-        || file.exists(),
-    );
-    let seen = std::fs::read_to_string(&file).expect("read");
+    let (mut svc, seen) = start("min = 1\nmax = 1\nready_timeout = \"1s\"\n");
     let (arg, env) = seen.trim().split_once(' ').expect("two words");
     assert_eq!(arg, format!("--servers={env}"));
     assert!(env.starts_with("127.0.0.1:") && env != g.addr, "{env}");
@@ -424,19 +421,7 @@ fn the_worker_is_told_its_servers_by_environment_and_argument() {
     assert!(svc.stop());
 
     // proxy = false: the real ones.
-    std::fs::remove_file(&file).expect("rm");
-    let mut svc = Service::new(&config(
-        &g.addr,
-        &command(&file),
-        "min = 1\nmax = 1\nproxy = false\n",
-    ));
-    svc.start();
-    wait_until(
-        "the worker wrote its servers",
-        Duration::from_secs(10),
-        || file.exists(),
-    );
-    let seen = std::fs::read_to_string(&file).expect("read");
+    let (mut svc, seen) = start("min = 1\nmax = 1\nproxy = false\n");
     assert_eq!(seen.trim(), format!("--servers={0} {0}", g.addr));
     assert!(svc.stop());
 }
