@@ -174,7 +174,7 @@ def render(res):
 
 def main():
     """Standalone: bench/run with this section only (its options pass on:
-    --quick, --ns, --reps, --slotman, --update-doc)."""
+    --quick, --ns, --reps, --slotman, --keep)."""
     run = os.path.join(BENCH, "run")
     os.execv(sys.executable, [sys.executable, run, "--only", "S8"] + sys.argv[1:])
 

@@ -99,7 +99,8 @@ enum Command {
     },
     /// A worker's slots finish their jobs in hand and take no new ones
     /// (they stay registered; jobs wait at the job server) until `resume`,
-    /// a reload or a restart of the service.
+    /// a reload or a restart of the service. Returns once every slot has
+    /// confirmed.
     Pause {
         /// The service.
         service: String,

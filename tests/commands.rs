@@ -245,3 +245,85 @@ fn a_stale_socket_and_a_refused_one_are_called_what_they_are() {
     );
     assert!(svc.stop(), "manager exit status");
 }
+
+/// Per handler process: jobs noted as started, and how many of them are
+/// not yet done.
+fn per_handler(record: &str) -> std::collections::BTreeMap<String, (usize, usize)> {
+    let mut pid_of = std::collections::BTreeMap::new();
+    let mut per = std::collections::BTreeMap::<String, (usize, usize)>::new();
+    for line in record.lines() {
+        let words: Vec<&str> = line.split(' ').collect();
+        match words[..] {
+            ["start", job, pid] => {
+                pid_of.insert(job.to_string(), pid.to_string());
+                let e = per.entry(pid.to_string()).or_default();
+                e.0 += 1;
+                e.1 += 1;
+            }
+            ["done", job] => {
+                if let Some(e) = pid_of.get(job).and_then(|p| per.get_mut(p)) {
+                    e.1 -= 1;
+                }
+            }
+            _ => {}
+        }
+    }
+    per
+}
+
+/// `pause` returns only once it holds: from then on each slot finishes at
+/// most the job in hand, even while jobs stream in (a slot that answers a
+/// job asks for the next one in the same write, so a pause its runner has
+/// not yet heard of would let one more job start). Ten rounds, to meet
+/// the moment a job ends.
+#[test]
+fn once_pause_returns_no_slot_starts_another_job() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut svc = Service::new(&config(&g.addr, 2, 2));
+    svc.start();
+    wait_until("two slots ready", Duration::from_secs(20), || {
+        svc.worker("w").idle == 2
+    });
+    submit_bg(
+        &g.addr,
+        "w::record",
+        (0..400).map(|i| (format!("j{i}"), format!("j{i} 0.02"))),
+    );
+    let done = || {
+        svc.record()
+            .lines()
+            .filter(|l| l.starts_with("done"))
+            .count()
+    };
+    for round in 0..10 {
+        let flowing = done();
+        wait_until("jobs flowing", Duration::from_secs(20), || {
+            done() >= flowing + 4
+        });
+        let out = slotman(&svc, &["pause", "svc", "w"]);
+        assert!(out.status.success(), "{}", text(&out));
+        let at_pause = per_handler(&svc.record());
+        wait_until("both slots paused", Duration::from_secs(20), || {
+            let w = svc.worker("w");
+            w.slots.len() == 2 && w.slots.iter().all(|s| s.state == "paused")
+        });
+        let after = per_handler(&svc.record());
+        for (pid, (started, open)) in &after {
+            assert_eq!(
+                *open, 0,
+                "round {round}: handler {pid} runs a job while paused"
+            );
+            let (started_before, open_before) = at_pause.get(pid).copied().unwrap_or_default();
+            // At most the job in hand: noted already (open then), or handed
+            // over just before `pause` returned and noted after.
+            assert!(
+                open_before + (started - started_before) <= 1,
+                "round {round}: handler {pid} had {open_before} job in hand when pause \
+                 returned and started {} more",
+                started - started_before
+            );
+        }
+        let out = slotman(&svc, &["resume", "svc", "w"]);
+        assert!(out.status.success(), "{}", text(&out));
+    }
+}

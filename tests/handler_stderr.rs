@@ -5,12 +5,11 @@
 
 mod common;
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::{slotman_bin, wait_until, Gearmand};
+use common::service::Service;
+use common::{wait_until, Gearmand};
 use slotman::gearman::client::{Client, JobResult};
 
 /// Lines the `flood` job writes to stderr, 4 bytes each (`xxx\n`): 4 MB.
@@ -27,65 +26,25 @@ esac
 
 /// `slotman run` with plain child slots, its stderr (and so its runners')
 /// a file, not a terminal.
-struct Service {
-    dir: tempfile::TempDir,
-    child: Child,
-}
-
-impl Service {
-    fn start(g: &Gearmand) -> Service {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let handler = dir.path().join("handler.sh");
-        std::fs::write(&handler, HANDLER).expect("write handler");
-        let config = format!(
-            "[workers.t]\nkind = \"exec\"\ncommand = [\"/bin/sh\", {:?}]\nfunctions = [\"flood\", \"echo\"]\njob_servers = [{:?}]\nmin = 1\nmax = 1\n",
-            handler.display().to_string(),
-            g.addr
-        );
-        std::fs::write(dir.path().join("svc.toml"), config).expect("write config");
-        let log = std::fs::File::create(dir.path().join("log")).expect("create log");
-        let child = Command::new(slotman_bin())
-            .args(["run", "--placement", "child", "--config"])
-            .arg(dir.path().join("svc.toml"))
-            .arg("--runtime-dir")
-            .arg(dir.path())
-            // Debug, so that the runners log too; no NO_COLOR, which would
-            // hide colour codes written regardless of the terminal.
-            .env("RUST_LOG", "debug")
-            .env_remove("NO_COLOR")
-            .env_remove("JOURNAL_STREAM")
-            .stdin(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start slotman run");
-        let svc = Service { dir, child };
-        wait_until("control socket", Duration::from_secs(10), || {
-            svc.dir.path().join("svc.sock").exists()
-        });
-        svc
-    }
-
-    fn log_path(&self) -> PathBuf {
-        self.dir.path().join("log")
-    }
-
-    fn log(&self) -> String {
-        std::fs::read(self.log_path())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let log = self.log();
-            let tail = &log[log.len().saturating_sub(4000)..];
-            eprintln!("--- the end of the manager's log ---\n{tail}");
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn service(g: &Gearmand) -> Service {
+    let mut svc = Service::new("");
+    let handler = svc.dir.path().join("handler.sh");
+    std::fs::write(&handler, HANDLER).expect("write handler");
+    svc.write_config(&format!(
+        "[workers.t]\nkind = \"exec\"\ncommand = [\"/bin/sh\", {:?}]\nfunctions = [\"flood\", \"echo\"]\njob_servers = [{:?}]\nmin = 1\nmax = 1\n",
+        handler.display().to_string(),
+        g.addr
+    ));
+    svc.args = vec!["--placement".into(), "child".into()];
+    // Debug, so that the runners log too; no NO_COLOR, which would hide
+    // colour codes written regardless of the terminal.
+    svc.env = vec![
+        ("RUST_LOG".into(), Some("debug".into())),
+        ("NO_COLOR".into(), None),
+        ("JOURNAL_STREAM".into(), None),
+    ];
+    svc.start();
+    svc
 }
 
 fn submit(addr: &str, function: &str, payload: &'static str) -> JobResult {
@@ -118,7 +77,7 @@ fn count_flood(log: &str) -> (u64, u64) {
 #[test]
 fn a_job_flooding_stderr_with_short_lines_completes_and_its_excess_is_counted() {
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::start(&g);
+    let svc = service(&g);
     let start = Instant::now();
     let result = submit(&g.addr, "t::flood", "");
     let took = start.elapsed();
@@ -153,7 +112,7 @@ fn a_job_flooding_stderr_with_short_lines_completes_and_its_excess_is_counted() 
 #[test]
 fn logs_written_to_a_file_carry_no_colour_codes() {
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::start(&g);
+    let svc = service(&g);
     assert_eq!(
         submit(&g.addr, "t::echo", "x"),
         JobResult::Complete(Bytes::from_static(b"x"))

@@ -760,19 +760,27 @@ async fn check_wait(h: &mut Handler) {
     assert_eq!(events, expected);
 }
 
-#[tokio::test]
-async fn example_python() {
-    let Some(python) = interpreter("python3", "example_python") else {
-        return;
-    };
+/// Starts the stdio example `file` under `program`, its stderr kept in the
+/// returned log, and checks its `reverse` ([`check_reverse`]); `None` (the
+/// test skips) without the interpreter.
+async fn stdio_example(program: &str, file: &str) -> Option<(Handler, ChildLog)> {
+    let interpreter = interpreter(program, &format!("the example {file}"))?;
     let log = ChildLog::new("the example's stderr");
     let mut h = start(&example(
         HandlerKind::Stdio,
-        &[&python, &repo_file("examples/python/worker.py")],
+        &[&interpreter, &repo_file(file)],
         &log,
     ))
     .await;
     check_reverse(&mut h).await;
+    Some((h, log))
+}
+
+#[tokio::test]
+async fn example_python() {
+    let Some((mut h, _log)) = stdio_example("python3", "examples/python/worker.py").await else {
+        return;
+    };
     check_wait(&mut h).await;
     let (outcome, _) = run(&mut h, &job("fail", ""), None).await;
     assert_eq!(
@@ -786,34 +794,18 @@ async fn example_python() {
 
 #[tokio::test]
 async fn example_perl() {
-    let Some(perl) = interpreter("perl", "example_perl") else {
+    let Some((mut h, _log)) = stdio_example("perl", "examples/perl/worker.pl").await else {
         return;
     };
-    let log = ChildLog::new("the example's stderr");
-    let mut h = start(&example(
-        HandlerKind::Stdio,
-        &[&perl, &repo_file("examples/perl/worker.pl")],
-        &log,
-    ))
-    .await;
-    check_reverse(&mut h).await;
     check_wait(&mut h).await;
     h.shutdown().await;
 }
 
 #[tokio::test]
 async fn example_php() {
-    let Some(php) = interpreter("php", "example_php") else {
+    let Some((h, _log)) = stdio_example("php", "examples/php/worker.php").await else {
         return;
     };
-    let log = ChildLog::new("the example's stderr");
-    let mut h = start(&example(
-        HandlerKind::Stdio,
-        &[&php, &repo_file("examples/php/worker.php")],
-        &log,
-    ))
-    .await;
-    check_reverse(&mut h).await;
     h.shutdown().await;
 }
 
@@ -832,20 +824,12 @@ async fn example_shell_exec() {
 
 #[tokio::test]
 async fn example_shell_stdio() {
-    let Some(bash) = interpreter("bash", "example_shell_stdio") else {
+    let Some((mut h, _log)) = stdio_example("bash", "examples/shell/stdio-worker.sh").await else {
         return;
     };
-    let log = ChildLog::new("the example's stderr");
-    let mut h = start(&example(
-        HandlerKind::Stdio,
-        &[&bash, &repo_file("examples/shell/stdio-worker.sh")],
-        &log,
-    ))
-    .await;
     assert_eq!(
         complete(&mut h, &job("upper", "Hello, World\n")).await,
         "HELLO, WORLD\n"
     );
-    check_reverse(&mut h).await;
     h.shutdown().await;
 }

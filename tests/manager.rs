@@ -11,7 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::service::{handler, pid_alive, rt, sigkill, submit_bg, total_done, Service};
-use common::{cpus_allowed, first_child, skip, slotman_bin, wait_until, Gearmand};
+use common::{cpus_allowed, first_child, skip, slotman_bin, wait_until, written, Gearmand};
 use slotman::gearman::client::{Client, JobResult};
 
 #[test]
@@ -279,16 +279,27 @@ fn runners_lead_their_process_group_and_only_exec_runners_a_session() {
     assert!(svc.stop());
 }
 
-#[test]
-fn an_exec_handler_dies_with_its_sigkilled_runner() {
-    let Some(g) = Gearmand::start() else { return };
+/// An exec worker `x` (one slot, `stop_timeout` 1 s) whose handler appends
+/// its pid to `handlers` in the service's directory, then sleeps `secs`
+/// (exec keeps the pid); one job `x::long` handed to it. No
+/// PR_SET_PDEATHSIG for exec handlers, and each has a process group of
+/// its own.
+struct ExecSleeper {
+    svc: Service,
+    /// The slot's runner.
+    runner: u32,
+    /// The handler running the job.
+    handler: u32,
+    /// Every handler's pid so far, one a line.
+    handlers: std::path::PathBuf,
+}
+
+fn exec_sleeper_with_a_job(g: &Gearmand, secs: u32) -> ExecSleeper {
     let mut svc = Service::new("");
     let script = svc.dir.path().join("handler.sh");
-    // Says its pid, then runs long; exec keeps the pid. No PR_SET_PDEATHSIG
-    // for exec handlers, and it has a process group of its own.
     std::fs::write(
         &script,
-        "echo $$ >> \"$(dirname \"$0\")/handlers\"\nexec sleep 300\n",
+        format!("echo $$ >> \"$(dirname \"$0\")/handlers\"\nexec sleep {secs}\n"),
     )
     .expect("write handler");
     svc.write_config(&format!(
@@ -299,20 +310,34 @@ fn an_exec_handler_dies_with_its_sigkilled_runner() {
     let runner = svc.one_slot_ready("x");
     submit_bg(&g.addr, "x::long", [("l1".to_string(), String::new())]);
     let handlers = svc.dir.path().join("handlers");
-    let handler_pid = || -> Option<u32> {
-        std::fs::read_to_string(&handlers)
-            .ok()?
-            .lines()
-            .next()?
-            .parse()
-            .ok()
-    };
     wait_until("handler started", Duration::from_secs(10), || {
-        handler_pid().is_some()
+        !handler_pids(&handlers).is_empty()
     });
-    let handler = handler_pid().expect("handler pid");
+    let handler = handler_pids(&handlers)[0];
+    ExecSleeper {
+        svc,
+        runner,
+        handler,
+        handlers,
+    }
+}
+
+/// The pids in a handler's pid list, in the order they started.
+fn handler_pids(list: &Path) -> Vec<u32> {
+    std::fs::read_to_string(list)
+        .unwrap_or_default()
+        .lines()
+        .map_while(|l| l.parse().ok())
+        .collect()
+}
+
+#[test]
+fn an_exec_handler_dies_with_its_sigkilled_runner() {
+    let Some(g) = Gearmand::start() else { return };
+    let mut sleeper = exec_sleeper_with_a_job(&g, 300);
+    let (handler, handlers) = (sleeper.handler, &sleeper.handlers);
     assert!(pid_alive(handler));
-    sigkill(runner);
+    sigkill(sleeper.runner);
     wait_until(
         "handler gone with its runner",
         Duration::from_secs(10),
@@ -323,15 +348,10 @@ fn an_exec_handler_dies_with_its_sigkilled_runner() {
     wait_until(
         "job requeued onto a new handler",
         Duration::from_secs(10),
-        || std::fs::read_to_string(&handlers).map_or(0, |s| s.lines().count()) >= 2,
+        || handler_pids(handlers).len() >= 2,
     );
-    let second: u32 = std::fs::read_to_string(&handlers)
-        .expect("handlers")
-        .lines()
-        .nth(1)
-        .and_then(|l| l.parse().ok())
-        .expect("second handler pid");
-    assert!(svc.stop());
+    let second = handler_pids(handlers)[1];
+    assert!(sleeper.svc.stop());
     wait_until("second handler gone", Duration::from_secs(10), || {
         !pid_alive(second)
     });
@@ -468,29 +488,12 @@ fn a_killed_runners_cleanup_spares_processes_that_took_its_handlers_number() {
 #[test]
 fn a_sigkilled_managers_exec_slot_and_handler_are_gone_after_stop_timeout() {
     let Some(g) = Gearmand::start() else { return };
-    let mut svc = Service::new("");
-    let script = svc.dir.path().join("handler.sh");
-    std::fs::write(
-        &script,
-        "echo $$ >> \"$(dirname \"$0\")/handlers\"\nexec sleep 60\n",
-    )
-    .expect("write handler");
-    svc.write_config(&format!(
-        "stop_timeout = \"1s\"\n\n[workers.x]\nkind = \"exec\"\ncommand = [\"/bin/sh\", {script:?}]\nfunctions = [\"long\"]\njob_servers = [\"{}\"]\nmin = 1\nmax = 1\n",
-        g.addr
-    ));
-    svc.start();
-    let runner = svc.one_slot_ready("x");
-    submit_bg(&g.addr, "x::long", [("l1".to_string(), String::new())]);
-    let handlers = svc.dir.path().join("handlers");
-    let mut handler = None;
-    wait_until("handler started", Duration::from_secs(10), || {
-        handler = std::fs::read_to_string(&handlers)
-            .ok()
-            .and_then(|s| s.lines().next()?.parse::<u32>().ok());
-        handler.is_some()
-    });
-    let handler = handler.expect("handler pid");
+    let ExecSleeper {
+        mut svc,
+        runner,
+        handler,
+        handlers: _,
+    } = exec_sleeper_with_a_job(&g, 60);
     let _reap = Reap(handler);
     svc.signal(nix::sys::signal::Signal::SIGKILL);
     let _ = svc.child.take().map(|mut c| c.wait());
@@ -702,12 +705,7 @@ fn a_native_worker_runs_as_the_configured_user_with_the_slot_environment() {
         g.addr
     ));
     svc.start();
-    wait_until(
-        "native worker wrote its identity",
-        Duration::from_secs(10),
-        || file.exists(),
-    );
-    let who = std::fs::read_to_string(&file).expect("read");
+    let who = written("native worker wrote its identity", &file);
     let nobody = nix::unistd::User::from_name("nobody")
         .ok()
         .flatten()

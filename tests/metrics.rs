@@ -7,90 +7,15 @@ mod common;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::quiet::ChildLog;
-use common::{free_port, slotman_bin, spawn_tied_to_process, wait_until, Gearmand};
+use common::service::Service;
+use common::{free_port, wait_until, Gearmand};
 use prometheus_parse::{Scrape, Value};
 use slotman::gearman::client::{Client, JobResult};
 
 const WORKER: &str = "Echo";
-
-/// A `slotman run --config DIR/svc.toml --runtime-dir DIR`, stopped on drop;
-/// its log is shown if the test fails.
-struct Service {
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-    _log: ChildLog,
-}
-
-impl Service {
-    fn start(config: &str) -> Service {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("svc.toml");
-        std::fs::write(&path, config).expect("write config");
-        let mut cmd = Command::new(slotman_bin());
-        let log = ChildLog::new("the manager's log");
-        cmd.arg("run")
-            .arg("--config")
-            .arg(&path)
-            .arg("--runtime-dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stderr(log.stdio());
-        let child = spawn_tied_to_process(cmd).expect("start slotman run");
-        let mut svc = Service {
-            dir,
-            child: Some(child),
-            _log: log,
-        };
-        let sock = svc.dir.path().join("svc.sock");
-        wait_until("the control socket", Duration::from_secs(10), || {
-            svc.assert_running();
-            sock.exists()
-        });
-        svc
-    }
-
-    fn assert_running(&mut self) {
-        if let Some(c) = self.child.as_mut() {
-            if let Ok(Some(status)) = c.try_wait() {
-                panic!("slotman run exited early: {status}");
-            }
-        }
-    }
-
-    /// SIGTERM and wait; whether it exited 0.
-    fn stop(&mut self) -> bool {
-        let Some(mut child) = self.child.take() else {
-            return false;
-        };
-        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status.success();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                return false;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// One HTTP/1.1 request; (status code, head, body). The server closes.
 fn http_get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String, String)> {
@@ -214,7 +139,7 @@ max = 3
         env!("CARGO_MANIFEST_DIR"),
         g.addr
     );
-    let mut svc = Service::start(&config);
+    let mut svc = Service::running(&config);
 
     // The endpoint answers once the manager runs, and both min slots are
     // ready soon after.

@@ -13,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::service::{rt, sigkill, submit_bg, total_done, Service};
-use common::{first_child, skip, wait_until, Gearmand};
+use common::{first_child, skip, wait_until, written, Gearmand};
 use slotman::gearman::client::{Client, JobResult};
 
 fn repo_file(path: &str) -> String {
@@ -394,19 +394,16 @@ fn the_worker_is_told_its_servers_by_environment_and_argument() {
             file.display()
         )
     };
+    // A service with one slot of that worker (and `extra` keys), and what
+    // the worker wrote.
+    let start = |extra: &str| {
+        let _ = std::fs::remove_file(&file);
+        let svc = Service::running(&config(&g.addr, &command(&file), extra));
+        let seen = written("the worker wrote its servers", &file);
+        (svc, seen)
+    };
     // Through the relay: the slot's own loopback addresses.
-    let mut svc = Service::new(&config(
-        &g.addr,
-        &command(&file),
-        "min = 1\nmax = 1\nready_timeout = \"1s\"\n",
-    ));
-    svc.start();
-    wait_until(
-        "the worker wrote its servers",
-        Duration::from_secs(10),
-        || file.exists(),
-    );
-    let seen = std::fs::read_to_string(&file).expect("read");
+    let (mut svc, seen) = start("min = 1\nmax = 1\nready_timeout = \"1s\"\n");
     let (arg, env) = seen.trim().split_once(' ').expect("two words");
     assert_eq!(arg, format!("--servers={env}"));
     assert!(env.starts_with("127.0.0.1:") && env != g.addr, "{env}");
@@ -424,19 +421,7 @@ fn the_worker_is_told_its_servers_by_environment_and_argument() {
     assert!(svc.stop());
 
     // proxy = false: the real ones.
-    std::fs::remove_file(&file).expect("rm");
-    let mut svc = Service::new(&config(
-        &g.addr,
-        &command(&file),
-        "min = 1\nmax = 1\nproxy = false\n",
-    ));
-    svc.start();
-    wait_until(
-        "the worker wrote its servers",
-        Duration::from_secs(10),
-        || file.exists(),
-    );
-    let seen = std::fs::read_to_string(&file).expect("read");
+    let (mut svc, seen) = start("min = 1\nmax = 1\nproxy = false\n");
     assert_eq!(seen.trim(), format!("--servers={0} {0}", g.addr));
     assert!(svc.stop());
 }
@@ -516,6 +501,50 @@ fn a_big_binary_payload_crosses_the_relay_intact() {
         "the reversed payload came back"
     );
     assert!(svc.stop());
+}
+
+/// `pause` returns once it holds, also through the relay: while jobs
+/// stream, a slot finishes at most the job in hand after it returns.
+#[test]
+fn once_pause_returns_a_native_slot_finishes_at_most_its_job_in_hand() {
+    let Some((g, svc, _)) = example_pool(false, "min = 1\nmax = 1\n") else {
+        return;
+    };
+    submit_bg(
+        &g.addr,
+        "w::reverse",
+        (0..3000).map(|i| (format!("s{i}"), format!("payload {i}"))),
+    );
+    let queued = || g.function_status("w::reverse").0;
+    for round in 0..5 {
+        let before = queued();
+        wait_until("jobs flowing", Duration::from_secs(20), || {
+            queued() + 20 <= before
+        });
+        let out = Command::new(common::slotman_bin())
+            .args(["pause", "svc", "w", "--runtime-dir"])
+            .arg(svc.dir.path())
+            .output()
+            .expect("slotman");
+        assert!(out.status.success(), "pause: {out:?}");
+        // Queued counts the job in hand, if any.
+        let at_pause = queued();
+        wait_until("the slot paused", Duration::from_secs(10), || {
+            svc.worker("w").slots.iter().all(|s| s.state == "paused")
+        });
+        let after = queued();
+        assert!(
+            at_pause - after <= 1,
+            "round {round}: {} jobs done after pause returned",
+            at_pause - after
+        );
+        let out = Command::new(common::slotman_bin())
+            .args(["resume", "svc", "w", "--runtime-dir"])
+            .arg(svc.dir.path())
+            .output()
+            .expect("slotman");
+        assert!(out.status.success(), "resume: {out:?}");
+    }
 }
 
 #[test]

@@ -7,86 +7,19 @@ mod common;
 use std::io::Write;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::quiet::{show, ChildLog};
-use common::{slotman_bin, wait_until, Gearmand};
+use common::quiet::show;
+use common::service::{rt, Service};
+use common::{wait_until, Gearmand};
 use slotman::control::proto::{ServiceStatus, SlotStatus};
 use slotman::control::server::{Response, MAX_CONNECTIONS};
 use slotman::control::snapshot::SAMPLE_MAX_AGE;
 use slotman::gearman::client::{Client, JobResult};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A `slotman run`, stopped on drop; its log is shown if the test fails.
-struct Service {
-    dir: tempfile::TempDir,
-    child: Child,
-    _log: ChildLog,
-}
-
-impl Service {
-    fn start(config: &str) -> Service {
-        let dir = tempfile::tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("svc.toml"), config).expect("config");
-        let log = ChildLog::new("the manager's log");
-        let child = Command::new(slotman_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(dir.path().join("svc.toml"))
-            .arg("--runtime-dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            // Its log goes to a file: green tests are quiet.
-            .stderr(log.stdio())
-            .spawn()
-            .expect("slotman run");
-        wait_until("control socket", Duration::from_secs(10), || {
-            dir.path().join("svc.sock").exists()
-        });
-        Service {
-            dir,
-            child,
-            _log: log,
-        }
-    }
-
-    fn status_json(&self) -> ServiceStatus {
-        let out = Command::new(slotman_bin())
-            .args(["status", "svc", "--json", "--runtime-dir"])
-            .arg(self.dir.path())
-            .output()
-            .expect("status");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("json")
-    }
-
-    fn status_table(&self) -> String {
-        let out = Command::new(slotman_bin())
-            .args(["status", "svc", "--runtime-dir"])
-            .arg(self.dir.path())
-            .output()
-            .expect("status");
-        assert!(out.status.success());
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = nix::sys::signal::kill(
-            nix::unistd::Pid::from_raw(self.child.id() as i32),
-            nix::sys::signal::Signal::SIGTERM,
-        );
-        let _ = self.child.wait();
-    }
-}
 
 fn config(g: &Gearmand, min: u32, max: u32) -> String {
     format!(
@@ -96,18 +29,20 @@ fn config(g: &Gearmand, min: u32, max: u32) -> String {
     )
 }
 
+/// A service whose worker `w` has `n` slots, once every one is idle.
+fn idle_service(g: &Gearmand, n: u32) -> Service {
+    let svc = Service::running(&config(g, n, n));
+    wait_until(&format!("{n} idle slots"), Duration::from_secs(15), || {
+        svc.status().workers[0].idle == n
+    });
+    svc
+}
+
 #[test]
 fn status_matches_what_is_running() {
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::start(&config(&g, 3, 3));
-    wait_until("3 idle slots", Duration::from_secs(15), || {
-        svc.status_json().workers[0].idle == 3
-    });
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let svc = idle_service(&g, 3);
+    let rt = rt();
     rt.block_on(async {
         let mut c = Client::connect(&g.addr).await.expect("connect");
         for i in 0..7 {
@@ -126,14 +61,14 @@ fn status_matches_what_is_running() {
             .expect("bg");
     });
     wait_until("two busy slots", Duration::from_secs(10), || {
-        svc.status_json().workers[0].busy == 2
+        svc.status().workers[0].busy == 2
     });
     // The handlers touch their 50 MB after they take the job.
     wait_until(
         "both busy slots show their 50 MB",
         Duration::from_secs(10),
         || {
-            let st = svc.status_json();
+            let st = svc.status();
             let held = |s: &&SlotStatus| s.memory_bytes.is_some_and(|m| m > 50 * 1024 * 1024);
             st.workers[0]
                 .slots
@@ -144,7 +79,7 @@ fn status_matches_what_is_running() {
                 == 2
         },
     );
-    let st = svc.status_json();
+    let st = svc.status();
     let w = &st.workers[0];
     assert_eq!(w.slots.len(), 3);
     assert_eq!(w.jobs_complete, 7, "jobs done match jobs sent");
@@ -176,7 +111,7 @@ fn status_matches_what_is_running() {
 #[test]
 fn garbage_and_stalled_peers_do_not_stop_the_manager() {
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::start(&config(&g, 1, 3));
+    let svc = Service::running(&config(&g, 1, 3));
     let sock = svc.dir.path().join("svc.sock");
     // A peer that connects and never sends anything.
     let _stalled = UnixStream::connect(&sock).expect("connect");
@@ -188,11 +123,7 @@ fn garbage_and_stalled_peers_do_not_stop_the_manager() {
     let mut huge = UnixStream::connect(&sock).expect("connect");
     let _ = huge.write_all(&vec![b'x'; 1 << 20]);
     // Meanwhile the pool still scales and serves: 3 parallel sleeps need 3 slots.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = rt();
     rt.block_on(async {
         let mut tasks = Vec::new();
         for i in 0..3 {
@@ -211,8 +142,12 @@ fn garbage_and_stalled_peers_do_not_stop_the_manager() {
             );
         }
     });
-    let st = svc.status_json();
-    assert_eq!(st.workers[0].jobs_complete, 3);
+    // A slot counts its jobs to the manager when it next turns idle, which
+    // may be after the client has its answer.
+    wait_until("3 jobs counted", Duration::from_secs(10), || {
+        svc.status().workers[0].jobs_complete == 3
+    });
+    let st = svc.status();
     assert!(
         st.workers[0].slots.len() >= 2,
         "the pool grew: {:?}",
@@ -335,11 +270,7 @@ async fn ask(sock: PathBuf) -> Reply {
 
 /// `clients` tasks, each asking `each` times in a row; (statuses, busy).
 fn burst(sock: &Path, clients: usize, each: usize) -> (Vec<ServiceStatus>, usize) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("rt");
+    let rt = rt();
     rt.block_on(async {
         let tasks: Vec<_> = (0..clients)
             .map(|_| {
@@ -369,11 +300,11 @@ fn burst(sock: &Path, clients: usize, each: usize) -> (Vec<ServiceStatus>, usize
 #[test]
 fn a_burst_of_status_requests_is_answered_and_leaves_nothing_behind() {
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::start(&config(&g, 2, 2));
-    let pid = svc.child.id();
+    let svc = Service::running(&config(&g, 2, 2));
+    let pid = svc.pid() as u32;
     let sock = svc.dir.path().join("svc.sock");
     wait_until("2 idle slots", Duration::from_secs(15), || {
-        svc.status_json().workers[0].idle == 2
+        svc.status().workers[0].idle == 2
     });
     // The manager runs on one thread; the blocking one of the /proc scan
     // ends 10 s after its last use. The baseline is the quiet manager.
@@ -424,10 +355,7 @@ fn a_burst_of_status_requests_is_answered_and_leaves_nothing_behind() {
 fn status_answers_quickly_while_the_job_server_is_stopped() {
     use nix::sys::signal::{kill, Signal};
     let Some(g) = Gearmand::start() else { return };
-    let svc = Service::start(&config(&g, 1, 1));
-    wait_until("1 idle slot", Duration::from_secs(15), || {
-        svc.status_json().workers[0].idle == 1
-    });
+    let svc = idle_service(&g, 1);
     let gearmand = nix::unistd::Pid::from_raw(g.pid().expect("gearmand runs") as i32);
     kill(gearmand, Signal::SIGSTOP).expect("SIGSTOP gearmand");
     // Resumed however the test ends, so that the fixture can stop it.
@@ -447,7 +375,7 @@ fn status_answers_quickly_while_the_job_server_is_stopped() {
         Duration::from_secs(10),
         || {
             let started = Instant::now();
-            let st = svc.status_json();
+            let st = svc.status();
             slowest = slowest.max(started.elapsed());
             assert!(
                 slowest < Duration::from_secs(4),
@@ -462,7 +390,7 @@ fn status_answers_quickly_while_the_job_server_is_stopped() {
     // reuse of the last sample (a span of time, nothing to poll for), the
     // burst finds none to reuse and shares one under way.
     std::thread::sleep(SAMPLE_MAX_AGE);
-    let pid = svc.child.id();
+    let pid = svc.pid() as u32;
     let base = Footprint::of(pid);
     let watch = Watch::start(pid);
     let started = Instant::now();

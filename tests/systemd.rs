@@ -45,6 +45,25 @@ fn harness_handler() -> String {
 /// The shared box, booted and set up once: slotman at /usr/bin/slotman, the
 /// unit files in /etc/systemd/system, a watchdog drop-in for `slotman@wd`.
 /// `Err` says why this host cannot run the tier.
+/// A `[workers.NAME]` table: a stdio worker running the Python script
+/// `handler` for `functions` on job server `addr`, then `keys` (TOML lines).
+fn stdio_worker(name: &str, handler: &str, functions: &[&str], addr: &str, keys: &str) -> String {
+    format!(
+        "\n[workers.{name}]\nkind = \"stdio\"\ncommand = [\"python3\", \"{handler}\"]\nfunctions = {functions:?}\njob_servers = [\"{addr}\"]\n{keys}"
+    )
+}
+
+/// Worker `w`: two slots of the fixture that can `echo` and `sleep`.
+fn two_sleepers(addr: &str) -> String {
+    stdio_worker(
+        "w",
+        &fixture_handler(),
+        &["echo", "sleep"],
+        addr,
+        "min = 2\nmax = 2\n",
+    )
+}
+
 fn sdbox() -> Option<&'static SdBox> {
     static BOX: OnceLock<Result<&'static SdBox, String>> = OnceLock::new();
     let setup = BOX.get_or_init(|| {
@@ -388,29 +407,18 @@ fn kernel_memory_limit(sd: &SdBox, unit: &str) -> Option<(String, String)> {
 #[test]
 fn start_places_min_slots_in_scopes_with_limits() {
     let Some(svc) = Svc::new("up", |addr| {
-        format!(
-            r#"
-[workers.w]
-kind = "stdio"
-command = ["python3", "{fixture}"]
-functions = ["echo", "sleep", "hold", "pid"]
-job_servers = ["{addr}"]
-min = 2
-max = 4
-memory_max = "64M"
-
-[workers.log]
-kind = "stdio"
-command = ["python3", "{mine}"]
-functions = ["where", "env", "cgroup"]
-job_servers = ["{addr}"]
-min = 1
-max = 1
-tasks_max = 50
-cpu_weight = 50
-"#,
-            fixture = fixture_handler(),
-            mine = harness_handler()
+        stdio_worker(
+            "w",
+            &fixture_handler(),
+            &["echo", "sleep", "hold", "pid"],
+            addr,
+            "min = 2\nmax = 4\nmemory_max = \"64M\"\n",
+        ) + &stdio_worker(
+            "log",
+            &harness_handler(),
+            &["where", "env", "cgroup"],
+            addr,
+            "min = 1\nmax = 1\ntasks_max = 50\ncpu_weight = 50\n",
         )
     }) else {
         return;
@@ -551,18 +559,12 @@ cpu_weight = 50
 #[test]
 fn handler_stderr_in_scope_journal_and_decisions_in_manager_journal() {
     let Some(svc) = Svc::new("logs", |addr| {
-        format!(
-            r#"
-[workers.log]
-kind = "stdio"
-command = ["python3", "{mine}"]
-functions = ["say", "sleep"]
-job_servers = ["{addr}"]
-min = 1
-max = 3
-idle_timeout = "60s"
-"#,
-            mine = harness_handler()
+        stdio_worker(
+            "log",
+            &harness_handler(),
+            &["say", "sleep"],
+            addr,
+            "min = 1\nmax = 3\nidle_timeout = \"60s\"\n",
         )
     }) else {
         return;
@@ -674,18 +676,12 @@ idle_timeout = "60s"
 #[test]
 fn reload_applies_new_min_and_keeps_running_on_a_broken_config() {
     let config = |addr: &str, min: &str| {
-        format!(
-            r#"
-[workers.w]
-kind = "stdio"
-command = ["python3", "{fixture}"]
-functions = ["echo"]
-job_servers = ["{addr}"]
-min = {min}
-max = 4
-idle_timeout = "1s"
-"#,
-            fixture = fixture_handler()
+        stdio_worker(
+            "w",
+            &fixture_handler(),
+            &["echo"],
+            addr,
+            &format!("min = {min}\nmax = 4\nidle_timeout = \"1s\"\n"),
         )
     };
     let Some(svc) = Svc::new("reload", |addr| config(addr, "1")) else {
@@ -776,18 +772,12 @@ idle_timeout = "1s"
 #[test]
 fn reload_sets_new_limits_on_the_running_scopes() {
     let config = |addr: &str, limits: &str| {
-        format!(
-            r#"
-[workers.w]
-kind = "stdio"
-command = ["python3", "{fixture}"]
-functions = ["echo"]
-job_servers = ["{addr}"]
-min = 2
-max = 2
-{limits}
-"#,
-            fixture = fixture_handler()
+        stdio_worker(
+            "w",
+            &fixture_handler(),
+            &["echo"],
+            addr,
+            &format!("min = 2\nmax = 2\n{limits}\n"),
         )
     };
     let Some(svc) = Svc::new("limits", |addr| {
@@ -850,18 +840,12 @@ max = 2
 #[test]
 fn oom_killed_handler_fails_its_job_and_its_slot_is_replaced() {
     let Some(svc) = Svc::new("oom", |addr| {
-        format!(
-            r#"
-[workers.w]
-kind = "stdio"
-command = ["python3", "{fixture}"]
-functions = ["echo", "hold"]
-job_servers = ["{addr}"]
-min = 1
-max = 1
-memory_max = "64M"
-"#,
-            fixture = fixture_handler()
+        stdio_worker(
+            "w",
+            &fixture_handler(),
+            &["echo", "hold"],
+            addr,
+            "min = 1\nmax = 1\nmemory_max = \"64M\"\n",
         )
     }) else {
         return;
@@ -923,17 +907,12 @@ memory_max = "64M"
 #[test]
 fn stop_drains_running_jobs_and_leaves_no_scope() {
     let Some(svc) = Svc::new("stop", |addr| {
-        format!(
-            r#"
-[workers.w]
-kind = "stdio"
-command = ["python3", "{fixture}"]
-functions = ["sleep"]
-job_servers = ["{addr}"]
-min = 2
-max = 2
-"#,
-            fixture = fixture_handler()
+        stdio_worker(
+            "w",
+            &fixture_handler(),
+            &["sleep"],
+            addr,
+            "min = 2\nmax = 2\n",
         )
     }) else {
         return;
@@ -1000,20 +979,7 @@ max = 2
 /// every scope belongs to the new one.
 #[test]
 fn restart_leaves_no_orphaned_scope() {
-    let Some(svc) = Svc::new("restart", |addr| {
-        format!(
-            r#"
-[workers.w]
-kind = "stdio"
-command = ["python3", "{fixture}"]
-functions = ["echo", "sleep"]
-job_servers = ["{addr}"]
-min = 2
-max = 2
-"#,
-            fixture = fixture_handler()
-        )
-    }) else {
+    let Some(svc) = Svc::new("restart", two_sleepers) else {
         return;
     };
     svc.start();
@@ -1076,20 +1042,7 @@ fn check_scopes_belong_to(svc: &Svc, main: u32, old: &[u32]) {
 /// back to gearmand and completed by a new slot.
 #[test]
 fn start_after_sigkill_cleans_up_the_old_scopes() {
-    let Some(svc) = Svc::new("kill", |addr| {
-        format!(
-            r#"
-[workers.w]
-kind = "stdio"
-command = ["python3", "{fixture}"]
-functions = ["echo", "sleep"]
-job_servers = ["{addr}"]
-min = 2
-max = 2
-"#,
-            fixture = fixture_handler()
-        )
-    }) else {
+    let Some(svc) = Svc::new("kill", two_sleepers) else {
         return;
     };
     let sd = svc.sd;
@@ -1184,18 +1137,12 @@ max = 2
 #[test]
 fn status_shows_scopes_and_cgroup_memory() {
     let config = |addr: &str, worker: &str| {
-        format!(
-            r#"
-[workers.{worker}]
-kind = "stdio"
-command = ["python3", "{fixture}"]
-functions = ["echo"]
-job_servers = ["{addr}"]
-min = 2
-max = 2
-memory_max = "64M"
-"#,
-            fixture = fixture_handler()
+        stdio_worker(
+            worker,
+            &fixture_handler(),
+            &["echo"],
+            addr,
+            "min = 2\nmax = 2\nmemory_max = \"64M\"\n",
         )
     };
     let Some(svc) = Svc::new("status", |addr| config(addr, "w")) else {
@@ -1277,17 +1224,12 @@ memory_max = "64M"
 #[test]
 fn watchdog_is_fed() {
     let Some(svc) = Svc::new("wd", |addr| {
-        format!(
-            r#"
-[workers.w]
-kind = "stdio"
-command = ["python3", "{fixture}"]
-functions = ["echo"]
-job_servers = ["{addr}"]
-min = 1
-max = 1
-"#,
-            fixture = fixture_handler()
+        stdio_worker(
+            "w",
+            &fixture_handler(),
+            &["echo"],
+            addr,
+            "min = 1\nmax = 1\n",
         )
     }) else {
         return;
@@ -1337,16 +1279,12 @@ max = 1
 #[test]
 fn start_fails_clearly_on_broken_or_missing_config() {
     let config = |addr: &str, min: &str| {
-        format!(
-            r#"
-[workers.w]
-kind = "stdio"
-command = ["python3", "{fixture}"]
-functions = ["echo"]
-job_servers = ["{addr}"]
-min = {min}
-"#,
-            fixture = fixture_handler()
+        stdio_worker(
+            "w",
+            &fixture_handler(),
+            &["echo"],
+            addr,
+            &format!("min = {min}\n"),
         )
     };
     let Some(svc) = Svc::new("broken", |addr| config(addr, "\"lots\"")) else {
@@ -1490,8 +1428,12 @@ fn install_script_installs_a_working_example_service() {
 #[test]
 fn systemctl_status_leads_with_health_when_not_ok() {
     let config = |addr: &str, script: &str| {
-        format!(
-            "[workers.w]\nkind = \"stdio\"\ncommand = [\"python3\", \"{script}\"]\nfunctions = [\"echo\"]\njob_servers = [\"{addr}\"]\nmin = 2\nmax = 2\nuser = \"nobody\"\n"
+        stdio_worker(
+            "w",
+            script,
+            &["echo"],
+            addr,
+            "min = 2\nmax = 2\nuser = \"nobody\"\n",
         )
     };
     let fixture = fixture_handler();
@@ -1563,9 +1505,7 @@ fn systemctl_status_leads_with_health_when_not_ok() {
 fn a_stop_timeout_longer_than_the_units_is_refused_at_start() {
     let fixture = fixture_handler();
     let Some(svc) = Svc::new("longstop", |addr| {
-        format!(
-            "stop_timeout = \"2m\"\n[workers.w]\nkind = \"stdio\"\ncommand = [\"python3\", \"{fixture}\"]\nfunctions = [\"echo\"]\njob_servers = [\"{addr}\"]\n"
-        )
+        "stop_timeout = \"2m\"\n".to_string() + &stdio_worker("w", &fixture, &["echo"], addr, "")
     }) else {
         return;
     };

@@ -830,8 +830,8 @@ fn box_journal_child() {
     // stderr becomes a journal stream (as systemd would set it up), so the
     // forwarder sends entries with fields.
     let fd = journal_stream("slotman-test").unwrap();
-    nix::unistd::dup2(std::os::fd::AsRawFd::as_raw_fd(&fd), 2).unwrap();
-    let st = nix::sys::stat::fstat(2).unwrap();
+    nix::unistd::dup2_stderr(&fd).unwrap();
+    let st = nix::sys::stat::fstat(std::io::stderr()).unwrap();
     std::env::set_var("JOURNAL_STREAM", format!("{}:{}", st.st_dev, st.st_ino));
     assert!(slotman::systemd::journal::stderr_is_journal());
     let rt = tokio::runtime::Builder::new_current_thread()

@@ -42,10 +42,13 @@
 //!   where the handler starts.
 
 mod error;
+mod keys;
 mod probe;
 mod raw;
+mod read;
 mod validate;
 pub mod values;
+mod worker;
 
 #[cfg(test)]
 mod tests;
@@ -62,8 +65,21 @@ pub use error::{ConfigError, ConfigIssue};
 
 /// Every key a config file may use: the top-level ones, and those of
 /// `[defaults]` and `[workers.NAME]` (so a test can hold the docs to them).
-pub fn known_keys() -> (&'static [&'static str], &'static [&'static str]) {
-    (validate::TOP_KEYS, validate::WORKER_KEYS)
+pub fn known_keys() -> (Vec<&'static str>, Vec<&'static str>) {
+    let names = |top: bool| {
+        keys::KEYS
+            .iter()
+            .filter(|spec| spec.top_level() == top)
+            .map(|spec| spec.name)
+            .collect()
+    };
+    (names(true), names(false))
+}
+
+/// The anchor of the docs/configuration.md section that explains `key`
+/// (`min-and-max` for `min`), from the key table.
+pub fn doc_anchor(key: &str) -> Option<&'static str> {
+    keys::find(key).map(|spec| spec.doc)
 }
 
 /// Port of a job server given as plain "host".
@@ -277,6 +293,46 @@ impl Config {
 }
 
 impl WorkerConfig {
+    /// Worker `name` with every key at its built-in default: what a key is
+    /// when neither its table nor `[defaults]` sets it. `command` and
+    /// `functions` are empty, which no valid file leaves them (a seed-style
+    /// worker's command is its interpreter); set them before use.
+    pub fn builtin(name: &str) -> WorkerConfig {
+        WorkerConfig {
+            name: name.to_owned(),
+            job_servers: vec![format!("127.0.0.1:{DEFAULT_PORT}")],
+            // The kind DESIGN.md presents as the successor of the seed's workers.
+            kind: HandlerKind::Stdio,
+            command: Vec::new(),
+            functions: Vec::new(),
+            libs: Vec::new(),
+            prefix: format!("{name}::"),
+            min: 1,
+            max: 4,
+            workleft: 0,
+            idle_timeout: Duration::from_secs(10),
+            timeout: None,
+            max_lifetime: None,
+            recycle_rss: None,
+            env: BTreeMap::new(),
+            working_directory: None,
+            user: None,
+            group: None,
+            memory_max: None,
+            memory_high: None,
+            cpu_quota: None,
+            cpu_weight: None,
+            tasks_max: None,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            max_spawn_rate: DEFAULT_MAX_SPAWN_RATE,
+            scale_on_queue: true,
+            prefetch: false,
+            proxy: true,
+            pin_cpu: false,
+            ready_timeout: DEFAULT_READY_TIMEOUT,
+        }
+    }
+
     /// The name registered with the job server for `function`.
     pub fn registered_name(&self, function: &str) -> String {
         format!("{}{}", self.prefix, function)

@@ -9,7 +9,7 @@ use std::time::Duration;
 use proptest::strategy::Strategy as _;
 
 use super::probe::Probe;
-use super::validate::{validate, WORKER_KEYS};
+use super::validate::validate;
 use super::{parse, Config, HandlerKind, WorkerConfig};
 
 /// A machine with a few executables and directories.
@@ -151,38 +151,37 @@ fn builtin_defaults_fill_every_key() {
     assert_eq!(config.control_group, None);
     let w = worker(&config, "w");
     let want = WorkerConfig {
-        name: "w".into(),
-        job_servers: vec!["127.0.0.1:4730".into()],
-        kind: HandlerKind::Stdio,
         command: vec!["/usr/bin/true".into()],
         functions: vec!["f".into()],
-        libs: vec![],
-        prefix: "w::".into(),
-        min: 1,
-        max: 4,
-        workleft: 0,
-        idle_timeout: Duration::from_secs(10),
-        timeout: None,
-        max_lifetime: None,
-        recycle_rss: None,
-        env: BTreeMap::new(),
-        working_directory: None,
-        user: None,
-        group: None,
-        memory_max: None,
-        memory_high: None,
-        cpu_quota: None,
-        cpu_weight: None,
-        tasks_max: None,
-        max_packet_size: 64 << 20,
-        max_spawn_rate: 64,
-        scale_on_queue: true,
-        prefetch: false,
-        proxy: true,
-        pin_cpu: false,
-        ready_timeout: Duration::from_secs(30),
+        ..WorkerConfig::builtin("w")
     };
     assert_eq!(*w, want);
+    // The built-in values, as docs/configuration.md gives them.
+    assert_eq!(
+        (w.kind, w.prefix.as_str(), &w.job_servers[..]),
+        (
+            HandlerKind::Stdio,
+            "w::",
+            &["127.0.0.1:4730".to_owned()][..]
+        )
+    );
+    assert_eq!((w.min, w.max, w.workleft, w.max_spawn_rate), (1, 4, 0, 64));
+    let secs = Duration::from_secs;
+    assert_eq!(
+        (w.idle_timeout, w.ready_timeout, w.timeout, w.max_lifetime),
+        (secs(10), secs(30), None, None)
+    );
+    assert_eq!((w.max_packet_size, w.recycle_rss), (64 << 20, None));
+    assert_eq!(w.resource_limits(), []);
+    assert_eq!(
+        (w.scale_on_queue, w.prefetch, w.proxy, w.pin_cpu),
+        (true, false, true, false)
+    );
+    assert!(w.env.is_empty() && w.libs.is_empty());
+    assert_eq!(
+        (&w.user, &w.group, &w.working_directory),
+        (&None, &None, &None)
+    );
 }
 
 #[test]
@@ -285,8 +284,11 @@ fn every_worker_key_is_accepted_in_defaults() {
     .into_iter()
     .collect();
     let mut text = String::from("[defaults]\n");
-    for key in WORKER_KEYS {
-        text.push_str(&format!("{key} = {}\n", values[key]));
+    for key in super::known_keys().1 {
+        let value = values
+            .get(key)
+            .unwrap_or_else(|| panic!("add a value for `{key}` to this test"));
+        text.push_str(&format!("{key} = {value}\n"));
     }
     text.push_str("[workers.w]\n");
     check(&text, "ok: 1 worker (w: stdio, 1..2 slots)");
@@ -532,47 +534,37 @@ fn min_and_max() {
     check(
         r#"
 [defaults]
-max = 3
-[workers.a]
 command = ["/usr/bin/true"]
 functions = ["f"]
+max = 3
+[workers.a]
 min = 5
 max = 2
 [workers.b]
-command = ["/usr/bin/true"]
-functions = ["f"]
 min = 5
 [workers.c]
-command = ["/usr/bin/true"]
-functions = ["f"]
 max = 1
 [workers.d]
-command = ["/usr/bin/true"]
-functions = ["f"]
 "#,
         r#"
 t.toml:7: workers.a.min: must not exceed max (2)
-t.toml:12: workers.b.min: must not exceed max (3, from [defaults])
+t.toml:10: workers.b.min: must not exceed max (3, from [defaults])
 "#,
     );
     check(
         r#"
 [defaults]
+command = ["/usr/bin/true"]
+functions = ["f"]
 min = 6
 [workers.a]
-command = ["/usr/bin/true"]
-functions = ["f"]
 max = 5
 [workers.b]
-command = ["/usr/bin/true"]
-functions = ["f"]
 [workers.c]
-command = ["/usr/bin/true"]
-functions = ["f"]
 max = 10
 "#,
         r#"
-t.toml:3: defaults.min: must not exceed max (4, the default) for workers.b
+t.toml:5: defaults.min: must not exceed max (4, the default) for workers.b
 t.toml:7: workers.a.max: must not be less than min (6, from [defaults])
 "#,
     );
@@ -863,6 +855,42 @@ tasks_max = "infinity"
     );
 }
 
+/// Each key's docs section, as the key table names it, is a heading of
+/// docs/configuration.md (so slotman.toml(5) has it too), and each worker
+/// key's row in the "Worker keys" table links to it.
+#[test]
+fn every_key_links_to_its_docs_section() {
+    let doc = include_str!("../../docs/configuration.md");
+    // GitHub's anchors: lower case, punctuation dropped, spaces as `-`.
+    let anchors: Vec<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("## ").or_else(|| l.strip_prefix("### ")))
+        .map(|heading| {
+            heading
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || matches!(c, ' ' | '-' | '_'))
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect();
+    let (top, worker) = super::known_keys();
+    for key in top.iter().chain(&worker) {
+        let anchor = super::doc_anchor(key).expect("a key of the table");
+        assert!(
+            anchors.iter().any(|a| a == anchor),
+            "`{key}`: no heading with the anchor #{anchor} in docs/configuration.md"
+        );
+    }
+    for key in worker {
+        let row = format!("| [`{key}`](#{}) |", super::doc_anchor(key).unwrap_or(""));
+        assert!(
+            doc.contains(&row),
+            "no `{row}` row in the Worker keys table"
+        );
+    }
+}
+
 /// The whole-file examples of docs/configuration.md (code blocks that start
 /// with `# /etc/slotman/`) are valid, and the value spellings it shows read
 /// as it says.
@@ -996,6 +1024,11 @@ fn unknown_users_and_groups_are_refused_at_their_line() {
     check(
         "control_group = \"nosuchgroup\"\n[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\nuser = \"nosuchuser\"\ngroup = \"nosuchgroup\"\n",
         "t.toml:1: control_group: no group \"nosuchgroup\" on this host\nt.toml:5: workers.w.user: no user \"nosuchuser\" on this host\nt.toml:6: workers.w.group: no group \"nosuchgroup\" on this host",
+    );
+    // Looked up also when another top-level key is bad.
+    check(
+        "stop_timeout = \"soon\"\ncontrol_group = \"nosuchgroup\"\n[workers.w]\ncommand = [\"/usr/bin/true\"]\nfunctions = [\"f\"]\n",
+        "t.toml:1: stop_timeout: `soon` is not a duration; write it like \"10s\", \"500ms\" or \"1m 30s\"\nt.toml:2: control_group: no group \"nosuchgroup\" on this host",
     );
     // Known names, and numeric ids, pass.
     check(

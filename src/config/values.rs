@@ -68,9 +68,6 @@ pub fn after(t: Instant, d: Duration) -> Option<Instant> {
     t.checked_add(d)
 }
 
-/// A size: bytes, or a number with a binary unit as systemd reads them
-/// ("512K", "256M", "1.5G"; K = 1024); "KiB" spellings are accepted too.
-/// `infinity` is handled by the caller, where it is allowed.
 /// A duration for a person: whole seconds from 10 s up (`1m 30s`), whole
 /// milliseconds below (`250ms`), never `10s 1ms 114us 139ns`.
 pub fn human_duration(d: Duration) -> String {
@@ -82,6 +79,9 @@ pub fn human_duration(d: Duration) -> String {
     humantime::format_duration(rounded).to_string()
 }
 
+/// A size: bytes, or a number with a binary unit as systemd reads them
+/// ("512K", "256M", "1.5G"; K = 1024); "KiB" spellings are accepted too.
+/// `infinity` is handled by the caller, where it is allowed.
 pub fn parse_size(text: &str) -> Result<u64, String> {
     let bad = || format!("`{text}` is not a size; write it like \"512K\", \"256M\" or \"1G\"");
     let t = text.trim();

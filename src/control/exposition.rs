@@ -55,35 +55,40 @@ pub fn render(status: &ServiceStatus) -> String {
         }
     }
 
-    out.family(
-        "slotman_slots_min",
-        "gauge",
-        "The worker's configured min slots.",
+    per_worker(
+        &mut out,
+        service,
+        workers,
+        (
+            "slotman_slots_min",
+            "gauge",
+            "The worker's configured min slots.",
+        ),
+        |w| Some(w.min),
     );
-    for w in workers {
-        out.sample("slotman_slots_min", &worker_labels(service, w), w.min);
-    }
-    out.family(
-        "slotman_slots_max",
-        "gauge",
-        "The worker's configured max slots.",
+    per_worker(
+        &mut out,
+        service,
+        workers,
+        (
+            "slotman_slots_max",
+            "gauge",
+            "The worker's configured max slots.",
+        ),
+        |w| Some(w.max),
     );
-    for w in workers {
-        out.sample("slotman_slots_max", &worker_labels(service, w), w.max);
-    }
 
-    out.family(
-        "slotman_worker_failed",
-        "gauge",
-        "1 while the worker is marked failed after repeated slot failures.",
-    );
-    for w in workers {
-        out.sample(
+    per_worker(
+        &mut out,
+        service,
+        workers,
+        (
             "slotman_worker_failed",
-            &worker_labels(service, w),
-            u8::from(w.failed),
-        );
-    }
+            "gauge",
+            "1 while the worker is marked failed after repeated slot failures.",
+        ),
+        |w| Some(u8::from(w.failed)),
+    );
 
     out.family(
         "slotman_worker_health",
@@ -145,61 +150,71 @@ pub fn render(status: &ServiceStatus) -> String {
         );
     }
 
-    out.family(
-        "slotman_slot_restarts_total",
-        "counter",
-        "Slots that exited unexpectedly and were replaced.",
-    );
-    for w in workers {
-        out.sample(
+    per_worker(
+        &mut out,
+        service,
+        workers,
+        (
             "slotman_slot_restarts_total",
-            &worker_labels(service, w),
-            w.restarts,
-        );
-    }
-
-    out.family(
-        "slotman_slot_recycles_total",
-        "counter",
-        "Slots recycled after workleft jobs or max_lifetime.",
+            "counter",
+            "Slots that exited unexpectedly and were replaced.",
+        ),
+        |w| Some(w.restarts),
     );
-    for w in workers {
-        out.sample(
+
+    per_worker(
+        &mut out,
+        service,
+        workers,
+        (
             "slotman_slot_recycles_total",
-            &worker_labels(service, w),
-            w.recycles,
-        );
-    }
-
-    out.family(
-        "slotman_queue_depth",
-        "gauge",
-        "Jobs waiting at the job servers for the worker's functions (only when a job server answered).",
+            "counter",
+            "Slots recycled after workleft jobs or max_lifetime.",
+        ),
+        |w| Some(w.recycles),
     );
-    for w in workers {
-        if let Some(q) = w.queued {
-            out.sample("slotman_queue_depth", &worker_labels(service, w), q);
-        }
-    }
 
-    out.family(
-        "slotman_worker_memory_bytes",
-        "gauge",
-        "Memory of the worker's slots, summed over the slots whose memory is known.",
+    per_worker(
+        &mut out,
+        service,
+        workers,
+        ("slotman_queue_depth", "gauge", "Jobs waiting at the job servers for the worker's functions (only when a job server answered)."),
+        |w| w.queued,
     );
-    for w in workers {
-        let known: Vec<u64> = w.slots.iter().filter_map(|s| s.memory_bytes).collect();
-        if !known.is_empty() {
-            let sum = known.iter().fold(0u64, |a, b| a.saturating_add(*b));
-            out.sample(
-                "slotman_worker_memory_bytes",
-                &worker_labels(service, w),
-                sum,
-            );
-        }
-    }
+
+    per_worker(
+        &mut out,
+        service,
+        workers,
+        (
+            "slotman_worker_memory_bytes",
+            "gauge",
+            "Memory of the worker's slots, summed over the slots whose memory is known.",
+        ),
+        |w| {
+            let known: Vec<u64> = w.slots.iter().filter_map(|s| s.memory_bytes).collect();
+            (!known.is_empty()).then(|| known.iter().fold(0u64, |a, b| a.saturating_add(*b)))
+        },
+    );
 
     out.finish()
+}
+
+/// A family with one sample per worker: `value` of each, none where it is
+/// `None`. `family` is (name, type, help).
+fn per_worker<V: Display>(
+    out: &mut Families,
+    service: &str,
+    workers: &[WorkerStatus],
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&WorkerStatus) -> Option<V>,
+) {
+    out.family(name, kind, help);
+    for w in workers {
+        if let Some(v) = value(w) {
+            out.sample(name, &worker_labels(service, w), v);
+        }
+    }
 }
 
 /// The labels every per-worker series has.

@@ -6,6 +6,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use super::proto::ServiceStatus;
+use crate::gearman::admin::{self, Load};
 use crate::placement::scope::{Systemd, UnitStats};
 
 /// How long a job server may take to answer admin `status`.
@@ -22,7 +23,7 @@ pub struct Sample {
     units: HashSet<String>,
     pids: HashSet<u32>,
     /// Jobs waiting per function, by job server; servers that answered only.
-    queues: HashMap<String, HashMap<String, u64>>,
+    queues: HashMap<String, HashMap<String, Load>>,
     /// Accounting of the scopes systemd answered for.
     unit_stats: HashMap<String, UnitStats>,
     /// Process-tree usage of plain runners, by runner pid.
@@ -61,7 +62,7 @@ impl Sample {
             usage: HashMap::new(),
         };
         let queues = futures::future::join_all(sample.servers.iter().map(|s| async move {
-            let rows = crate::gearman::admin::status(s, ADMIN_TIMEOUT.min(limit)).await;
+            let rows = admin::status(s, ADMIN_TIMEOUT.min(limit)).await;
             (s.clone(), rows)
         }));
         let unit_stats = futures::future::join_all(sample.units.iter().map(|u| async move {
@@ -90,7 +91,7 @@ impl Sample {
             match rows {
                 Ok(rows) => {
                     let waiting = sample.queues.entry(server).or_default();
-                    crate::gearman::admin::add_waiting(waiting, rows);
+                    admin::add_load(waiting, rows);
                 }
                 Err(e) => tracing::debug!(server, "admin status for slotman status failed: {e}"),
             }
@@ -130,7 +131,7 @@ impl Sample {
     /// where the sample knows them; leaves the rest as it is (unknown).
     pub fn apply(&self, status: &mut ServiceStatus) {
         for w in &mut status.workers {
-            let answered: Vec<&HashMap<String, u64>> = w
+            let answered: Vec<&HashMap<String, Load>> = w
                 .job_servers
                 .iter()
                 .filter_map(|s| self.queues.get(s))
@@ -142,7 +143,7 @@ impl Sample {
                     .registered
                     .iter()
                     .flat_map(|f| answered.iter().filter_map(move |q| q.get(f)))
-                    .fold(0u64, |a, b| a.saturating_add(*b));
+                    .fold(0u64, |a, b| a.saturating_add(b.waiting));
                 w.queued = Some(waiting);
             }
             for s in &mut w.slots {

@@ -36,18 +36,6 @@ pub struct FunctionStatus {
     pub workers: u64,
 }
 
-/// Jobs waiting (queued, not yet running) per function, added over `rows`
-/// into `into`: what "queue depth" means everywhere in slotman.
-pub fn add_waiting(
-    into: &mut std::collections::HashMap<String, u64>,
-    rows: impl IntoIterator<Item = FunctionStatus>,
-) {
-    for r in rows {
-        let w = into.entry(r.name).or_default();
-        *w = w.saturating_add(r.queued.saturating_sub(r.running));
-    }
-}
-
 /// Jobs of one function, waiting and running, over the job servers read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Load {
@@ -57,7 +45,8 @@ pub struct Load {
     pub running: u64,
 }
 
-/// Adds each function's waiting and running jobs in `rows` into `into`.
+/// Adds each function's waiting and running jobs in `rows` into `into`,
+/// over job servers: what "queue depth" means everywhere in slotman.
 pub fn add_load(
     into: &mut std::collections::HashMap<String, Load>,
     rows: impl IntoIterator<Item = FunctionStatus>,
@@ -137,74 +126,72 @@ fn is_err_line(line: &str) -> bool {
     line == "ERR" || line.starts_with("ERR ")
 }
 
-/// Parses the answer to `status`. Function names may contain anything but a
-/// newline: the three counts are taken from the right.
-pub fn parse_status(text: &str) -> Result<Vec<FunctionStatus>, AdminError> {
+/// Parses each line of a list answer with `row`, which says why a line it
+/// cannot read is malformed (the error names the line).
+fn parse_list<T>(
+    text: &str,
+    row: impl Fn(&str) -> Result<T, &'static str>,
+) -> Result<Vec<T>, AdminError> {
     list_lines(text)?
         .into_iter()
         .map(|(line, l)| {
-            let malformed = |why| AdminError::Malformed {
+            row(l).map_err(|why| AdminError::Malformed {
                 line,
                 text: l.to_string(),
                 why,
-            };
-            let mut cols = l.rsplitn(4, '\t');
-            let (Some(workers), Some(running), Some(queued), Some(name)) =
-                (cols.next(), cols.next(), cols.next(), cols.next())
-            else {
-                return Err(malformed("expected 4 tab-separated columns"));
-            };
-            let num = |s: &str| {
-                s.trim()
-                    .parse::<u64>()
-                    .map_err(|_| malformed("count is not a number"))
-            };
-            Ok(FunctionStatus {
-                name: name.to_string(),
-                queued: num(queued)?,
-                running: num(running)?,
-                workers: num(workers)?,
             })
         })
         .collect()
+}
+
+/// Parses the answer to `status`. Function names may contain anything but a
+/// newline: the three counts are taken from the right.
+pub fn parse_status(text: &str) -> Result<Vec<FunctionStatus>, AdminError> {
+    parse_list(text, |l| {
+        let mut cols = l.rsplitn(4, '\t');
+        let (Some(workers), Some(running), Some(queued), Some(name)) =
+            (cols.next(), cols.next(), cols.next(), cols.next())
+        else {
+            return Err("expected 4 tab-separated columns");
+        };
+        let num = |s: &str| s.trim().parse::<u64>().map_err(|_| "count is not a number");
+        Ok(FunctionStatus {
+            name: name.to_string(),
+            queued: num(queued)?,
+            running: num(running)?,
+            workers: num(workers)?,
+        })
+    })
 }
 
 /// Parses the answer to `workers`. Each line is "FD ADDRESS CLIENT-ID :"
 /// followed by the functions, space-separated; the first free-standing " :"
 /// ends the head.
 pub fn parse_workers(text: &str) -> Result<Vec<WorkerInfo>, AdminError> {
-    list_lines(text)?
-        .into_iter()
-        .map(|(line, l)| {
-            let malformed = |why| AdminError::Malformed {
-                line,
-                text: l.to_string(),
-                why,
-            };
-            // The first " :" that stands alone; an IPv6 address may hold " ::1".
-            let sep = l.match_indices(" :").map(|(at, _)| at).find(|&at| {
-                let after = &l[at + 2..];
-                after.is_empty() || after.starts_with(' ')
-            });
-            let Some(at) = sep else {
-                return Err(malformed("no \" :\" separator"));
-            };
-            let (head, functions) = (&l[..at], &l[at + 2..]);
-            let mut parts = head.splitn(3, ' ');
-            let (Some(fd), Some(address)) = (parts.next(), parts.next()) else {
-                return Err(malformed("expected FD ADDRESS CLIENT-ID"));
-            };
-            if fd.is_empty() || address.is_empty() {
-                return Err(malformed("expected FD ADDRESS CLIENT-ID"));
-            }
-            Ok(WorkerInfo {
-                fd: fd.to_string(),
-                address: address.to_string(),
-                client_id: parts.next().unwrap_or("").to_string(),
-                functions: functions.split_whitespace().map(str::to_string).collect(),
-            })
+    parse_list(text, |l| {
+        // The first " :" that stands alone; an IPv6 address may hold " ::1".
+        let sep = l.match_indices(" :").map(|(at, _)| at).find(|&at| {
+            let after = &l[at + 2..];
+            after.is_empty() || after.starts_with(' ')
+        });
+        let Some(at) = sep else {
+            return Err("no \" :\" separator");
+        };
+        let (head, functions) = (&l[..at], &l[at + 2..]);
+        let mut parts = head.splitn(3, ' ');
+        let (Some(fd), Some(address)) = (parts.next(), parts.next()) else {
+            return Err("expected FD ADDRESS CLIENT-ID");
+        };
+        if fd.is_empty() || address.is_empty() {
+            return Err("expected FD ADDRESS CLIENT-ID");
+        }
+        Ok(WorkerInfo {
+            fd: fd.to_string(),
+            address: address.to_string(),
+            client_id: parts.next().unwrap_or("").to_string(),
+            functions: functions.split_whitespace().map(str::to_string).collect(),
         })
-        .collect()
+    })
 }
 
 /// Parses the answer to `version`: "OK VERSION" gives "VERSION"; a server

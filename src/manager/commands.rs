@@ -4,8 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use super::pool::{Pool, SlotCmd};
+use super::pool::{Pool, SlotCmd, SlotState};
 use super::Manager;
+use crate::config::HandlerKind;
 
 /// What an operator can ask of a running manager.
 #[derive(Debug)]
@@ -29,6 +30,14 @@ pub type Reply = tokio::sync::oneshot::Sender<Result<String, String>>;
 pub(super) struct Restart {
     workers: Vec<String>,
     slots: usize,
+    reply: Reply,
+}
+
+/// A `slotman pause` waiting for its slots to confirm: answered once no
+/// slot of the worker can start a new job.
+pub(super) struct PendingPause {
+    worker: String,
+    answer: String,
     reply: Reply,
 }
 
@@ -82,17 +91,71 @@ impl Manager {
                 Some(e) => Err(e),
                 None => self.drain(&worker, slot),
             },
-            Command::Pause(worker, on) => match unknown(&self.pools, &worker) {
-                Some(e) => Err(e),
-                None => Ok(self.pause(&worker, on)),
+            Command::Pause(worker, on) => match self.pools.get(&worker) {
+                None => Err(unknown(&self.pools, &worker).unwrap_or_default()),
+                Some(p) if p.worker.kind == HandlerKind::Native && !p.worker.proxy => Err(format!(
+                    "{worker} runs native workers with proxy = false: slotman does not \
+                     see their jobs, so it cannot pause them"
+                )),
+                Some(_) if on => {
+                    let answer = self.pause(&worker, true);
+                    self.pauses.push(PendingPause {
+                        worker,
+                        answer,
+                        reply,
+                    });
+                    return;
+                }
+                Some(_) => Ok(self.pause(&worker, false)),
             },
         };
         let _ = reply.send(answer);
     }
 
+    /// Answers the commands that wait for the slots: restarts and pauses.
+    pub(super) fn finish_commands(&mut self) {
+        self.finish_restarts();
+        self.finish_pauses();
+    }
+
+    /// Answers the pauses that took effect: every slot of the worker has
+    /// confirmed, or cannot take a job anyway (starting: it honours the
+    /// pause once up; leaving: its gate is closed).
+    fn finish_pauses(&mut self) {
+        let pools = &self.pools;
+        let stopping = self.stopping.is_some();
+        let (done, pending): (Vec<PendingPause>, Vec<PendingPause>) =
+            std::mem::take(&mut self.pauses).into_iter().partition(|p| {
+                stopping
+                    || pools.get(&p.worker).is_none_or(|pool| {
+                        !pool.paused
+                            || pool.slots.values().all(|s| {
+                                s.pause_taken
+                                    || s.exit_expected
+                                    || matches!(s.state, SlotState::Starting | SlotState::Draining)
+                            })
+                    })
+            });
+        self.pauses = pending;
+        for p in done {
+            let answer = match pools.get(&p.worker) {
+                _ if stopping => {
+                    Err("the service began to stop before the pause took effect".into())
+                }
+                None => Err(format!("{} was removed by a reload", p.worker)),
+                Some(pool) if !pool.paused => Err(format!(
+                    "{} was resumed before every slot had paused",
+                    p.worker
+                )),
+                Some(_) => Ok(p.answer),
+            };
+            let _ = p.reply.send(answer);
+        }
+    }
+
     /// Answers the restarts that are done: no slot of their workers is
     /// outdated any more.
-    pub(super) fn finish_restarts(&mut self) {
+    fn finish_restarts(&mut self) {
         let pools = &self.pools;
         let stopping = self.stopping.is_some();
         let (done, pending): (Vec<Restart>, Vec<Restart>) = std::mem::take(&mut self.restarts)
@@ -166,7 +229,9 @@ impl Manager {
             return format!("no worker {worker:?}");
         };
         pool.paused = on;
-        for s in pool.slots.values() {
+        for s in pool.slots.values_mut() {
+            // Each pause waits for confirmations of its own.
+            s.pause_taken = false;
             let _ = s.cmd.send(SlotCmd::Pause(on));
         }
         let what = if on {

@@ -75,6 +75,8 @@ pub struct Slot {
     pub pinned: bool,
     /// `slotman drain`: replace it as if outdated.
     pub retire: bool,
+    /// Its runner confirmed the worker's pause: it takes no new job.
+    pub pause_taken: bool,
     /// Its job-server connections as it last reported them.
     pub links: BTreeMap<String, super::health::Link>,
     /// The runner's pid as it reported it (`ready`): the one in its Gearman

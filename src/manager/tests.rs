@@ -366,3 +366,55 @@ async fn health_follows_the_slots_link_reports() {
     }
     assert_eq!(h.status().await.health, "ok");
 }
+
+#[tokio::test(start_paused = true)]
+async fn pause_is_answered_once_every_running_slot_confirmed_it() {
+    let mut h = start(&toml("min = 3\nmax = 3\n"));
+    let mut slots = [h.launch().await, h.launch().await, h.launch().await];
+    h.ready(&slots[0]);
+    h.ready(&slots[1]);
+    h.busy(&slots[1]);
+    // slots[2] is still starting: it honours the pause once up.
+    let mut reply = h.command(Command::Pause("w".into(), true)).await;
+    for s in slots.iter_mut() {
+        assert!(matches!(order(s).await, SlotCmd::Pause(true)));
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        reply.try_recv().is_err(),
+        "answered before any slot confirmed"
+    );
+    h.report(&slots[0], Report::Paused { on: true });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(
+        reply.try_recv().is_err(),
+        "answered before the busy slot confirmed"
+    );
+    // The busy slot confirms while its job runs on: no new job will start.
+    h.report(&slots[1], Report::Paused { on: true });
+    let answer = tokio::time::timeout(Duration::from_secs(1), reply)
+        .await
+        .expect("pause answered")
+        .expect("reply");
+    assert!(answer.is_ok_and(|a| a.contains("paused")));
+
+    // A pause that a resume overtakes is answered with an error.
+    let resume = h.command(Command::Pause("w".into(), false)).await;
+    assert!(resume.await.expect("reply").is_ok());
+    let reply = h.command(Command::Pause("w".into(), true)).await;
+    let resume = h.command(Command::Pause("w".into(), false)).await;
+    assert!(resume.await.expect("reply").is_ok());
+    let answer = reply.await.expect("reply");
+    assert!(answer.is_err_and(|e| e.contains("resumed before")));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_native_worker_without_proxy_cannot_be_paused() {
+    let h = start(
+        "[workers.w]\nkind = \"native\"\ncommand = [\"/bin/cat\"]\nproxy = false\njob_servers = [\"127.0.0.1:9\"]\nscale_on_queue = false\n",
+    );
+    let answer = h.command(Command::Pause("w".into(), true)).await;
+    let answer = answer.await.expect("reply");
+    assert!(answer.is_err_and(|e| e.contains("proxy = false")));
+    assert!(!h.status().await.workers[0].paused);
+}

@@ -138,3 +138,72 @@ impl UnitKind {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping_by_hand() {
+        assert_eq!(escape_unit_component("billing"), "billing");
+        assert_eq!(escape_unit_component("a-b"), "a\\x2db");
+        assert_eq!(escape_unit_component("a/b"), "a-b");
+        assert_eq!(escape_unit_component(".x.y"), "\\x2ex.y");
+        assert_eq!(escape_unit_component("ü"), "\\xc3\\xbc");
+        assert_eq!(escape_name_component("a/b-c"), "a\\x2fb\\x2dc");
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(slice_name("billing"), "slotman-billing.slice");
+        assert_eq!(slice_name("my-svc"), "slotman-my\\x2dsvc.slice");
+        assert_eq!(
+            scope_name("billing", "TestWorker", 3),
+            "slotman-billing-TestWorker-3.scope"
+        );
+        assert_eq!(scope_pattern("my-svc"), "slotman-my\\x2dsvc-*.scope");
+    }
+
+    #[test]
+    fn scope_names_round_trip() {
+        for (service, worker) in [
+            ("billing", "TestWorker"),
+            ("a-b", "c/d"),
+            ("ü.x", ".hidden"),
+            ("", "w"),
+        ] {
+            let name = scope_name(service, worker, 7);
+            let id = parse_scope_name(&name).expect(&name);
+            assert_eq!(
+                id,
+                ScopeId {
+                    service: service.into(),
+                    worker: worker.into(),
+                    slot: 7,
+                }
+            );
+        }
+        for bad in [
+            "slotman-a-1.scope",
+            "slotman-a-b-1-2.scope",
+            "slotman-a-b-01.scope",
+            "slotman-a-b-x.scope",
+            "slotman-a-b-.scope",
+            "slotman-a\\x2-b-1.scope",
+            "slotman-a\\xzz-b-1.scope",
+            "slotman-a-b-1.service",
+            "other-a-b-1.scope",
+        ] {
+            assert_eq!(parse_scope_name(bad), None, "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_names_round_trip(service in "\\PC{0,12}", worker in "\\PC{0,12}", slot: u32) {
+            let name = scope_name(&service, &worker, slot);
+            let id = parse_scope_name(&name);
+            proptest::prop_assert_eq!(id, Some(ScopeId { service, worker, slot }));
+        }
+    }
+}

@@ -65,6 +65,12 @@ pub trait JobRunner: Send + Sync + 'static {
     fn may_prefetch(&self) -> bool {
         false
     }
+
+    /// The manager paused the slot: a permit got now goes back to the
+    /// pause, which is queued for it.
+    fn paused(&self) -> bool {
+        false
+    }
 }
 
 /// What a connection needs to know.
@@ -394,6 +400,12 @@ async fn session<R: JobRunner>(
                         let permit = loop {
                             tokio::select! {
                                 permit = gate.clone().acquire_owned() => match permit {
+                                    // Queued before the pause was: let it
+                                    // have the permit.
+                                    Ok(p) if runner.paused() => {
+                                        drop(p);
+                                        tokio::task::yield_now().await;
+                                    }
                                     Ok(p) => break p,
                                     Err(_) => return SessionEnd::Closed,
                                 },

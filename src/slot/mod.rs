@@ -88,7 +88,7 @@ pub async fn process_main() -> anyhow::Result<i32> {
     std::env::remove_var(CONTROL_FD_ENV);
     // Keep the socket out of handler processes: their EOF must mean ours.
     nix::fcntl::fcntl(
-        std::os::fd::AsRawFd::as_raw_fd(&owned),
+        &owned,
         nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
     )?;
     let std_stream = std::os::unix::net::UnixStream::from(owned);

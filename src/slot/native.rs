@@ -349,6 +349,10 @@ async fn serve(
                 let _ = worker.stop().await;
                 break Served::Stopped;
             }
+            if shared.pause_took_hold() {
+                let _ = n.reports.send(Report::Paused { on: true });
+                tracing::info!("paused: taking no new job");
+            }
             tokio::select! {
                 s = worker.child.wait() => break Served::Exited(exited(n, s)),
                 _ = n.drain.cancelled(), if !shared.stopping() => shared.stop(None),
@@ -356,8 +360,13 @@ async fn serve(
                 r = n.pause.changed() => {
                     if r.is_ok() {
                         let on = *n.pause.borrow_and_update();
+                        // The relay checks the pause before every grab;
+                        // the loop tells the manager once it holds.
                         shared.set_paused(on);
-                        tracing::info!("{}", if on { "paused: taking no new job" } else { "resumed" });
+                        if !on {
+                            let _ = n.reports.send(Report::Paused { on });
+                            tracing::info!("resumed");
+                        }
                     }
                 }
                 () = shared.kill_requested() => {

@@ -118,6 +118,9 @@ pub enum Report {
     Done { jobs: JobCounts, idle: bool },
     /// About to exit.
     Exiting { reason: ExitReason },
+    /// A pause took effect (`on`: no new job will start; the one in hand,
+    /// if any, finishes), or a resume did.
+    Paused { on: bool },
     /// A job-server connection came up (`error: None`) or failed, in the
     /// words of what failed. Sent on change only: a server retried with
     /// back-off reports once, not per attempt.

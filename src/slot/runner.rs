@@ -49,6 +49,11 @@ struct Jobs {
     /// What the manager was last told of each job server connection
     /// (`None`: up; else the error).
     links: std::sync::Mutex<Links>,
+    /// The manager's pause: while on, a connection that gets the permit
+    /// gives it back (the pause holder is queued for it).
+    pause: tokio::sync::watch::Receiver<bool>,
+    /// A job is in hand (between its assignment and its answer).
+    in_job: tokio::sync::watch::Sender<bool>,
 }
 
 impl Jobs {
@@ -115,8 +120,12 @@ impl JobRunner for Jobs {
             .report(&self.reports, server, error);
     }
 
+    fn paused(&self) -> bool {
+        *self.pause.borrow()
+    }
+
     fn may_prefetch(&self) -> bool {
-        if self.gate.is_closed() || self.drain.is_cancelled() {
+        if self.gate.is_closed() || self.drain.is_cancelled() || self.paused() {
             return false;
         }
         // Jobs finished so far, not counting the one about to run.
@@ -126,6 +135,7 @@ impl JobRunner for Jobs {
 
     async fn run(&self, job: Job, events: mpsc::Sender<JobEvent>) -> Outcome {
         let started = Instant::now();
+        self.in_job.send_replace(true);
         let reported = self.report_busy(&job, started, BusyReport::IfStale);
         self.mark_job(Some(JobTag {
             function: job.gearman_function.clone(),
@@ -165,6 +175,7 @@ impl JobRunner for Jobs {
             (outcome, handler.pid())
         };
         self.mark_job(None);
+        self.in_job.send_replace(false);
         let result = match &outcome {
             Outcome::Complete(_) => JobResult::Complete,
             Outcome::Exception(_) => JobResult::Exception,
@@ -324,7 +335,7 @@ pub async fn run(
         });
     }));
     let gate: Gate = Arc::new(Semaphore::new(1));
-    tokio::spawn(hold_while_paused(gate.clone(), pause));
+    let pause_rx = pause.clone();
     let jobs = Arc::new(Jobs {
         handler: Mutex::new(handler),
         spec: spec.clone(),
@@ -339,7 +350,15 @@ pub async fn run(
         cpu,
         links: Default::default(),
         manager_view: Default::default(),
+        pause,
+        in_job: tokio::sync::watch::channel(false).0,
     });
+    tokio::spawn(hold_while_paused(
+        Arc::downgrade(&jobs),
+        gate.clone(),
+        pause_rx,
+        jobs.in_job.subscribe(),
+    ));
     let pid = std::process::id();
     let client_id = format!(
         "slotman:{}:{}:{}:{}",
@@ -430,29 +449,73 @@ fn register(spec: &SlotSpec, announced: &[String]) -> Result<Vec<String>, String
 
 /// While the manager says paused, holds the slot's one job permit: the
 /// job in hand finishes (the permit is taken once it is answered) and no
-/// connection can grab another; they stay registered meanwhile. Ends when
-/// the gate closes (drain).
-async fn hold_while_paused(gate: Gate, mut pause: tokio::sync::watch::Receiver<bool>) {
+/// connection can grab another; they stay registered meanwhile. The
+/// manager hears `paused` once no new job can start: when the permit is
+/// held, or while a job is in hand (a grab already sent may still bring
+/// one; its reply comes within the grab's deadline). Ends when the gate
+/// closes (drain).
+///
+/// `jobs` is weak: the runner shuts the handler down once it holds the only
+/// reference.
+async fn hold_while_paused(
+    jobs: std::sync::Weak<Jobs>,
+    gate: Gate,
+    mut pause: tokio::sync::watch::Receiver<bool>,
+    mut in_job: tokio::sync::watch::Receiver<bool>,
+) {
+    let tell = |on: bool| {
+        if let Some(jobs) = jobs.upgrade() {
+            let _ = jobs.reports.send(Report::Paused { on });
+        }
+    };
     loop {
         if pause.wait_for(|on| *on).await.is_err() {
             return;
         }
-        let held = tokio::select! {
-            p = gate.clone().acquire_owned() => match p {
-                Ok(p) => p,
-                Err(_) => return,
-            },
-            // Resumed before the job in hand was done.
-            r = pause.wait_for(|on| !*on) => match r {
-                Ok(_) => continue,
-                Err(_) => return,
-            },
+        // Queued for the permit at once: the semaphore is fair, so a
+        // connection asking after this cannot take it first.
+        let acquire = gate.clone().acquire_owned();
+        tokio::pin!(acquire);
+        let mut told = false;
+        let held = loop {
+            tokio::select! {
+                p = &mut acquire => match p {
+                    Ok(p) => break Some(p),
+                    Err(_) => return,
+                },
+                r = in_job.wait_for(|busy| *busy), if !told => match r {
+                    Ok(_) => {
+                        told = true;
+                        tell(true);
+                    }
+                    Err(_) => return,
+                },
+                // Resumed before the job in hand was done.
+                r = pause.wait_for(|on| !*on) => match r {
+                    Ok(_) => break None,
+                    Err(_) => return,
+                },
+            }
         };
+        let Some(held) = held else {
+            if told {
+                tell(false);
+            }
+            continue;
+        };
+        // The job in hand, if any, is answered: the slot is idle now.
+        if let Some(jobs) = jobs.upgrade() {
+            jobs.report_idle();
+        }
+        if !told {
+            tell(true);
+        }
         tracing::info!("paused: taking no new job");
         if pause.wait_for(|on| !*on).await.is_err() {
             return;
         }
         drop(held);
+        tell(false);
         tracing::info!("resumed");
     }
 }

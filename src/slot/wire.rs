@@ -129,7 +129,7 @@ impl<F: AsRawFd + AsFd> Wire<F> {
     /// Puts `file` in non-blocking mode and registers it with the runtime
     /// (so it needs the runtime's context).
     pub fn new(file: F) -> io::Result<Wire<F>> {
-        set_nonblocking(file.as_raw_fd(), true)?;
+        set_nonblocking(file.as_fd(), true)?;
         Self::register(file, Kind::Pipe)
     }
 
@@ -300,7 +300,7 @@ impl<F: AsRawFd + AsFd> Wire<F> {
 /// recv(2) with no flags is a bounded blocking wait; I/O that must not wait
 /// passes `MSG_DONTWAIT` (see [`Kind::Socket`]).
 pub(crate) fn blocking_socket(file: &impl AsFd) -> io::Result<()> {
-    set_nonblocking(file.as_fd().as_raw_fd(), false)?;
+    set_nonblocking(file.as_fd(), false)?;
     nix::sys::socket::setsockopt(
         &file.as_fd(),
         nix::sys::socket::sockopt::ReceiveTimeout,
@@ -357,7 +357,7 @@ pub(crate) fn write_from(
 }
 
 /// Sets or clears `O_NONBLOCK` on `fd`.
-fn set_nonblocking(fd: std::os::fd::RawFd, on: bool) -> io::Result<()> {
+fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>, on: bool) -> io::Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, OFlag};
     let flags = OFlag::from_bits_retain(fcntl(fd, FcntlArg::F_GETFL)?);
     let flags = if on {

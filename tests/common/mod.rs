@@ -67,6 +67,13 @@ pub fn slotman_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_slotman"))
 }
 
+/// Waits up to 10 s for a process to write `file` (whole: writers rename
+/// it into place), then reads it.
+pub fn written(what: &str, file: &Path) -> String {
+    wait_until(what, Duration::from_secs(10), || file.exists());
+    std::fs::read_to_string(file).expect("read the written file")
+}
+
 /// Polls `f` every 20 ms until it returns true; panics naming `what` if
 /// `timeout` passes first.
 pub fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
@@ -224,14 +231,12 @@ impl Gearmand {
 
     /// gearmand's log and console output, for failure messages.
     pub fn logs(&self) -> String {
-        let read = |name: &str| {
-            std::fs::read_to_string(self.dir.path().join(name))
-                .unwrap_or_else(|e| format!("(cannot read {name}: {e})"))
-        };
-        format!(
-            "--- gearmand.log ---\n{}--- gearmand console ---\n{}",
-            read("gearmand.log"),
-            read("console.log")
+        log_files(
+            self.dir.path(),
+            &[
+                ("gearmand.log", "gearmand.log"),
+                ("gearmand console", "console.log"),
+            ],
         )
     }
 
@@ -348,6 +353,19 @@ fn admin_exchange(addr: &str, command: &str) -> std::io::Result<String> {
         }
     }
     Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// The files `(title, name)` of `dir`, each under a `--- title ---` line,
+/// for failure messages; a file that cannot be read says why.
+pub fn log_files(dir: &Path, files: &[(&str, &str)]) -> String {
+    files
+        .iter()
+        .map(|(title, name)| {
+            let text = std::fs::read_to_string(dir.join(name))
+                .unwrap_or_else(|e| format!("(cannot read {name}: {e})"));
+            format!("--- {title} ---\n{text}")
+        })
+        .collect()
 }
 
 /// Spawns `cmd` so that the child is SIGKILLed when this test process dies,

@@ -355,14 +355,12 @@ impl SdBox {
 
     /// Box logs and systemd's view, for failure messages.
     pub fn logs(&self) -> String {
-        let read = |name: &str| {
-            std::fs::read_to_string(self.dir.path().join(name))
-                .unwrap_or_else(|e| format!("(cannot read {name}: {e})"))
-        };
-        format!(
-            "--- sdbox boot.log ---\n{}--- sdbox console.log ---\n{}",
-            read("boot.log"),
-            read("console.log")
+        super::log_files(
+            self.dir.path(),
+            &[
+                ("sdbox boot.log", "boot.log"),
+                ("sdbox console.log", "console.log"),
+            ],
         )
     }
 

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use slotman::control::proto::{ServiceStatus, WorkerStatus};
 use slotman::gearman::client::Client;
 
-use super::{slotman_bin, wait_until};
+use super::{slotman_bin, spawn_tied_to_process, wait_until};
 
 /// The test handler `tests/fixtures/handler.py` as a `command` value.
 pub fn handler() -> String {
@@ -18,12 +18,19 @@ pub fn handler() -> String {
     )
 }
 
+/// How much of the manager's log a failed test shows.
+const LOG_TAIL: usize = 64 * 1024;
+
 /// A `slotman run --config DIR/svc.toml` process with its own runtime dir.
 pub struct Service {
     pub dir: tempfile::TempDir,
     pub child: Option<Child>,
     /// Run the manager on these CPUs only (`taskset -c`).
     pub cpus: Option<Vec<u32>>,
+    /// More arguments of `slotman run` (`--placement child`, say).
+    pub args: Vec<String>,
+    /// Environment of the manager: set (`Some`) or removed (`None`).
+    pub env: Vec<(String, Option<String>)>,
 }
 
 impl Service {
@@ -34,7 +41,16 @@ impl Service {
             dir,
             child: None,
             cpus: None,
+            args: Vec::new(),
+            env: Vec::new(),
         }
+    }
+
+    /// [`Service::new`] and [`Service::start`].
+    pub fn running(config: &str) -> Service {
+        let mut svc = Service::new(config);
+        svc.start();
+        svc
     }
 
     pub fn config_path(&self) -> PathBuf {
@@ -60,21 +76,62 @@ impl Service {
             }
             None => Command::new(bin),
         };
-        let child = cmd
-            .arg("run")
+        for (name, value) in &self.env {
+            match value {
+                Some(v) => cmd.env(name, v),
+                None => cmd.env_remove(name),
+            };
+        }
+        cmd.arg("run")
+            .args(&self.args)
             .arg("--config")
             .arg(self.config_path())
             .arg("--runtime-dir")
             .arg(self.dir.path())
             .env("RECORD_FILE", self.dir.path().join("record.log"))
             .stdin(Stdio::null())
-            .stderr(std::fs::File::create(self.log_path()).expect("manager log"))
-            .spawn()
-            .expect("start slotman run");
-        self.child = Some(child);
+            .stderr(std::fs::File::create(self.log_path()).expect("manager log"));
+        // Tied to the test process: a test that dies leaves no manager.
+        let mut child = spawn_tied_to_process(cmd).expect("start slotman run");
+        let socket = self.dir.path().join("svc.sock");
         wait_until("control socket", Duration::from_secs(10), || {
-            self.dir.path().join("svc.sock").exists()
+            // A manager that refused to start fails the test at once (its
+            // log is shown on drop).
+            if let Ok(Some(status)) = child.try_wait() {
+                panic!("slotman run exited early: {status}");
+            }
+            socket.exists()
         });
+        self.child = Some(child);
+    }
+
+    /// `slotman status` as its table, as an operator sees it.
+    pub fn status_table(&self) -> String {
+        String::from_utf8_lossy(&self.control("status", &[])).into_owned()
+    }
+
+    /// What `slotman COMMAND svc ARGS` printed; fails the test if it failed.
+    pub fn control(&self, command: &str, args: &[&str]) -> Vec<u8> {
+        let out = Command::new(slotman_bin())
+            .args([command, "svc"])
+            .args(args)
+            .arg("--runtime-dir")
+            .arg(self.dir.path())
+            .output()
+            .expect("slotman status");
+        assert!(
+            out.status.success(),
+            "slotman {command} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out.stdout
+    }
+
+    /// Fails the test if the manager has exited.
+    pub fn assert_running(&mut self) {
+        if let Some(Ok(Some(status))) = self.child.as_mut().map(|c| c.try_wait()) {
+            panic!("slotman run exited early: {status}");
+        }
     }
 
     pub fn pid(&self) -> i32 {
@@ -101,17 +158,7 @@ impl Service {
     }
 
     pub fn status(&self) -> ServiceStatus {
-        let out = Command::new(slotman_bin())
-            .args(["status", "svc", "--json", "--runtime-dir"])
-            .arg(self.dir.path())
-            .output()
-            .expect("slotman status");
-        assert!(
-            out.status.success(),
-            "slotman status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).expect("status JSON")
+        serde_json::from_slice(&self.control("status", &["--json"])).expect("status JSON")
     }
 
     pub fn worker(&self, name: &str) -> WorkerStatus {
@@ -147,7 +194,16 @@ impl Service {
 impl Drop for Service {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            eprintln!("--- the manager's log ---\n{}", self.log());
+            // Its end: a debug log of a flood runs to megabytes.
+            let log = self.log();
+            let mut from = log.len().saturating_sub(LOG_TAIL);
+            while !log.is_char_boundary(from) {
+                from += 1;
+            }
+            eprintln!(
+                "--- the manager's log (its last {LOG_TAIL} bytes at most) ---\n{}",
+                &log[from..]
+            );
         }
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();

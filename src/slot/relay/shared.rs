@@ -58,6 +58,10 @@ struct State {
     leaving: Option<ExitReason>,
     /// The manager paused the worker: no new job until resumed.
     paused: bool,
+    /// The manager was told that the pause holds.
+    pause_confirmed: bool,
+    /// A job is in hand (assigned, not yet ended).
+    in_job: bool,
     next_conn: ConnId,
     connected: bool,
 }
@@ -182,13 +186,21 @@ impl Shared {
         }
         let mut s = self.state();
         s.gate = Some(conn);
-        s.manager_view.busy(
+        s.in_job = true;
+        let reported = s.manager_view.busy(
             &self.reports,
             function,
             handle,
             now.into_std(),
             BusyReport::IfStale,
-        )
+        );
+        let waiting = s.paused && !s.pause_confirmed;
+        drop(s);
+        if waiting {
+            // The grab out before the pause brought a job: the pause holds.
+            self.bump();
+        }
+        reported
     }
 
     /// The job in hand, not reported when it started, is still running.
@@ -217,8 +229,9 @@ impl Shared {
         if s.gate == Some(conn) {
             s.gate = None;
         }
-        if s.stopping {
-            // Leaving next: the manager hears of this job now.
+        s.in_job = false;
+        if s.stopping || s.paused {
+            // Leaving or paused next: the manager hears of this job now.
             s.manager_view.idle(&self.reports);
         }
         drop(s);
@@ -238,8 +251,26 @@ impl Shared {
     }
 
     pub fn set_paused(&self, on: bool) {
-        self.state().paused = on;
+        let mut s = self.state();
+        s.paused = on;
+        s.pause_confirmed = false;
+        drop(s);
         self.bump();
+    }
+
+    /// True once per pause, when it holds: no grab is out that could still
+    /// bring a job (a job in hand finishes; none starts after it).
+    pub fn pause_took_hold(&self) -> bool {
+        let mut s = self.state();
+        if !s.paused || s.pause_confirmed || (s.gate.is_some() && !s.in_job) {
+            return false;
+        }
+        s.pause_confirmed = true;
+        if s.gate.is_none() {
+            // Between jobs: the one before may not have been reported yet.
+            s.manager_view.idle(&self.reports);
+        }
+        true
     }
 
     /// The slot takes no more jobs.
