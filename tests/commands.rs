@@ -38,6 +38,16 @@ fn text(out: &Output) -> String {
     )
 }
 
+/// A service of worker `w` with `min` ready slots (`max` at most).
+fn ready_service(g: &Gearmand, min: u32, max: u32) -> Service {
+    let mut svc = Service::new(&config(&g.addr, min, max));
+    svc.start();
+    wait_until("min slots ready", Duration::from_secs(20), || {
+        svc.worker("w").idle == min
+    });
+    svc
+}
+
 fn slot_ids(svc: &Service) -> BTreeSet<u32> {
     svc.worker("w").slots.iter().map(|s| s.id).collect()
 }
@@ -71,11 +81,7 @@ fn reload_waits_for_the_verdict_and_names_the_broken_line() {
 #[test]
 fn restart_replaces_every_slot_under_load_without_losing_a_job_or_capacity() {
     let Some(g) = Gearmand::start() else { return };
-    let mut svc = Service::new(&config(&g.addr, 3, 4));
-    svc.start();
-    wait_until("three slots ready", Duration::from_secs(20), || {
-        svc.worker("w").idle == 3
-    });
+    let mut svc = ready_service(&g, 3, 4);
     let before = slot_ids(&svc);
 
     // A stream of jobs with unique ids while the restart runs, and a watch
@@ -150,11 +156,7 @@ fn restart_replaces_every_slot_under_load_without_losing_a_job_or_capacity() {
 #[test]
 fn pause_holds_jobs_resume_releases_them_and_drain_replaces_one_slot() {
     let Some(g) = Gearmand::start() else { return };
-    let mut svc = Service::new(&config(&g.addr, 2, 2));
-    svc.start();
-    wait_until("two slots ready", Duration::from_secs(20), || {
-        svc.worker("w").idle == 2
-    });
+    let mut svc = ready_service(&g, 2, 2);
 
     let out = slotman(&svc, &["pause", "svc", "w"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -279,11 +281,7 @@ fn per_handler(record: &str) -> std::collections::BTreeMap<String, (usize, usize
 #[test]
 fn once_pause_returns_no_slot_starts_another_job() {
     let Some(g) = Gearmand::start() else { return };
-    let mut svc = Service::new(&config(&g.addr, 2, 2));
-    svc.start();
-    wait_until("two slots ready", Duration::from_secs(20), || {
-        svc.worker("w").idle == 2
-    });
+    let svc = ready_service(&g, 2, 2);
     submit_bg(
         &g.addr,
         "w::record",

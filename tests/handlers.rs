@@ -38,36 +38,13 @@ fn repo_file(path: &str) -> String {
 /// A worker as `config` would produce it, running `command`.
 fn worker(kind: HandlerKind, command: &[&str]) -> WorkerConfig {
     WorkerConfig {
-        name: "Test".into(),
         job_servers: vec![],
         kind,
         command: command.iter().map(|s| s.to_string()).collect(),
-        functions: vec![],
-        libs: vec![],
-        prefix: "Test::".into(),
-        min: 1,
         max: 1,
-        workleft: 0,
-        idle_timeout: Duration::from_secs(10),
-        timeout: None,
-        max_lifetime: None,
-        recycle_rss: None,
-        env: BTreeMap::new(),
-        working_directory: None,
-        user: None,
-        group: None,
-        memory_max: None,
-        memory_high: None,
-        cpu_quota: None,
-        cpu_weight: None,
-        tasks_max: None,
-        max_packet_size: 64 << 20,
         max_spawn_rate: 32,
-        scale_on_queue: true,
-        prefetch: false,
-        proxy: true,
         pin_cpu: true,
-        ready_timeout: Duration::from_secs(30),
+        ..WorkerConfig::builtin("Test")
     }
 }
 

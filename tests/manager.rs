@@ -184,11 +184,15 @@ fn jobs_survive_a_killed_handler_a_reload_a_stop_and_a_restart() {
     wait_until("jobs running", Duration::from_secs(10), || {
         svc.record().lines().count() > 20
     });
-    let victim = svc.record().lines().rev().find_map(|l| {
-        l.strip_prefix("start ")
-            .map(|r| r.split(' ').nth(1).unwrap_or("").to_string())
-    });
-    let victim: i32 = victim.and_then(|p| p.parse().ok()).expect("a handler pid");
+    let (victim_job, victim) = svc
+        .record()
+        .lines()
+        .rev()
+        .find_map(|l| {
+            let mut f = l.strip_prefix("start ")?.split(' ');
+            Some((f.next()?.to_string(), f.next()?.parse::<i32>().ok()?))
+        })
+        .expect("a handler pid");
     let _ = nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(victim),
         nix::sys::signal::Signal::SIGKILL,
@@ -240,7 +244,12 @@ fn jobs_survive_a_killed_handler_a_reload_a_stop_and_a_restart() {
     // The killed handler's job is failed, not retried (DESIGN.md); every other job ran.
     assert!(missing.len() <= 1, "jobs lost: {missing:?}");
     for id in &missing {
-        assert!(started.contains_key(id.as_str()), "job {id} never started");
+        // Killed before noting its start, the handler was past the job it
+        // noted last.
+        assert!(
+            started.contains_key(id.as_str()) || done.contains(&victim_job),
+            "job {id} never started"
+        );
     }
     assert!(svc.stop());
 }

@@ -503,6 +503,16 @@ fn a_big_binary_payload_crosses_the_relay_intact() {
     assert!(svc.stop());
 }
 
+/// `slotman pause|resume svc w`, which must succeed.
+fn control(svc: &Service, what: &str) {
+    let out = Command::new(common::slotman_bin())
+        .args([what, "svc", "w", "--runtime-dir"])
+        .arg(svc.dir.path())
+        .output()
+        .expect("slotman");
+    assert!(out.status.success(), "{what}: {out:?}");
+}
+
 /// `pause` returns once it holds, also through the relay: while jobs
 /// stream, a slot finishes at most the job in hand after it returns.
 #[test]
@@ -521,12 +531,7 @@ fn once_pause_returns_a_native_slot_finishes_at_most_its_job_in_hand() {
         wait_until("jobs flowing", Duration::from_secs(20), || {
             queued() + 20 <= before
         });
-        let out = Command::new(common::slotman_bin())
-            .args(["pause", "svc", "w", "--runtime-dir"])
-            .arg(svc.dir.path())
-            .output()
-            .expect("slotman");
-        assert!(out.status.success(), "pause: {out:?}");
+        control(&svc, "pause");
         // Queued counts the job in hand, if any.
         let at_pause = queued();
         wait_until("the slot paused", Duration::from_secs(10), || {
@@ -538,12 +543,7 @@ fn once_pause_returns_a_native_slot_finishes_at_most_its_job_in_hand() {
             "round {round}: {} jobs done after pause returned",
             at_pause - after
         );
-        let out = Command::new(common::slotman_bin())
-            .args(["resume", "svc", "w", "--runtime-dir"])
-            .arg(svc.dir.path())
-            .output()
-            .expect("slotman");
-        assert!(out.status.success(), "resume: {out:?}");
+        control(&svc, "resume");
     }
 }
 
@@ -552,21 +552,13 @@ fn a_paused_native_slot_takes_no_job_until_resumed() {
     let Some((g, mut svc, _)) = example_pool(false, "min = 1\nmax = 1\n") else {
         return;
     };
-    let control = |what: &str| {
-        let out = Command::new(common::slotman_bin())
-            .args([what, "svc", "w", "--runtime-dir"])
-            .arg(svc.dir.path())
-            .output()
-            .expect("slotman");
-        assert!(out.status.success(), "{what}: {out:?}");
-    };
-    control("pause");
+    control(&svc, "pause");
     wait_until("paused", Duration::from_secs(5), || svc.worker("w").paused);
     submit_bg(&g.addr, "w::reverse", [("p1".to_string(), "x".to_string())]);
     // The worker stays registered; its grabs get NO_JOB from the relay.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(g.function_status("w::reverse"), (1, 0, 1));
-    control("resume");
+    control(&svc, "resume");
     wait_until("the job done after resume", Duration::from_secs(10), || {
         svc.worker("w").jobs_complete == 1
     });
