@@ -63,6 +63,12 @@ use serde::{Deserialize, Serialize};
 
 pub use error::{ConfigError, ConfigIssue};
 
+/// `program` as `command` finds it: an executable in an absolute
+/// directory of `search_path`.
+pub fn find_program(program: &str, search_path: &str) -> Option<std::path::PathBuf> {
+    worker::program_exists(&probe::Host { deep: false }, program, search_path).ok()
+}
+
 /// Every key a config file may use: the top-level ones, and those of
 /// `[defaults]` and `[workers.NAME]` (so a test can hold the docs to them).
 pub fn known_keys() -> (Vec<&'static str>, Vec<&'static str>) {

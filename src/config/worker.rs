@@ -257,7 +257,11 @@ fn min_exceeds_max(
 /// A command's program: an absolute path that is executable, or a bare name
 /// found on `search_path`.
 /// Returns its path (the one found on `search_path` for a bare name).
-fn program_exists(probe: &dyn Probe, program: &str, search_path: &str) -> Result<PathBuf, String> {
+pub(super) fn program_exists(
+    probe: &dyn Probe,
+    program: &str,
+    search_path: &str,
+) -> Result<PathBuf, String> {
     if program.starts_with('/') {
         return probe
             .executable(Path::new(program))

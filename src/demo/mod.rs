@@ -63,10 +63,7 @@ fn free_port() -> anyhow::Result<u16> {
 }
 
 fn find_gearmand() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join("gearmand"))
-        .find(|p| p.is_file())
+    crate::config::find_program("gearmand", &std::env::var("PATH").ok()?)
 }
 
 async fn start_job_server(opts: &Options) -> anyhow::Result<(String, JobServer, &'static str)> {

@@ -88,13 +88,7 @@ impl Process {
         }
         let child = cmd.spawn().map_err(|e| e.to_string())?;
         if let Some(pid) = child.id() {
-            // Our unreaped child: its /proc entry is surely it.
-            let stat = crate::procfs::stat(pid);
-            let _ = reports.send(Report::Handler {
-                pid,
-                start: stat.map(|s| s.start_time),
-                session: stat.map(|s| s.session),
-            });
+            super::report::report_handler_start(reports, pid);
         }
         Ok(Process { child })
     }
@@ -228,16 +222,9 @@ async fn supervised(n: &Native<'_>, servers: &str) -> ExitReason {
 /// `proxy = true`: the worker talks to the job servers through the relay.
 async fn relayed(mut n: Native<'_>) -> ExitReason {
     let w = &n.spec.worker;
-    let client_id = format!(
-        "slotman:{}:{}:{}:{}",
-        n.spec.service,
-        w.name,
-        n.spec.slot,
-        std::process::id()
-    );
     let shared = Shared::new(
         n.reports.clone(),
-        client_id,
+        n.spec.client_id(),
         w.max_packet_size,
         w.timeout,
         w.workleft,

@@ -56,6 +56,33 @@ pub struct SlotSpec {
     pub stop_timeout: Option<Duration>,
 }
 
+impl SlotSpec {
+    /// The Gearman client id of this slot's connections (DESIGN.md):
+    /// `slotman:SERVICE:WORKER:SLOT:PID`, with the runner's pid.
+    pub fn client_id(&self) -> String {
+        format!(
+            "slotman:{}:{}:{}:{}",
+            self.service,
+            self.worker.name,
+            self.slot,
+            std::process::id()
+        )
+    }
+}
+
+/// Tells the manager that a handler (or native worker) process `pid`, our
+/// unreaped child, started: its process group is what the manager cleans
+/// up after a runner killed without cleaning up.
+pub fn report_handler_start(reports: &Reports, pid: u32) {
+    // Our unreaped child: its /proc entry is surely it.
+    let stat = crate::procfs::stat(pid);
+    let _ = reports.send(Report::Handler {
+        pid,
+        start: stat.map(|s| s.start_time),
+        session: stat.map(|s| s.session),
+    });
+}
+
 /// manager → slot.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "msg", rename_all = "snake_case")]

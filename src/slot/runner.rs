@@ -326,13 +326,7 @@ pub async fn run(
     let pair = cpu.clone();
     handler.on_process_start(Box::new(move |pid| {
         pair.set_handler(pid);
-        // Our unreaped child: its /proc entry is surely it.
-        let stat = crate::procfs::stat(pid);
-        let _ = to_manager.send(Report::Handler {
-            pid,
-            start: stat.map(|s| s.start_time),
-            session: stat.map(|s| s.session),
-        });
+        super::report::report_handler_start(&to_manager, pid);
     }));
     let gate: Gate = Arc::new(Semaphore::new(1));
     let pause_rx = pause.clone();
@@ -359,11 +353,7 @@ pub async fn run(
         pause_rx,
         jobs.in_job.subscribe(),
     ));
-    let pid = std::process::id();
-    let client_id = format!(
-        "slotman:{}:{}:{}:{}",
-        spec.service, spec.worker.name, spec.slot, pid
-    );
+    let client_id = spec.client_id();
     let servers = spec.worker.job_servers.clone();
     if servers.len() == 1 {
         // The one connection task does all the work: it may block the
@@ -400,7 +390,9 @@ pub async fn run(
             _ = drain.cancelled() => break,
         }
     }
-    let _ = reports.send(Report::Ready { pid });
+    let _ = reports.send(Report::Ready {
+        pid: std::process::id(),
+    });
 
     // Drain: close the gate so idle connections leave; a connection mid-job
     // keeps its permit until it has answered.

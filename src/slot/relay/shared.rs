@@ -62,8 +62,8 @@ struct State {
     pause_confirmed: bool,
     /// A job is in hand (assigned, not yet ended).
     in_job: bool,
+    /// Connections accepted so far (each one's id).
     next_conn: ConnId,
-    connected: bool,
 }
 
 impl Shared {
@@ -104,7 +104,6 @@ impl Shared {
         let id = {
             let mut s = self.state();
             s.next_conn += 1;
-            s.connected = true;
             s.next_conn
         };
         self.connected.notify_one();
@@ -115,7 +114,7 @@ impl Shared {
     pub async fn first_connection(&self) {
         loop {
             let wait = self.connected.notified();
-            if self.state().connected {
+            if self.state().next_conn > 0 {
                 return;
             }
             wait.await;
